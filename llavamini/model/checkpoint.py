@@ -1,0 +1,38 @@
+"""Checkpoint files on disk: where a checkpoint is, which keys it stores, the vision tower's weights.
+
+Nothing here downloads: hub ids are looked up in the local Hugging Face cache only, unless the
+caller passes `local_files_only=False` for the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from safetensors import safe_open
+from transformers.utils import cached_file
+
+VISION_TOWER_PREFIX = "model.vision_tower.vision_tower."
+"""Checkpoint prefix of the CLIP tower's `CLIPVisionModel` state dict."""
+
+
+def resolve_checkpoint_dir(name_or_path: str, **hub_kwargs) -> str:
+    """The local folder of a checkpoint: the path itself, or the HF cache snapshot of a hub id."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    config_file = cached_file(name_or_path, "config.json", **hub_kwargs)
+    return os.path.dirname(config_file)
+
+
+def stored_keys(checkpoint_dir: str) -> set[str] | None:
+    """Tensor names stored in the checkpoint's safetensors files (headers only), or None when
+    the checkpoint is not in safetensors."""
+    index = os.path.join(checkpoint_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            return set(json.load(f)["weight_map"])
+    single = os.path.join(checkpoint_dir, "model.safetensors")
+    if os.path.isfile(single):
+        with safe_open(single, framework="pt") as f:
+            return set(f.keys())
+    return None

@@ -1,0 +1,259 @@
+"""`LlavaMiniConfig`: a `LlamaConfig` plus the multimodal fields the reference writes to `config.json`.
+
+Every field of the reference's `config.json` (reference.md §2.2) is accepted. The ones that shape
+the model are validated when the config is built; the ones the reference writes but never reads at
+inference (`tune_mm_mlp_adapter`, `mm_projector_lr`, ...) are kept so that a loaded config saves back
+unchanged.
+
+The vision tower's architecture is resolved offline, in this order:
+
+1. an explicit `vision_config` (a `CLIPVisionConfig` or its dict);
+2. the built-in config of `openai/clip-vit-large-patch14-336` when `mm_vision_tower` names it;
+3. the `config.json` of the folder `mm_vision_tower` (absolute here; relative to the checkpoint
+   folder in `LlavaMiniForCausalLM.from_pretrained`), or of that hub id in the local HF cache.
+
+Once resolved, `vision_config` is saved with the checkpoint, which then needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPVisionConfig, LlamaConfig
+from transformers.utils import cached_file
+
+CLIP_L_336 = "openai/clip-vit-large-patch14-336"
+"""The vision tower of every released LLaVA-Mini checkpoint."""
+
+CLIP_L_336_VISION_CONFIG = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 768,
+}
+"""`CLIPVisionConfig` of `openai/clip-vit-large-patch14-336` (its hub config.json, vision part)."""
+
+COMPRESSOR_TYPES = ("query", "avg_pool", "none")
+SELECT_FEATURES = ("patch", "cls_patch")
+IMAGE_ASPECT_RATIOS = ("pad", "square")
+_INT_FIELDS = {
+    "compressor_size": 1,
+    "compressor_num_heads": 1,
+    "resolution_ratio": 1,
+    "prefusion_layer_num": 0,
+    "video_chunk_frames": 1,
+}
+_PROJECTOR_PATTERN = re.compile(r"^(linear|identity|mlp(\d+)x_gelu)$")
+
+
+@strict
+class LlavaMiniConfig(LlamaConfig):
+    """Configuration of `LlavaMiniForCausalLM`: the LLM's `LlamaConfig` plus the fields below.
+
+    Sizes of the new modules all follow from the config: the compressor works at the vision
+    tower's width (`vision_config.hidden_size`, which `mm_hidden_size` must equal), the projector
+    maps that width to `hidden_size`, and each pre-fusion layer is a decoder layer of this LLM.
+    """
+
+    model_type = "llava_mini_llama"
+
+    # Vision tower.
+    mm_vision_tower: str | None = CLIP_L_336
+    """Hub id or folder of the CLIP vision tower (weights are read from it only when the
+    checkpoint itself does not store them)."""
+    vision_config: dict | CLIPVisionConfig | None = None
+    """Architecture of the vision tower; resolved offline when absent (see the module docstring)."""
+    mm_vision_select_layer: int = -2
+    """Index into the tower's hidden states whose output is used (-2: second to last block)."""
+    mm_vision_select_feature: str = "patch"
+    """'patch' drops the class token, 'cls_patch' keeps it."""
+    mm_hidden_size: int | None = None
+    """Width of the vision features; must equal `vision_config.hidden_size` (filled in if absent)."""
+
+    # Projector.
+    mm_projector_type: str = "mlp2x_gelu"
+    """'linear', 'identity' or 'mlp{N}x_gelu' (N linear layers with exact GELU between them)."""
+
+    # Compressor and pre-fusion: the LLaVA-Mini part.
+    compressor_type: str = "query"
+    """'query' (the paper's cross-attention compressor, checkpoint key `model.compressor`),
+    'avg_pool' (the paper's pooling ablation, no parameters) or 'none' (LLaVA-1.5 mode: every
+    projected vision token goes to the LLM)."""
+    compressor_size: int = 1
+    """C: the image is compressed to C x C tokens."""
+    compressor_num_heads: int = 8
+    """Heads of the compressor's cross-attention (the reference uses 8)."""
+    prefusion_layer_num: int = 4
+    """Number of pre-fusion decoder layers (0 disables pre-fusion)."""
+
+    video_chunk_frames: int = 32
+    """Video frames encoded together (tower, compressor and pre-fusion); bounds peak memory."""
+
+    # Image preprocessing (read by `llavamini.data.process_images`).
+    image_aspect_ratio: str = "square"
+    """'pad' pads to a square with the CLIP mean colour before resizing; 'square' lets the
+    processor resize and centre-crop (the reference's default when the flag is not passed)."""
+    resolution_ratio: int = 1
+    """N: high resolution splits the image into N x N crops plus the global view."""
+
+    # Sequence handling.
+    tokenizer_model_max_length: int | None = None
+    """Training sequences are truncated to this length after the vision tokens are spliced in."""
+    tokenizer_padding_side: str = "right"
+
+    # Written by the reference, accepted for compatibility, validated where a value is unsupported.
+    mm_patch_merge_type: str = "flat"
+    mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = False
+    image_grid_pinpoints: list | str | None = None
+    tune_mm_mlp_adapter: bool = False
+    freeze_mm_mlp_adapter: bool = False
+    mm_projector_lr: float | None = None
+    use_mm_proj: bool = True
+    unfreeze_mm_vision_tower: bool = False
+    max_sequence_length: int | None = None
+    s2: bool = False
+    s2_scales: str | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if isinstance(self.vision_config, dict):
+            self.vision_config = CLIPVisionConfig(**self.vision_config)
+        if self.vision_config is None:
+            self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs=())
+        if self.mm_hidden_size is None and self.vision_config is not None:
+            self.mm_hidden_size = self.vision_config.hidden_size
+
+    def resolve_vision_config(self, checkpoint_dir: str | None) -> None:
+        """Resolve `vision_config` with `mm_vision_tower` relative to `checkpoint_dir` (then the
+        working directory). Raises `FileNotFoundError` naming every place it looked."""
+        if self.vision_config is not None:
+            return
+        base_dirs = tuple(d for d in (checkpoint_dir, os.getcwd()) if d)
+        self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs=base_dirs)
+        if self.vision_config is None:
+            raise FileNotFoundError(
+                f"LlavaMiniConfig.mm_vision_tower={self.mm_vision_tower!r}: no vision tower config "
+                f"found offline. Looked for {vision_tower_candidates(self.mm_vision_tower, base_dirs)} "
+                f"and for the hub id in the local Hugging Face cache. Set `vision_config` explicitly "
+                f"or point `mm_vision_tower` at a local CLIP folder."
+            )
+        if self.mm_hidden_size is None:
+            self.mm_hidden_size = self.vision_config.hidden_size
+        self.validate_multimodal()
+
+    @property
+    def num_compressed_tokens(self) -> int:
+        """Vision tokens the LLM receives per image (per frame for video) at standard resolution."""
+        if self.compressor_type == "none":
+            grid = self.vision_config.image_size // self.vision_config.patch_size
+            return grid * grid + (self.mm_vision_select_feature == "cls_patch")
+        return self.compressor_size**2
+
+    def validate_multimodal(self):
+        """Part of `@strict` validation: every multimodal field, with the field named on error."""
+        _check_choice("mm_vision_select_feature", self.mm_vision_select_feature, SELECT_FEATURES)
+        _check_choice("compressor_type", self.compressor_type, COMPRESSOR_TYPES)
+        _check_choice("image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
+        _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, ("right", "left"))
+        _check_choice("mm_patch_merge_type", self.mm_patch_merge_type, ("flat",))
+        if not _PROJECTOR_PATTERN.match(self.mm_projector_type):
+            raise ValueError(
+                f"LlavaMiniConfig.mm_projector_type={self.mm_projector_type!r}: expected 'linear', "
+                f"'identity' or 'mlp<N>x_gelu' (e.g. 'mlp2x_gelu')."
+            )
+        for name, minimum in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"LlavaMiniConfig.{name}={value!r}: expected an integer >= {minimum}."
+                )
+        for name in ("mm_use_im_start_end", "s2"):
+            if getattr(self, name):
+                raise ValueError(f"LlavaMiniConfig.{name}=True is not supported by LLaVA-Mini.")
+        if self.vision_config is None:
+            return  # resolved later by `resolve_vision_config`, which validates again
+        vision_width = self.vision_config.hidden_size
+        if self.mm_hidden_size != vision_width:
+            raise ValueError(
+                f"LlavaMiniConfig.mm_hidden_size={self.mm_hidden_size} disagrees with "
+                f"vision_config.hidden_size={vision_width}: the projector reads vision features "
+                f"of that width."
+            )
+        if self.mm_projector_type == "identity" and vision_width != self.hidden_size:
+            raise ValueError(
+                f"LlavaMiniConfig.mm_projector_type='identity' needs vision_config.hidden_size "
+                f"({vision_width}) == hidden_size ({self.hidden_size})."
+            )
+        if self.compressor_type == "query" and vision_width % self.compressor_num_heads:
+            raise ValueError(
+                f"LlavaMiniConfig.compressor_num_heads={self.compressor_num_heads} does not divide "
+                f"the compressor width vision_config.hidden_size={vision_width}."
+            )
+        if self.vision_config.image_size % self.vision_config.patch_size:
+            raise ValueError(
+                f"vision_config.image_size={self.vision_config.image_size} is not a multiple of "
+                f"vision_config.patch_size={self.vision_config.patch_size}."
+            )
+        if self.compressor_type != "none" and self.mm_vision_select_feature != "patch":
+            raise ValueError(
+                "LlavaMiniConfig.mm_vision_select_feature must be 'patch' with a compressor: the "
+                "compressor reads a square grid of patch features."
+            )
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"LlavaMiniConfig.{name}={value!r}: expected one of {list(choices)}.")
+
+
+def vision_tower_candidates(mm_vision_tower: str | None, base_dirs: tuple[str, ...]) -> list[str]:
+    """Local folders that `mm_vision_tower` may name, in the order they are tried."""
+    if not mm_vision_tower:
+        return []
+    if os.path.isabs(mm_vision_tower):
+        return [mm_vision_tower]
+    return [os.path.join(base, mm_vision_tower) for base in base_dirs]
+
+
+def find_vision_tower_folder(mm_vision_tower: str | None, base_dirs: tuple[str, ...]) -> str | None:
+    """The first local folder holding `mm_vision_tower` (a path, or a hub id in the HF cache)."""
+    for folder in vision_tower_candidates(mm_vision_tower, base_dirs):
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+    if mm_vision_tower and not os.path.isabs(mm_vision_tower) and mm_vision_tower.count("/") == 1:
+        cached = cached_file(
+            mm_vision_tower,
+            "config.json",
+            local_files_only=True,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        if cached:
+            return os.path.dirname(cached)
+    return None
+
+
+def find_vision_config(
+    mm_vision_tower: str | None, base_dirs: tuple[str, ...]
+) -> CLIPVisionConfig | None:
+    """Offline resolution of the tower's architecture (see the module docstring), or None."""
+    if mm_vision_tower == CLIP_L_336:
+        return CLIPVisionConfig(**CLIP_L_336_VISION_CONFIG)
+    folder = find_vision_tower_folder(mm_vision_tower, base_dirs)
+    if folder is None:
+        return None
+    with open(os.path.join(folder, "config.json")) as f:
+        config_dict = json.load(f)
+    if config_dict.get("model_type") == "clip":  # a full CLIPModel folder: keep its vision part
+        config_dict = config_dict["vision_config"]
+    config_dict.pop("model_type", None)
+    return CLIPVisionConfig(**config_dict)

@@ -1,0 +1,435 @@
+"""LLaVA-Mini: CLIP features -> compressor + projector -> pre-fusion -> one vision token per image.
+
+The module tree reproduces the released checkpoint's keys (reference.md §2.1):
+
+    model.embed_tokens / model.layers.{i} / model.norm / lm_head     the Llama LLM
+    model.vision_tower.vision_tower.vision_model.*                   CLIP (frozen)
+    model.mm_projector.{0,2}                                          vision width -> LLM width
+    model.compressor.{query,pos_embed,attn.*,ln_q,ln_kv}              C*C query compressor
+    model.prefusion_layers.{i}                                        decoder layers like the LLM's
+
+Forward for one image at standard resolution (B batch, L text, N = grid**2 patches, D_v vision
+width, D LLM width, Q = C*C compressed tokens):
+
+    F = CLIP(image)                                (B, N, D_v)
+    Z = Proj(Compressor(F)),  G = Proj(F)          (B, Q, D), (B, N, D)
+    X = PreFusion([G; Z; text embeddings])          causal, over kept text only
+    LLM input = text with the placeholder replaced by X at the Z positions, and every other kept
+                text position replaced by its fused output
+
+High resolution (`parts = N*N + 1`: row-major crops, then the global view) compresses the stitched
+crop map and lets pre-fusion read [projected stitched crops; projected global view]. A video is a
+(T, parts, 3, H, W) tensor: frames are encoded in batched chunks, the LLM gets T*Q tokens in frame
+order, and the fused text is the mean over frames (in float32).
+
+Reference bugs fixed here (reference.md §8): widths come from the config (#1); text embeddings are
+not detached, so `embed_tokens` trains (#4); padding is excluded from pre-fusion and the splice
+honours left padding (#10); inference never truncates the prompt (#11); video frames are batched
+and keep their gradients (#8, #12); pre-fusion works on transformers 5 (#13).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+
+from llavamini.constants import IMAGE_TOKEN_INDEX
+from llavamini.model import checkpoint
+from llavamini.model.compressor import AvgPoolCompressor, QueryCompressor, sincos_pos_embed_2d
+from llavamini.model.configuration_llavamini import LlavaMiniConfig, find_vision_tower_folder
+from llavamini.model.packing import (
+    count_placeholders,
+    prefusion_text_keep,
+    splice_vision_tokens,
+    stitch_crops,
+)
+from llavamini.model.prefusion import PreFusionLayers
+from llavamini.model.projector import build_projector
+from llavamini.model.vision_tower import (
+    CLIP_FILE_PREFIX,
+    VisionTower,
+    read_vision_tower_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+Images = torch.Tensor | list[torch.Tensor | None]
+
+
+class LlavaMiniPreTrainedModel(LlamaPreTrainedModel):
+    config_class = LlavaMiniConfig
+    config: LlavaMiniConfig
+    # The tower may live outside the checkpoint (`mm_vision_tower`); `from_pretrained` loads it
+    # from there and checks it is complete, so transformers need not report it.
+    _keys_to_ignore_on_load_missing = [r"^model\.vision_tower\."]
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, QueryCompressor):
+            with torch.no_grad():
+                nn.init.normal_(module.query, std=0.02)
+                table = sincos_pos_embed_2d(module.query.shape[1], module.size)
+                module.pos_embed.copy_(table.to(module.pos_embed.dtype))
+
+
+class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
+    """The Llama decoder plus the vision tower, projector, compressor and pre-fusion layers."""
+
+    def __init__(self, config: LlavaMiniConfig):
+        super().__init__(config)
+        if config.vision_config is None:
+            raise ValueError(
+                f"LlavaMiniConfig.vision_config is unresolved (mm_vision_tower="
+                f"{config.mm_vision_tower!r}): load with from_pretrained, or call "
+                f"config.resolve_vision_config(checkpoint_dir) first."
+            )
+        config.validate_multimodal()
+        vision_width = config.vision_config.hidden_size
+        self.vision_tower = VisionTower(
+            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
+        )
+        self.mm_projector = build_projector(
+            config.mm_projector_type, vision_width, config.hidden_size
+        )
+        if config.compressor_type == "query":
+            self.compressor = QueryCompressor(
+                vision_width, config.compressor_size, config.compressor_num_heads
+            )
+        elif config.compressor_type == "avg_pool":
+            self.compressor = AvgPoolCompressor(config.compressor_size)
+        else:
+            self.compressor = None
+        self.prefusion_layers = PreFusionLayers(config, config.prefusion_layer_num)
+        self.post_init()
+
+    # ---- vision ----------------------------------------------------------------------------
+
+    def encode_images(
+        self, images: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image per sample -> (vision tokens for the LLM, fused text).
+
+        Args:
+            images: `(B, parts, 3, H, W)`; parts 1, or N*N crops + the global view.
+            text_embeds: `(B, L, D)` raw embeddings of the prompt.
+            keep: `(B, L)` bool, the text positions pre-fusion reads.
+
+        Returns:
+            `(B, V, D)` vision tokens (V = C*C with a compressor, else every projected token)
+            and `(B, L, D)` text embeddings (fused where `keep`, raw elsewhere).
+        """
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(
+                f"images must be (batch, parts, 3, H, W), got shape {tuple(images.shape)}."
+            )
+        size = self.config.vision_config.image_size
+        if images.shape[-2:] != (size, size):
+            raise ValueError(
+                f"images must be {size}x{size} (vision_config.image_size), got "
+                f"{tuple(images.shape[-2:])}: preprocess them with llavamini.data.process_images."
+            )
+        batch, parts = images.shape[:2]
+        features = self.vision_tower(images.flatten(0, 1)).to(text_embeds.dtype)
+        features = features.unflatten(0, (batch, parts))  # (B, parts, N, D_v)
+        if parts == 1:
+            grid_features = context = features[:, 0]
+        else:
+            crops = round((parts - 1) ** 0.5)
+            if crops * crops + 1 != parts:
+                raise ValueError(
+                    f"images has {parts} parts per image: expected 1, or N*N crops + 1 global view."
+                )
+            grid_features = stitch_crops(features[:, :-1], self.vision_tower.grid_size)
+            context = torch.cat([grid_features, features[:, -1]], dim=1)
+        context = self.mm_projector(context)
+        compressed = None
+        if self.compressor is not None:
+            compressed = self.mm_projector(self.compressor(grid_features))
+        return self.fuse(context, compressed, text_embeds, keep)
+
+    def fuse(
+        self,
+        context: torch.Tensor,
+        compressed: torch.Tensor | None,
+        text_embeds: torch.Tensor,
+        keep: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-fusion over `[context; compressed; text]` -> (vision tokens, fused text).
+
+        Without a compressor the context tokens themselves are the vision tokens (LLaVA-1.5 mode,
+        or pre-fusion without compression); without pre-fusion nothing is fused.
+        """
+        vision = context if compressed is None else compressed
+        if len(self.prefusion_layers) == 0:
+            return vision, text_embeds
+        prefix = context if compressed is None else torch.cat([context, compressed], dim=1)
+        sequence = torch.cat([prefix, text_embeds], dim=1)
+        keep_all = torch.cat([keep.new_ones(prefix.shape[:2]), keep], dim=1)
+        fused = self.prefusion_layers(sequence, keep_all, self.rotary_emb)
+        start = prefix.shape[1] - vision.shape[1]
+        vision_out = fused[:, start : prefix.shape[1]]
+        text_out = torch.where(keep.unsqueeze(-1), fused[:, prefix.shape[1] :], text_embeds)
+        return vision_out, text_out
+
+    def encode_video(
+        self, frames: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One video -> (T*V vision tokens in frame order, text fused and averaged over frames).
+
+        Args:
+            frames: `(T, parts, 3, H, W)`.
+            text_embeds: `(L, D)`; keep: `(L,)`.
+
+        Frames go through the tower, compressor and pre-fusion in chunks of
+        `config.video_chunk_frames`, which bounds memory; the result equals frame-by-frame
+        encoding.
+        """
+        chunk = self.config.video_chunk_frames
+        vision_parts, text_sum = [], torch.zeros_like(text_embeds, dtype=torch.float32)
+        for start in range(0, frames.shape[0], chunk):
+            part = frames[start : start + chunk]
+            n = part.shape[0]
+            vision, text = self.encode_images(
+                part, text_embeds.expand(n, -1, -1), keep.expand(n, -1)
+            )
+            vision_parts.append(vision.flatten(0, 1))
+            text_sum = text_sum + text.float().sum(dim=0)
+        return torch.cat(vision_parts), (text_sum / frames.shape[0]).to(text_embeds.dtype)
+
+    def embed_multimodal(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        images: Images,
+        padding_side: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Token ids with placeholders + images -> what the LLM receives.
+
+        Args:
+            input_ids: `(B, L)` with one `IMAGE_TOKEN_INDEX` per image or video.
+            attention_mask: `(B, L)` or None (no padding).
+            labels: `(B, L)` in training, else None.
+            images: a `(B, parts, 3, H, W)` tensor (one image per sample), or a list of B items,
+                each a `(parts, 3, H, W)` image, a `(T, parts, 3, H, W)` video, or None
+                (text-only sample: no placeholder, no pre-fusion).
+            padding_side: of the output; by default that of the input (left if any row starts
+                with padding).
+
+        Returns:
+            `inputs_embeds (B, L', D)`, `attention_mask (B, L')`, `labels (B, L')` or None,
+            `position_ids (B, L')`.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if padding_side is None:
+            padding_side = "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
+        text_embeds = self.embed_tokens(input_ids.clamp(min=0))
+        keep = prefusion_text_keep(input_ids, attention_mask, labels)
+        self._check_placeholders(input_ids, attention_mask, images)
+
+        if isinstance(images, torch.Tensor):
+            vision, text_embeds = self.encode_images(images, text_embeds, keep)
+            vision_tokens: list[torch.Tensor | None] = list(vision)
+        else:
+            vision_tokens, fused = [], []
+            for b, item in enumerate(images):
+                if item is None:
+                    vision_tokens.append(None)
+                    fused.append(text_embeds[b])
+                elif item.dim() == 5:
+                    vision, text = self.encode_video(item, text_embeds[b], keep[b])
+                    vision_tokens.append(vision)
+                    fused.append(text)
+                else:
+                    vision, text = self.encode_images(
+                        item.unsqueeze(0), text_embeds[b : b + 1], keep[b : b + 1]
+                    )
+                    vision_tokens.append(vision[0])
+                    fused.append(text[0])
+            text_embeds = torch.stack(fused)
+
+        max_length = self.config.tokenizer_model_max_length if labels is not None else None
+        return splice_vision_tokens(
+            text_embeds, input_ids, attention_mask, labels, vision_tokens, padding_side, max_length
+        )
+
+    @staticmethod
+    def _check_placeholders(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Images
+    ) -> None:
+        counts = count_placeholders(input_ids, attention_mask)
+        if isinstance(images, torch.Tensor):
+            expected = [1] * images.shape[0]
+        else:
+            expected = [0 if item is None else 1 for item in images]
+        if len(expected) != len(counts):
+            raise ValueError(
+                f"Got {len(expected)} images (or image slots) for a batch of {len(counts)} samples."
+            )
+        for b, (found, wanted) in enumerate(zip(counts, expected)):
+            if found != wanted:
+                raise ValueError(
+                    f"Sample {b} has {found} image placeholders (IMAGE_TOKEN_INDEX="
+                    f"{IMAGE_TOKEN_INDEX}) but {wanted} image or video: LLaVA-Mini takes exactly one "
+                    f"placeholder per image or video, and none for a text-only sample."
+                )
+
+
+class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
+    """LLaVA-Mini for generation: `model(input_ids, attention_mask, images=..., labels=...)` and
+    `model.generate(inputs=input_ids, images=..., ...)` (which returns only the new tokens)."""
+
+    def __init__(self, config: LlavaMiniConfig):
+        LlavaMiniPreTrainedModel.__init__(self, config)
+        self.model = LlavaMiniModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        images: Images | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """As `LlamaForCausalLM.forward`, plus `images` (see `LlavaMiniModel.embed_multimodal`).
+
+        With images, the logits, labels and attention mask all follow the spliced sequence.
+        """
+        if images is not None and inputs_embeds is None:
+            inputs_embeds, attention_mask, labels, position_ids = self.model.embed_multimodal(
+                input_ids, attention_mask, labels, images
+            )
+            input_ids = None
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: Images | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Greedy or sampled generation from a prompt with placeholders; returns only new tokens.
+
+        The prompt (with its images) is embedded once, left-padded, and handed to
+        `GenerationMixin.generate` as `inputs_embeds`; decode steps are plain Llama steps with the
+        KV cache.
+        """
+        if inputs is None:
+            return super().generate(attention_mask=attention_mask, **kwargs)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(inputs)
+        if images is None:
+            inputs_embeds = self.model.embed_tokens(inputs)
+        else:
+            inputs_embeds, attention_mask, _, _ = self.model.embed_multimodal(
+                inputs, attention_mask, None, images, padding_side="left"
+            )
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, strict about keys, with the vision tower resolved
+        offline.
+
+        The tower's architecture and weights come from the checkpoint when it stores them
+        (`model.vision_tower.vision_tower.*`), else from the `mm_vision_tower` folder (absolute,
+        relative to the checkpoint, or relative to the working directory) or the local HF cache.
+        Any missing or unexpected key raises a `ValueError` listing them; pass `strict=False` to
+        get the usual warning instead (to start training from a plain LLM, say).
+        """
+        strict = kwargs.pop("strict", True)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        hub_kwargs = {
+            k: kwargs[k]
+            for k in ("cache_dir", "revision", "local_files_only", "token", "subfolder")
+            if k in kwargs
+        }
+        checkpoint_dir = checkpoint.resolve_checkpoint_dir(
+            str(pretrained_model_name_or_path), **hub_kwargs
+        )
+        config = kwargs.pop("config", None)
+        if config is None:
+            config = cls.config_class.from_pretrained(checkpoint_dir)
+        config.resolve_vision_config(checkpoint_dir)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            config=config,
+            output_loading_info=True,
+            **kwargs,
+        )
+        keys = checkpoint.stored_keys(checkpoint_dir)
+        missing = set(info["missing_keys"])
+        tower_keys = {
+            checkpoint.VISION_TOWER_PREFIX + CLIP_FILE_PREFIX + k
+            for k in model.model.vision_tower.vision_tower.state_dict()
+        }
+        if keys is not None and keys & tower_keys:
+            missing |= tower_keys - keys
+        else:
+            model.load_vision_tower(checkpoint_dir)
+        unexpected = set(info["unexpected_keys"])
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"Checkpoint {pretrained_model_name_or_path} does not match LlavaMiniForCausalLM: "
+                f"{len(missing)} missing keys {sorted(missing)[:50]}, {len(unexpected)} unexpected "
+                f"keys {sorted(unexpected)[:50]}. Check compressor_size, prefusion_layer_num and "
+                f"compressor_type in its config.json."
+            )
+        info["missing_keys"], info["unexpected_keys"] = missing, unexpected
+        return (model, info) if output_loading_info else model
+
+    def load_vision_tower(self, checkpoint_dir: str | None = None) -> str:
+        """Load the CLIP weights from the `mm_vision_tower` folder or the local HF cache, never the
+        network. Returns the folder used; raises `FileNotFoundError` naming where it looked."""
+        mm_vision_tower = self.config.mm_vision_tower
+        base_dirs = tuple(d for d in (checkpoint_dir, ".") if d)
+        folder = find_vision_tower_folder(mm_vision_tower, base_dirs)
+        if folder is None:
+            raise FileNotFoundError(
+                f"The checkpoint does not store the vision tower and mm_vision_tower="
+                f"{mm_vision_tower!r} was not found offline: looked in {list(base_dirs)} for that "
+                f"folder and in the local Hugging Face cache for that hub id. Download it once "
+                f"(huggingface-cli download {mm_vision_tower}) or point mm_vision_tower at a folder."
+            )
+        state_dict = read_vision_tower_state_dict(folder)
+        tower = self.model.vision_tower.vision_tower
+        result = tower.load_state_dict(state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"Vision tower weights in {folder} do not match vision_config: missing "
+                f"{result.missing_keys[:20]}, unexpected {result.unexpected_keys[:20]}."
+            )
+        logger.info("Loaded the vision tower from %s", folder)
+        return folder
+
+
+LlavaMiniLlamaForCausalLM = LlavaMiniForCausalLM
+"""The reference's class name (kept for `architectures` in released config.json files)."""

@@ -1,0 +1,102 @@
+"""Pure tensor functions: which text tokens pre-fusion reads, and the splice of vision tokens.
+
+Shape notation: B batch, L text length, D LLM width, V vision tokens of one sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llavamini.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def prefusion_text_keep(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """`(B, L)` bool: the text tokens pre-fusion reads.
+
+    Excluded, as in the reference the released weights were trained with: the placeholder and
+    every id <= 0 (so a real token of id 0 is treated as padding, a reference quirk kept for
+    parity), and in training every supervised (answer) token, so answers never leak into the
+    fused prompt. Also excluded: padding (`attention_mask == 0`), which the reference left in
+    (harmless only with right padding).
+    """
+    keep = (input_ids > 0) & attention_mask.bool()
+    if labels is not None:
+        keep &= labels == IGNORE_INDEX
+    return keep
+
+
+def count_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """Number of `IMAGE_TOKEN_INDEX` placeholders among the real tokens of each sample."""
+    found = (input_ids == IMAGE_TOKEN_INDEX) & attention_mask.bool()
+    return found.sum(dim=1).tolist()
+
+
+def splice_vision_tokens(
+    text_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    vision_tokens: list[torch.Tensor | None],
+    padding_side: str,
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Replace each sample's placeholder by its vision tokens and re-pad the batch.
+
+    Args:
+        text_embeds: `(B, L, D)` embeddings of the text positions (fused or raw).
+        input_ids, attention_mask: `(B, L)`; padding may be on either side.
+        labels: `(B, L)` or None; vision positions get `IGNORE_INDEX`.
+        vision_tokens: per sample `(V, D)` for its one placeholder, or None for a text-only
+            sample (which must have no placeholder; the caller checks counts).
+        padding_side: 'left' or 'right', for the output.
+        max_length: truncate each spliced sequence to this length (training only).
+
+    Returns:
+        `inputs_embeds (B, L', D)`, `attention_mask (B, L')` long, `labels (B, L')` or None, and
+        `position_ids (B, L')` counting real tokens from 0.
+    """
+    sequences, label_rows = [], []
+    for b, vision in enumerate(vision_tokens):
+        real = attention_mask[b].bool()
+        embeds, ids = text_embeds[b][real], input_ids[b][real]
+        row_labels = labels[b][real] if labels is not None else None
+        if vision is not None:
+            at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0])
+            embeds = torch.cat([embeds[:at], vision.to(embeds.dtype), embeds[at + 1 :]])
+            if row_labels is not None:
+                ignore = row_labels.new_full((vision.shape[0],), IGNORE_INDEX)
+                row_labels = torch.cat([row_labels[:at], ignore, row_labels[at + 1 :]])
+        if max_length is not None:
+            embeds = embeds[:max_length]
+            row_labels = row_labels[:max_length] if row_labels is not None else None
+        sequences.append(embeds)
+        label_rows.append(row_labels)
+
+    width = max(seq.shape[0] for seq in sequences)
+
+    def pad(tensor: torch.Tensor, value) -> torch.Tensor:
+        missing = width - tensor.shape[0]
+        spec = [0, 0] * (tensor.dim() - 1) + ([missing, 0] if padding_side == "left" else [0, missing])
+        return F.pad(tensor, spec, value=value)
+
+    inputs_embeds = torch.stack([pad(seq, 0.0) for seq in sequences])
+    new_mask = torch.stack([pad(seq.new_ones(seq.shape[0], dtype=torch.long), 0) for seq in sequences])
+    new_labels = None
+    if labels is not None:
+        new_labels = torch.stack([pad(row, IGNORE_INDEX) for row in label_rows])
+    position_ids = (new_mask.cumsum(-1) - 1).clamp(min=0)
+    return inputs_embeds, new_mask, new_labels, position_ids
+
+
+def stitch_crops(crops: torch.Tensor, grid: int) -> torch.Tensor:
+    """`(B, N*N, g*g, C)` row-major crop features -> `(B, (N*g)**2, C)` one stitched map.
+
+    Order: block row, row in block, block column, column in block (the image's own raster).
+    """
+    batch, num_crops, tokens, channels = crops.shape
+    n = round(num_crops**0.5)
+    grid_map = crops.reshape(batch, n, n, grid, grid, channels).permute(0, 1, 3, 2, 4, 5)
+    return grid_map.reshape(batch, n * grid * n * grid, channels)

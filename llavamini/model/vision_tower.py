@@ -1,0 +1,70 @@
+"""The CLIP vision tower: `(N, 3, H, W)` images to `(N, L, D_v)` features of one hidden layer."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CLIP_FILE_PREFIX = "vision_model."
+"""Prefix of the tower's tensors in CLIP files and checkpoints. transformers 5 drops it in memory
+(a `PrefixChange` weight conversion for `CLIPVisionModel`) and writes it back on save."""
+
+
+class VisionTower(nn.Module):
+    """A frozen `CLIPVisionModel` built from its config (never downloaded at construction).
+
+    The checkpoint key prefix `model.vision_tower.vision_tower.vision_model.*` comes from the
+    attribute names `vision_tower` (here) and `vision_model` (inside `CLIPVisionModel`).
+    """
+
+    def __init__(self, vision_config: CLIPVisionConfig, select_layer: int, select_feature: str):
+        super().__init__()
+        self.vision_tower = CLIPVisionModel(vision_config)
+        self.vision_tower.requires_grad_(False)
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of one image (24 for CLIP ViT-L/14 at 336 px)."""
+        config = self.vision_tower.config
+        return config.image_size // config.patch_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """`(N, 3, H, W)` -> `(N, grid**2, D_v)` ('patch') or `(N, 1 + grid**2, D_v)` ('cls_patch').
+
+        Runs without gradients in the tower's own dtype; the features come back in `images.dtype`.
+        """
+        with torch.no_grad():
+            outputs = self.vision_tower(
+                images.to(self.vision_tower.dtype), output_hidden_states=True
+            )
+        features = outputs.hidden_states[self.select_layer]
+        if self.select_feature == "patch":
+            features = features[:, 1:]
+        return features.to(images.dtype)
+
+
+def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    """The vision tensors of a CLIP folder (a `CLIPVisionModel` or a full `CLIPModel`), named as
+    in a `CLIPVisionModel` in memory (without the file prefix `vision_model.`)."""
+    for name in WEIGHT_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            if name.endswith(".safetensors"):
+                state_dict = load_file(path)
+            else:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            return {
+                k.removeprefix(CLIP_FILE_PREFIX): v
+                for k, v in state_dict.items()
+                if k.startswith(CLIP_FILE_PREFIX)
+            }
+    raise FileNotFoundError(
+        f"No vision tower weights in {folder}: expected one of {list(WEIGHT_FILES)}."
+    )
