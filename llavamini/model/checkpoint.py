@@ -1,4 +1,4 @@
-"""Checkpoint files on disk: where a checkpoint is, which keys it stores, the vision tower's weights.
+"""Checkpoint files on disk: where a checkpoint is and which keys it stores.
 
 Nothing here downloads: hub ids are looked up in the local Hugging Face cache only, unless the
 caller passes `local_files_only=False` for the checkpoint itself.

@@ -1,9 +1,9 @@
-"""`LlavaMiniConfig`: a `LlamaConfig` plus the multimodal fields the reference writes to `config.json`.
+"""`LlavaMiniConfig`: a `LlamaConfig` plus the multimodal fields of the reference's config.json.
 
 Every field of the reference's `config.json` (reference.md §2.2) is accepted. The ones that shape
 the model are validated when the config is built; the ones the reference writes but never reads at
-inference (`tune_mm_mlp_adapter`, `mm_projector_lr`, ...) are kept so that a loaded config saves back
-unchanged.
+inference (`tune_mm_mlp_adapter`, `mm_projector_lr`, ...) are kept so that a loaded config
+saves back unchanged.
 
 The vision tower's architecture is resolved offline, in this order:
 
@@ -76,7 +76,7 @@ class LlavaMiniConfig(LlamaConfig):
     mm_vision_select_feature: str = "patch"
     """'patch' drops the class token, 'cls_patch' keeps it."""
     mm_hidden_size: int | None = None
-    """Width of the vision features; must equal `vision_config.hidden_size` (filled in if absent)."""
+    """Width of the vision features; must equal `vision_config.hidden_size` (filled if absent)."""
 
     # Projector.
     mm_projector_type: str = "mlp2x_gelu"
@@ -132,19 +132,23 @@ class LlavaMiniConfig(LlamaConfig):
         if self.mm_hidden_size is None and self.vision_config is not None:
             self.mm_hidden_size = self.vision_config.hidden_size
 
-    def resolve_vision_config(self, checkpoint_dir: str | None) -> None:
+    def resolve_vision_config(
+        self, checkpoint_dir: str | None, cache_dir: str | None = None
+    ) -> None:
         """Resolve `vision_config` with `mm_vision_tower` relative to `checkpoint_dir` (then the
-        working directory). Raises `FileNotFoundError` naming every place it looked."""
+        working directory), or as a hub id in the local HF cache (`cache_dir` if given). Raises
+        `FileNotFoundError` naming every place it looked."""
         if self.vision_config is not None:
             return
         base_dirs = tuple(d for d in (checkpoint_dir, os.getcwd()) if d)
-        self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs=base_dirs)
+        self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs, cache_dir)
         if self.vision_config is None:
             raise FileNotFoundError(
-                f"LlavaMiniConfig.mm_vision_tower={self.mm_vision_tower!r}: no vision tower config "
-                f"found offline. Looked for {vision_tower_candidates(self.mm_vision_tower, base_dirs)} "
-                f"and for the hub id in the local Hugging Face cache. Set `vision_config` explicitly "
-                f"or point `mm_vision_tower` at a local CLIP folder."
+                f"LlavaMiniConfig.mm_vision_tower={self.mm_vision_tower!r}: no vision tower "
+                f"config found offline. Looked for "
+                f"{vision_tower_candidates(self.mm_vision_tower, base_dirs)} and for the hub id "
+                f"in the local Hugging Face cache. Set `vision_config` explicitly or point "
+                f"`mm_vision_tower` at a local CLIP folder."
             )
         if self.mm_hidden_size is None:
             self.mm_hidden_size = self.vision_config.hidden_size
@@ -224,7 +228,9 @@ def vision_tower_candidates(mm_vision_tower: str | None, base_dirs: tuple[str, .
     return [os.path.join(base, mm_vision_tower) for base in base_dirs]
 
 
-def find_vision_tower_folder(mm_vision_tower: str | None, base_dirs: tuple[str, ...]) -> str | None:
+def find_vision_tower_folder(
+    mm_vision_tower: str | None, base_dirs: tuple[str, ...], cache_dir: str | None = None
+) -> str | None:
     """The first local folder holding `mm_vision_tower` (a path, or a hub id in the HF cache)."""
     for folder in vision_tower_candidates(mm_vision_tower, base_dirs):
         if os.path.isfile(os.path.join(folder, "config.json")):
@@ -233,6 +239,7 @@ def find_vision_tower_folder(mm_vision_tower: str | None, base_dirs: tuple[str, 
         cached = cached_file(
             mm_vision_tower,
             "config.json",
+            cache_dir=cache_dir,
             local_files_only=True,
             _raise_exceptions_for_missing_entries=False,
             _raise_exceptions_for_connection_errors=False,
@@ -243,12 +250,12 @@ def find_vision_tower_folder(mm_vision_tower: str | None, base_dirs: tuple[str, 
 
 
 def find_vision_config(
-    mm_vision_tower: str | None, base_dirs: tuple[str, ...]
+    mm_vision_tower: str | None, base_dirs: tuple[str, ...], cache_dir: str | None = None
 ) -> CLIPVisionConfig | None:
     """Offline resolution of the tower's architecture (see the module docstring), or None."""
     if mm_vision_tower == CLIP_L_336:
         return CLIPVisionConfig(**CLIP_L_336_VISION_CONFIG)
-    folder = find_vision_tower_folder(mm_vision_tower, base_dirs)
+    folder = find_vision_tower_folder(mm_vision_tower, base_dirs, cache_dir)
     if folder is None:
         return None
     with open(os.path.join(folder, "config.json")) as f:

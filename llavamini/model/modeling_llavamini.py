@@ -50,11 +50,7 @@ from llavamini.model.packing import (
 )
 from llavamini.model.prefusion import PreFusionLayers
 from llavamini.model.projector import build_projector
-from llavamini.model.vision_tower import (
-    CLIP_FILE_PREFIX,
-    VisionTower,
-    read_vision_tower_state_dict,
-)
+from llavamini.model.vision_tower import VisionTower, read_vision_tower_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -273,12 +269,12 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             raise ValueError(
                 f"Got {len(expected)} images (or image slots) for a batch of {len(counts)} samples."
             )
-        for b, (found, wanted) in enumerate(zip(counts, expected)):
+        for b, (found, wanted) in enumerate(zip(counts, expected, strict=True)):
             if found != wanted:
                 raise ValueError(
                     f"Sample {b} has {found} image placeholders (IMAGE_TOKEN_INDEX="
-                    f"{IMAGE_TOKEN_INDEX}) but {wanted} image or video: LLaVA-Mini takes exactly one "
-                    f"placeholder per image or video, and none for a text-only sample."
+                    f"{IMAGE_TOKEN_INDEX}) but {wanted} image or video: LLaVA-Mini takes exactly "
+                    f"one placeholder per image or video, and none for a text-only sample."
                 )
 
 
@@ -351,7 +347,9 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
             inputs_embeds, attention_mask, _, _ = self.model.embed_multimodal(
                 inputs, attention_mask, None, images, padding_side="left"
             )
-        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return super().generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -377,7 +375,8 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
         config = kwargs.pop("config", None)
         if config is None:
             config = cls.config_class.from_pretrained(checkpoint_dir)
-        config.resolve_vision_config(checkpoint_dir)
+        cache_dir = hub_kwargs.get("cache_dir")
+        config.resolve_vision_config(checkpoint_dir, cache_dir)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path,
             *model_args,
@@ -387,14 +386,11 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
         )
         keys = checkpoint.stored_keys(checkpoint_dir)
         missing = set(info["missing_keys"])
-        tower_keys = {
-            checkpoint.VISION_TOWER_PREFIX + CLIP_FILE_PREFIX + k
-            for k in model.model.vision_tower.vision_tower.state_dict()
-        }
+        tower_keys = {k for k in model.state_dict() if k.startswith(checkpoint.VISION_TOWER_PREFIX)}
         if keys is not None and keys & tower_keys:
             missing |= tower_keys - keys
         else:
-            model.load_vision_tower(checkpoint_dir)
+            model.load_vision_tower(checkpoint_dir, cache_dir)
         unexpected = set(info["unexpected_keys"])
         if strict and (missing or unexpected):
             raise ValueError(
@@ -406,22 +402,23 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
         info["missing_keys"], info["unexpected_keys"] = missing, unexpected
         return (model, info) if output_loading_info else model
 
-    def load_vision_tower(self, checkpoint_dir: str | None = None) -> str:
+    def load_vision_tower(
+        self, checkpoint_dir: str | None = None, cache_dir: str | None = None
+    ) -> str:
         """Load the CLIP weights from the `mm_vision_tower` folder or the local HF cache, never the
         network. Returns the folder used; raises `FileNotFoundError` naming where it looked."""
         mm_vision_tower = self.config.mm_vision_tower
         base_dirs = tuple(d for d in (checkpoint_dir, ".") if d)
-        folder = find_vision_tower_folder(mm_vision_tower, base_dirs)
+        folder = find_vision_tower_folder(mm_vision_tower, base_dirs, cache_dir)
         if folder is None:
             raise FileNotFoundError(
                 f"The checkpoint does not store the vision tower and mm_vision_tower="
                 f"{mm_vision_tower!r} was not found offline: looked in {list(base_dirs)} for that "
                 f"folder and in the local Hugging Face cache for that hub id. Download it once "
-                f"(huggingface-cli download {mm_vision_tower}) or point mm_vision_tower at a folder."
+                f"(hf download {mm_vision_tower}) or point mm_vision_tower at a folder."
             )
         state_dict = read_vision_tower_state_dict(folder)
-        tower = self.model.vision_tower.vision_tower
-        result = tower.load_state_dict(state_dict, strict=False)
+        result = self.model.vision_tower.clip.load_state_dict(state_dict, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"Vision tower weights in {folder} do not match vision_config: missing "

@@ -79,11 +79,15 @@ def splice_vision_tokens(
 
     def pad(tensor: torch.Tensor, value) -> torch.Tensor:
         missing = width - tensor.shape[0]
-        spec = [0, 0] * (tensor.dim() - 1) + ([missing, 0] if padding_side == "left" else [0, missing])
+        spec = [0, 0] * (tensor.dim() - 1) + (
+            [missing, 0] if padding_side == "left" else [0, missing]
+        )
         return F.pad(tensor, spec, value=value)
 
     inputs_embeds = torch.stack([pad(seq, 0.0) for seq in sequences])
-    new_mask = torch.stack([pad(seq.new_ones(seq.shape[0], dtype=torch.long), 0) for seq in sequences])
+    new_mask = torch.stack(
+        [pad(seq.new_ones(seq.shape[0], dtype=torch.long), 0) for seq in sequences]
+    )
     new_labels = None
     if labels is not None:
         new_labels = torch.stack([pad(row, IGNORE_INDEX) for row in label_rows])

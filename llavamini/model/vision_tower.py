@@ -11,28 +11,32 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_FILE_PREFIX = "vision_model."
-"""Prefix of the tower's tensors in CLIP files and checkpoints. transformers 5 drops it in memory
-(a `PrefixChange` weight conversion for `CLIPVisionModel`) and writes it back on save."""
+"""Prefix of the tower's tensors in CLIP files and in LLaVA checkpoints."""
 
 
 class VisionTower(nn.Module):
     """A frozen `CLIPVisionModel` built from its config (never downloaded at construction).
 
-    The checkpoint key prefix `model.vision_tower.vision_tower.vision_model.*` comes from the
-    attribute names `vision_tower` (here) and `vision_model` (inside `CLIPVisionModel`).
+    The checkpoint keys `model.vision_tower.vision_tower.vision_model.*` are the module path:
+    transformers 4 nested CLIP's weights under `vision_model`, transformers 5 does not, so the
+    `vision_model` level is kept here explicitly, in a `ModuleDict`.
     """
 
     def __init__(self, vision_config: CLIPVisionConfig, select_layer: int, select_feature: str):
         super().__init__()
-        self.vision_tower = CLIPVisionModel(vision_config)
+        self.vision_tower = nn.ModuleDict({"vision_model": CLIPVisionModel(vision_config)})
         self.vision_tower.requires_grad_(False)
         self.select_layer = select_layer
         self.select_feature = select_feature
 
     @property
+    def clip(self) -> CLIPVisionModel:
+        return self.vision_tower["vision_model"]
+
+    @property
     def grid_size(self) -> int:
         """Patches per side of one image (24 for CLIP ViT-L/14 at 336 px)."""
-        config = self.vision_tower.config
+        config = self.clip.config
         return config.image_size // config.patch_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -41,9 +45,7 @@ class VisionTower(nn.Module):
         Runs without gradients in the tower's own dtype; the features come back in `images.dtype`.
         """
         with torch.no_grad():
-            outputs = self.vision_tower(
-                images.to(self.vision_tower.dtype), output_hidden_states=True
-            )
+            outputs = self.clip(images.to(self.clip.dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.select_layer]
         if self.select_feature == "patch":
             features = features[:, 1:]

@@ -1,0 +1,65 @@
+"""Image preprocessing, identical to the reference's inference path (reference.md §4.2, §1.7).
+
+`process_images` turns PIL images into the `(B, parts, 3, H, W)` tensor the model takes:
+with `resolution_ratio` N > 1 each image is split into N x N row-major crops followed by the whole
+image; with `image_aspect_ratio == "pad"` each part is padded to a square with the processor's
+mean colour; then the CLIP processor resizes the short side, centre-crops and normalises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Pad `image` to a square of its longer side, centred, filled with `background`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), background)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def split_image(image: Image.Image, n: int) -> list[Image.Image]:
+    """`[image]` for n == 1; else n*n crops (row-major, each W//n x H//n) then the whole image.
+
+    Remainder pixels of sizes not divisible by n are dropped, as in the reference.
+    """
+    if n == 1:
+        return [image]
+    width, height = image.size
+    crop_w, crop_h = width // n, height // n
+    crops = [
+        image.crop((j * crop_w, i * crop_h, (j + 1) * crop_w, (i + 1) * crop_h))
+        for i in range(n)
+        for j in range(n)
+    ]
+    return crops + [image]
+
+
+def mean_colour(image_processor) -> tuple[int, int, int]:
+    """The processor's normalisation mean as an RGB colour (122, 116, 104 for CLIP)."""
+    return tuple(int(255 * m) for m in image_processor.image_mean)
+
+
+def process_images(images: Sequence[Image.Image], image_processor, config) -> torch.Tensor:
+    """PIL images -> `(B, parts, 3, H, W)` float32 pixel values, parts = N*N + 1 or 1.
+
+    Args:
+        images: PIL images (converted to RGB here).
+        image_processor: a CLIP image processor (`CLIPImageProcessorPil` or compatible).
+        config: anything with `image_aspect_ratio` and `resolution_ratio` (a `LlavaMiniConfig`).
+    """
+    batch = []
+    for image in images:
+        parts = split_image(image.convert("RGB"), config.resolution_ratio)
+        if config.image_aspect_ratio == "pad":
+            parts = [expand_to_square(part, mean_colour(image_processor)) for part in parts]
+        pixels = image_processor(images=parts, return_tensors="pt")["pixel_values"]
+        batch.append(pixels)
+    return torch.stack(batch)

@@ -1,0 +1,80 @@
+"""`load_pretrained`: model, tokenizer and image processor of a checkpoint, offline.
+
+Dispatch is by `config.model_type` (through the Auto classes), never by the folder's name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil
+
+from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.model.configuration_llavamini import CLIP_L_336, find_vision_tower_folder
+
+PROCESSOR_FILE = "preprocessor_config.json"
+
+CLIP_L_336_PROCESSOR = {
+    "size": {"shortest_edge": 336},
+    "crop_size": {"height": 336, "width": 336},
+    "resample": 3,  # bicubic
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
+"""`preprocessor_config.json` of `openai/clip-vit-large-patch14-336`, so the released checkpoint
+needs nothing from the network."""
+
+
+@dataclass
+class LoadedModel:
+    """What chat, evaluation and demos need from a checkpoint."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: CLIPImageProcessorPil
+
+
+def load_image_processor(checkpoint_dir: str, config) -> CLIPImageProcessorPil:
+    """The CLIP image processor: the checkpoint's own `preprocessor_config.json`, else the
+    vision tower folder's, else the built-in one for CLIP ViT-L/14-336.
+
+    `CLIPImageProcessorPil` is used whatever is installed: it is the PIL pipeline the reference
+    preprocessed with (the torchvision backend differs by up to ~0.015 per pixel).
+    """
+    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir, os.getcwd()))
+    looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
+    for folder in looked:
+        if os.path.isfile(os.path.join(folder, PROCESSOR_FILE)):
+            return CLIPImageProcessorPil.from_pretrained(folder)
+    if config.mm_vision_tower == CLIP_L_336:
+        return CLIPImageProcessorPil(**CLIP_L_336_PROCESSOR)
+    raise FileNotFoundError(
+        f"No {PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in {looked}."
+    )
+
+
+def load_pretrained(
+    model_path: str,
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load a LLaVA-Mini checkpoint (a folder, or a hub id already in the local HF cache).
+
+    Args:
+        model_path: the checkpoint.
+        dtype: torch dtype, or 'auto' for the one stored in config.json.
+        device: where to put the model ('cpu', 'cuda', 'cuda:1', ...; None keeps it on CPU).
+        attn_implementation: 'sdpa' (default), 'eager', 'flash_attention_2', ...
+    """
+    checkpoint_dir = resolve_checkpoint_dir(model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint_dir, dtype=dtype, attn_implementation=attn_implementation
+    )
+    if device is not None:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    image_processor = load_image_processor(checkpoint_dir, model.config)
+    return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor)

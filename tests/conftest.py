@@ -1,0 +1,49 @@
+"""Offline, seeded, tiny: every test builds what it needs in-process."""
+
+import os
+from pathlib import Path
+
+# Any accidental download fails fast instead of hanging on a closed network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from llavamini.tiny import tiny_config  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+"""`../shared` beside the checkout: reference fixtures and assets, present in CI only."""
+
+TEST_IMAGE_SIZE = 56  # a 4 x 4 patch grid: fast, and still square-grid compression
+VOCAB = 96
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test saying why."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: ../shared (reference fixtures) exists only in CI checkouts")
+    return path
+
+
+def make_config(**overrides):
+    """The test-size tiny config (56 px images, vocabulary of 96)."""
+    return tiny_config(VOCAB, image_size=TEST_IMAGE_SIZE, **overrides)
+
+
+def make_model(seed: int = 0, **overrides):
+    from llavamini import LlavaMiniForCausalLM
+
+    torch.manual_seed(seed)
+    return LlavaMiniForCausalLM(make_config(**overrides)).eval()
+
+
+def random_images(batch: int, parts: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, parts, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return make_model()
