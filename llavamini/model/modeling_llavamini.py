@@ -198,6 +198,21 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             text_sum = text_sum + text.float().sum(dim=0)
         return torch.cat(vision_parts), (text_sum / frames.shape[0]).to(text_embeds.dtype)
 
+    def encode_visual(
+        self, visual: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image `(parts, 3, H, W)` or video `(T, parts, 3, H, W)` of one sample ->
+        (`(V, D)` vision tokens, `(L, D)` fused text)."""
+        if visual.dim() == 5:
+            return self.encode_video(visual, text_embeds, keep)
+        if visual.dim() != 4:
+            raise ValueError(
+                f"An image must be (parts, 3, H, W) and a video (T, parts, 3, H, W), got shape "
+                f"{tuple(visual.shape)}."
+            )
+        vision, text = self.encode_images(visual[None], text_embeds[None], keep[None])
+        return vision[0], text[0]
+
     def embed_multimodal(
         self,
         input_ids: torch.Tensor,
@@ -212,9 +227,11 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             input_ids: `(B, L)` with one `IMAGE_TOKEN_INDEX` per image or video.
             attention_mask: `(B, L)` or None (no padding).
             labels: `(B, L)` in training, else None.
-            images: a `(B, parts, 3, H, W)` tensor (one image per sample), or a list of B items,
-                each a `(parts, 3, H, W)` image, a `(T, parts, 3, H, W)` video, or None
-                (text-only sample: no placeholder, no pre-fusion).
+            images: a `(B, parts, 3, H, W)` tensor (one image per sample, encoded as one batch),
+                or a list of B items: a `(parts, 3, H, W)` image, a `(T, parts, 3, H, W)` video,
+                None (text-only: no placeholder, no pre-fusion), or a list of images and videos
+                for a sample with several placeholders (filled in order; the fused text is the
+                mean over its visuals, as over a video's frames).
             padding_side: of the output; by default that of the input (left if any row starts
                 with padding).
 
@@ -228,27 +245,22 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             padding_side = "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
         text_embeds = self.embed_tokens(input_ids.clamp(min=0))
         keep = prefusion_text_keep(input_ids, attention_mask, labels)
-        self._check_placeholders(input_ids, attention_mask, images)
+        visuals = visuals_per_sample(images)
+        check_placeholders(input_ids, attention_mask, visuals)
 
         if isinstance(images, torch.Tensor):
             vision, text_embeds = self.encode_images(images, text_embeds, keep)
-            vision_tokens: list[torch.Tensor | None] = list(vision)
+            vision_tokens = [[tokens] for tokens in vision]
         else:
             vision_tokens, fused = [], []
-            for b, item in enumerate(images):
-                if item is None:
-                    vision_tokens.append(None)
-                    fused.append(text_embeds[b])
-                elif item.dim() == 5:
-                    vision, text = self.encode_video(item, text_embeds[b], keep[b])
-                    vision_tokens.append(vision)
-                    fused.append(text)
+            for b, sample_visuals in enumerate(visuals):
+                encoded = [self.encode_visual(v, text_embeds[b], keep[b]) for v in sample_visuals]
+                vision_tokens.append([tokens for tokens, _ in encoded])
+                if encoded:
+                    mean = torch.stack([text.float() for _, text in encoded]).mean(0)
+                    fused.append(mean.to(text_embeds.dtype))
                 else:
-                    vision, text = self.encode_images(
-                        item.unsqueeze(0), text_embeds[b : b + 1], keep[b : b + 1]
-                    )
-                    vision_tokens.append(vision[0])
-                    fused.append(text[0])
+                    fused.append(text_embeds[b])
             text_embeds = torch.stack(fused)
 
         max_length = self.config.tokenizer_model_max_length if labels is not None else None
@@ -256,26 +268,38 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             text_embeds, input_ids, attention_mask, labels, vision_tokens, padding_side, max_length
         )
 
-    @staticmethod
-    def _check_placeholders(
-        input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Images
-    ) -> None:
-        counts = count_placeholders(input_ids, attention_mask)
-        if isinstance(images, torch.Tensor):
-            expected = [1] * images.shape[0]
+
+def visuals_per_sample(images: Images) -> list[list[torch.Tensor]]:
+    """The visuals of each sample, in placeholder order (see `embed_multimodal` for the forms)."""
+    if isinstance(images, torch.Tensor):
+        return [[image] for image in images]
+    per_sample = []
+    for item in images:
+        if item is None:
+            per_sample.append([])
+        elif isinstance(item, torch.Tensor):
+            per_sample.append([item])
         else:
-            expected = [0 if item is None else 1 for item in images]
-        if len(expected) != len(counts):
+            per_sample.append(list(item))
+    return per_sample
+
+
+def check_placeholders(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, visuals: list[list[torch.Tensor]]
+) -> None:
+    """Raise unless every sample has exactly one placeholder per image or video."""
+    counts = count_placeholders(input_ids, attention_mask)
+    if len(visuals) != len(counts):
+        raise ValueError(
+            f"Got images for {len(visuals)} samples but a batch of {len(counts)} samples."
+        )
+    for b, (found, sample_visuals) in enumerate(zip(counts, visuals, strict=True)):
+        if found != len(sample_visuals):
             raise ValueError(
-                f"Got {len(expected)} images (or image slots) for a batch of {len(counts)} samples."
+                f"Sample {b} has {found} image placeholders (IMAGE_TOKEN_INDEX="
+                f"{IMAGE_TOKEN_INDEX}) but {len(sample_visuals)} images or videos: each image or "
+                f"video needs exactly one placeholder, and a text-only sample none."
             )
-        for b, (found, wanted) in enumerate(zip(counts, expected, strict=True)):
-            if found != wanted:
-                raise ValueError(
-                    f"Sample {b} has {found} image placeholders (IMAGE_TOKEN_INDEX="
-                    f"{IMAGE_TOKEN_INDEX}) but {wanted} image or video: LLaVA-Mini takes exactly "
-                    f"one placeholder per image or video, and none for a text-only sample."
-                )
 
 
 class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
@@ -346,6 +370,14 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
         else:
             inputs_embeds, attention_mask, _, _ = self.model.embed_multimodal(
                 inputs, attention_mask, None, images, padding_side="left"
+            )
+        limit = self.config.max_position_embeddings
+        new_tokens = kwargs.get("max_new_tokens") or 0
+        if inputs_embeds.shape[1] + new_tokens > limit:
+            raise ValueError(
+                f"The prompt is {inputs_embeds.shape[1]} tokens long (vision tokens included); "
+                f"with max_new_tokens={new_tokens} it exceeds the model's context of {limit} "
+                f"tokens (max_position_embeddings)."
             )
         return super().generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs

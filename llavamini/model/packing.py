@@ -39,18 +39,18 @@ def splice_vision_tokens(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor | None,
-    vision_tokens: list[torch.Tensor | None],
+    vision_tokens: list[list[torch.Tensor]],
     padding_side: str,
     max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Replace each sample's placeholder by its vision tokens and re-pad the batch.
+    """Replace each placeholder by its vision tokens and re-pad the batch.
 
     Args:
         text_embeds: `(B, L, D)` embeddings of the text positions (fused or raw).
         input_ids, attention_mask: `(B, L)`; padding may be on either side.
         labels: `(B, L)` or None; vision positions get `IGNORE_INDEX`.
-        vision_tokens: per sample `(V, D)` for its one placeholder, or None for a text-only
-            sample (which must have no placeholder; the caller checks counts).
+        vision_tokens: per sample, one `(V, D)` tensor per placeholder, in order (the caller
+            checks the counts).
         padding_side: 'left' or 'right', for the output.
         max_length: truncate each spliced sequence to this length (training only).
 
@@ -59,19 +59,21 @@ def splice_vision_tokens(
         `position_ids (B, L')` counting real tokens from 0.
     """
     sequences, label_rows = [], []
-    for b, vision in enumerate(vision_tokens):
+    for b, sample_tokens in enumerate(vision_tokens):
         real = attention_mask[b].bool()
         embeds, ids = text_embeds[b][real], input_ids[b][real]
         row_labels = labels[b][real] if labels is not None else None
-        if vision is not None:
-            at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0])
-            embeds = torch.cat([embeds[:at], vision.to(embeds.dtype), embeds[at + 1 :]])
+        places = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+        embed_pieces, label_pieces, start = [], [], 0
+        for at, tokens in zip(places, sample_tokens, strict=True):
+            embed_pieces += [embeds[start:at], tokens.to(embeds.dtype)]
             if row_labels is not None:
-                ignore = row_labels.new_full((vision.shape[0],), IGNORE_INDEX)
-                row_labels = torch.cat([row_labels[:at], ignore, row_labels[at + 1 :]])
-        if max_length is not None:
-            embeds = embeds[:max_length]
-            row_labels = row_labels[:max_length] if row_labels is not None else None
+                ignore = row_labels.new_full((tokens.shape[0],), IGNORE_INDEX)
+                label_pieces += [row_labels[start:at], ignore]
+            start = at + 1
+        embeds = torch.cat(embed_pieces + [embeds[start:]])[:max_length]
+        if row_labels is not None:
+            row_labels = torch.cat(label_pieces + [row_labels[start:]])[:max_length]
         sequences.append(embeds)
         label_rows.append(row_labels)
 
@@ -79,10 +81,8 @@ def splice_vision_tokens(
 
     def pad(tensor: torch.Tensor, value) -> torch.Tensor:
         missing = width - tensor.shape[0]
-        spec = [0, 0] * (tensor.dim() - 1) + (
-            [missing, 0] if padding_side == "left" else [0, missing]
-        )
-        return F.pad(tensor, spec, value=value)
+        side = [missing, 0] if padding_side == "left" else [0, missing]
+        return F.pad(tensor, [0, 0] * (tensor.dim() - 1) + side, value=value)
 
     inputs_embeds = torch.stack([pad(seq, 0.0) for seq in sequences])
     new_mask = torch.stack(

@@ -133,6 +133,29 @@ def test_supervised_tokens_keep_raw_embeddings_and_prompt_is_fused():
     assert not torch.allclose(train[0, 3:5], raw[3:5])  # the prompt is fused in both
 
 
+def test_several_visuals_in_one_sample_fill_placeholders_in_order():
+    model = make_model()
+    first, second = random_images(2, seed=6)
+    video = random_images(3, seed=7)
+    ids = torch.tensor([[1, 10, IMG, 11, IMG, 12, 13]])
+    with torch.no_grad():
+        embeds, _, _, _ = model.model.embed_multimodal(ids, None, None, [[first, video]])
+        one = model.model.embed_multimodal(ids[:, :4], None, None, [first])[0]
+    assert embeds.shape[1] == 7 - 2 + 1 + 3  # one token for the image, three for the video
+    # The first image's token is computed as for a sample with that image alone.
+    torch.testing.assert_close(embeds[0, 2], one[0, 2])
+    # The text is fused with each visual and averaged.
+    assert not torch.allclose(embeds[0, :2], one[0, :2])
+
+
+def test_bfloat16_model_takes_float32_images():
+    model = make_model().to(torch.bfloat16)
+    out = model(torch.tensor([PROMPT_A]), images=random_images(1))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
+    new = greedy(model, *left_pad([PROMPT_A]), random_images(1), new=3)
+    assert new.shape == (1, 3)
+
+
 def test_text_only_sample_in_a_list_batch():
     model = make_model()
     ids = torch.tensor([PROMPT_A, [1, 10, 11, 12, 13, 14, 15]])
@@ -168,3 +191,10 @@ def test_high_resolution_uses_crops_and_global_view():
     changed = images.clone()
     changed[:, -1] += 1.0
     assert not torch.allclose(out.logits, model(torch.tensor([PROMPT_A]), images=changed).logits)
+
+
+def test_prompt_longer_than_the_context_is_refused():
+    model = make_model(max_position_embeddings=16)
+    ids, mask = left_pad([PROMPT_A])
+    with pytest.raises(ValueError, match="7 tokens long .* exceeds the model's context of 16"):
+        greedy(model, ids, mask, random_images(1), new=10)

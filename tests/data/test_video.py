@@ -1,0 +1,63 @@
+"""Frame sampling policy and both decoders on a generated clip whose red channel is the frame index."""
+
+import av
+import numpy as np
+import pytest
+
+from llavamini.data import load_video, process_video, sample_frame_indices
+from llavamini.tiny import tiny_config, tiny_image_processor
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    """4 s at 10 fps, 64 x 48; frame i is filled with red = 6 * i."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "0"}
+        for i in range(40):
+            frame = np.zeros((48, 64, 3), dtype=np.uint8)
+            frame[..., 0] = 6 * i
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_indices_are_segment_midpoints_at_one_fps():
+    # get_seq_frames for 40 frames at 10 fps: segment 39/4 = 9.75, round() halves to even.
+    assert sample_frame_indices(40, 10.0) == [5, 15, 24, 34]
+    assert sample_frame_indices(40, 10.0, fps=2.0) == [2, 7, 12, 17, 22, 26, 31, 36]
+    assert sample_frame_indices(40, 10.0, max_frames=2) == [10, 29]
+    assert sample_frame_indices(5, 30.0) == [2]  # shorter than a second: one frame, not none
+    with pytest.raises(ValueError, match="at least one frame"):
+        sample_frame_indices(0, 30.0)
+
+
+@pytest.mark.parametrize("backend", ["decord", "av"])
+def test_decoders_return_the_sampled_frames(clip_path, backend):
+    pytest.importorskip(backend)
+    frames = load_video(clip_path, fps=1.0, backend=backend)
+    assert frames.shape == (4, 48, 64, 3) and frames.dtype == np.uint8
+    red = frames[..., 0].reshape(4, -1).mean(1)
+    np.testing.assert_allclose(red, [6 * i for i in (5, 15, 24, 34)], atol=3)
+
+
+def test_missing_and_broken_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        load_video(str(tmp_path / "nope.mp4"))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    for backend in ("decord", "av"):
+        with pytest.raises(ValueError, match="broken.mp4"):
+            load_video(str(broken), backend=backend)
+
+
+def test_process_video_shape(clip_path):
+    frames = load_video(clip_path)
+    pixels = process_video(frames, tiny_image_processor(56), tiny_config(10, image_size=56))
+    assert pixels.shape == (4, 1, 3, 56, 56)
+    hd = process_video(frames, tiny_image_processor(56), tiny_config(10, resolution_ratio=2))
+    assert hd.shape == (4, 5, 3, 56, 56)
