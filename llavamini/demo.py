@@ -1,4 +1,4 @@
-"""`llavamini demo`: a tiny random LLaVA-Mini, saved and loaded like a release, answers a question."""
+"""`llavamini demo`: a tiny random LLaVA-Mini, saved and loaded like a release, answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frame sampling policy and both decoders on a generated clip whose red channel is the frame index."""
+"""Frame sampling policy and both decoders on a clip whose red channel encodes the frame."""
 
 import av
 import numpy as np
