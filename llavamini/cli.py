@@ -1,6 +1,6 @@
 """`llavamini` command line: one entry point, one subcommand per job.
 
-Each subcommand lives in its own module, which exposes `add_parser(subparsers)` and imports its
+Subcommands live in their own modules, which expose `add_parser(subparsers)` and import their
 heavy dependencies (torch, transformers) only when run, so `llavamini --help` stays fast.
 """
 
@@ -10,16 +10,18 @@ import argparse
 import importlib
 import logging
 
-SUBCOMMANDS = {
-    "demo": "llavamini.demo",
-}
-"""Subcommand name -> module defining it."""
+SUBCOMMAND_MODULES = (
+    "llavamini.demo",  # demo, tiny-assets
+    "llavamini.train.cli",  # train
+    "llavamini.train.data_check",  # data
+)
+"""Modules whose `add_parser(subparsers)` adds the subcommands."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavamini", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in SUBCOMMANDS.values():
+    for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_parser(commands)
     return parser
 

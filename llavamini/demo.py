@@ -14,6 +14,17 @@ DEFAULT_IMAGE = os.path.join("playground", "examples", "extreme_ironing.jpg")
 
 
 def add_parser(commands) -> None:
+    assets = commands.add_parser(
+        "tiny-assets",
+        help="write a tiny plain LLM, CLIP tower and synthetic data set (configs/train/tiny*.yaml)",
+        allow_abbrev=False,
+    )
+    assets.add_argument("--output-dir", default=os.path.join("playground", "data", "tiny"))
+    assets.add_argument("--image-size", type=int, default=56)
+    assets.add_argument("--num-train", type=int, default=64)
+    assets.add_argument("--num-val", type=int, default=16)
+    assets.add_argument("--seed", type=int, default=0)
+    assets.set_defaults(func=run_tiny_assets)
     parser = commands.add_parser(
         "demo",
         help="build a tiny random LLaVA-Mini and answer a question about an image (no download)",
@@ -52,3 +63,13 @@ def run(args: argparse.Namespace) -> None:
         time.perf_counter() - start,
     )
     sys.stdout.write(f"Q: {args.question}\nA: {answer}\n")
+
+
+def run_tiny_assets(args: argparse.Namespace) -> None:
+    from llavamini.tiny import build_tiny_assets
+
+    paths = build_tiny_assets(
+        args.output_dir, args.image_size, args.num_train, args.num_val, args.seed
+    )
+    for name, path in paths.items():
+        logger.info("%s: %s", name, path)

@@ -6,14 +6,18 @@ batch of rendered prompts (left-padded, so batched answers equal batch-size-1 an
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from llavamini.conversation import ChatTemplate
-from llavamini.data import load_video, process_images, process_video, tokenizer_image_token
+from llavamini.data import (
+    load_image,
+    load_video,
+    process_images,
+    process_video,
+    tokenizer_image_token,
+)
 from llavamini.model.loading import LoadedModel
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -41,17 +45,6 @@ class GenerationSettings:
 
 def is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTENSIONS)
-
-
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB; errors name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from error
 
 
 def load_visual(

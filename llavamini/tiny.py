@@ -7,10 +7,21 @@ A tiny checkpoint has the same layout as a released one: `config.json`, `model.s
 
 from __future__ import annotations
 
+import os
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import CLIPImageProcessorPil, GenerationConfig, PreTrainedTokenizerFast
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
+from llavamini import synthetic
 from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
 from llavamini.model.loading import CLIP_L_336_PROCESSOR
 
@@ -33,8 +44,34 @@ _CORPUS = [
 ]
 
 
+TINY_LLM = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    rope_theta=500000.0,
+)
+"""The tiny Llama's shape."""
+
+
+def tiny_vision_config(image_size: int = 336) -> dict:
+    """A CLIP-shaped tower of width 64, 2 layers, patch 14."""
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=14,
+        hidden_act="quick_gelu",
+    )
+
+
 def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in memory on a few sentences, with Llama-3.1 special tokens."""
+    """A byte-level BPE trained in memory on a few sentences and the synthetic data's words,
+    with Llama-3.1 special tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -44,7 +81,7 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer)
+    tokenizer.train_from_iterator(_CORPUS + synthetic.vocabulary(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",
@@ -61,26 +98,12 @@ def tiny_config(vocab_size: int, image_size: int = 336, **overrides) -> LlavaMin
     """
     fields = dict(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_theta=500000.0,
+        **TINY_LLM,
         bos_token_id=1,
         eos_token_id=5,
         pad_token_id=0,
         mm_vision_tower=None,
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=14,
-            hidden_act="quick_gelu",
-        ),
+        vision_config=tiny_vision_config(image_size),
         mm_hidden_size=64,
         compressor_num_heads=4,
         compressor_size=1,
@@ -105,12 +128,41 @@ def build_tiny_checkpoint(output_dir: str, seed: int = 0, **config_overrides) ->
     config = tiny_config(len(tokenizer), **config_overrides)
     torch.manual_seed(seed)
     model = LlavaMiniForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")],
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    model.generation_config = tiny_generation_config(tokenizer)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     tiny_image_processor(config.vision_config.image_size).save_pretrained(output_dir)
     return output_dir
+
+
+def tiny_generation_config(tokenizer) -> GenerationConfig:
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_assets(
+    output_dir: str, image_size: int = 56, num_train: int = 64, num_val: int = 16, seed: int = 0
+) -> dict:
+    """What a training run starts from, in miniature: a plain Llama (`llm/`, with its
+    tokenizer), a CLIP vision tower (`clip/`, with its preprocessor) and the synthetic shapes
+    data set (`data/`). Returns the paths."""
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    llm_dir, clip_dir = os.path.join(output_dir, "llm"), os.path.join(output_dir, "clip")
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=5, pad_token_id=0, **TINY_LLM
+        )
+    )
+    llm.generation_config = tiny_generation_config(tokenizer)
+    llm.save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+    CLIPVisionModel(CLIPVisionConfig(**tiny_vision_config(image_size))).save_pretrained(clip_dir)
+    tiny_image_processor(image_size).save_pretrained(clip_dir)
+    data = synthetic.write_dataset(
+        os.path.join(output_dir, "data"), num_train, num_val, image_size, seed
+    )
+    return {"llm": llm_dir, "clip": clip_dir, **data}

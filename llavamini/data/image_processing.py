@@ -8,10 +8,22 @@ mean colour; then the CLIP processor resizes the short side, centre-crops and no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image as RGB; errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot read image {path}: {error}") from error
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

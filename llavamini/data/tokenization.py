@@ -1,10 +1,39 @@
-"""Prompt tokenization with the `<image>` placeholder mapped to `IMAGE_TOKEN_INDEX`."""
+"""Prompt tokenization with `<image>` as `IMAGE_TOKEN_INDEX`, and labels by construction.
+
+Training text is tokenized exactly as inference text (in one piece between placeholders); a token
+is supervised when its characters lie inside a supervised span from
+`llavamini.conversation.render_with_spans`. A token straddling a span boundary means the labels
+cannot be built consistently: that is an error naming the sample, never a silently ignored sample.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from llavamini.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llavamini.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def _tokens_with_offsets(text: str, tokenizer) -> Iterator[tuple[int, int, int]]:
+    """`(token_id, start, end)` over `text`, each `<image>` yielding one `IMAGE_TOKEN_INDEX`."""
+    offset = 0
+    for i, chunk in enumerate(text.split(DEFAULT_IMAGE_TOKEN)):
+        if i > 0:
+            yield IMAGE_TOKEN_INDEX, offset, offset + len(DEFAULT_IMAGE_TOKEN)
+            offset += len(DEFAULT_IMAGE_TOKEN)
+        if chunk:
+            encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+            for token_id, (start, end) in zip(
+                encoded["input_ids"], encoded["offset_mapping"], strict=True
+            ):
+                yield token_id, offset + start, offset + end
+        offset += len(chunk)
+
+
+def _needs_bos(ids: list[int], tokenizer, add_bos: bool) -> bool:
+    bos = tokenizer.bos_token_id
+    return add_bos and bos is not None and (not ids or ids[0] != bos)
 
 
 def tokenizer_image_token(
@@ -12,21 +41,40 @@ def tokenizer_image_token(
 ) -> list[int] | torch.Tensor:
     """Tokenize `prompt`, each `<image>` becoming one `IMAGE_TOKEN_INDEX`.
 
-    The text between placeholders is tokenized without special tokens; a BOS is prepended when
-    `add_bos` and the tokenizer has one, unless the rendered prompt already starts with it (the
-    reference's inference scripts produced a double BOS there; see reference.md §3.2).
+    A BOS is prepended when `add_bos` and the tokenizer has one, unless the rendered prompt
+    already starts with it (the reference's inference scripts produced a double BOS there;
+    reference.md §3.2).
     """
-    ids: list[int] = []
-    for i, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
-        if i > 0:
-            ids.append(IMAGE_TOKEN_INDEX)
-        if chunk:
-            ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if add_bos and bos is not None and (not ids or ids[0] != bos):
-        ids.insert(0, bos)
+    ids = [token_id for token_id, _, _ in _tokens_with_offsets(prompt, tokenizer)]
+    if _needs_bos(ids, tokenizer, add_bos):
+        ids.insert(0, tokenizer.bos_token_id)
     if return_tensors == "pt":
         return torch.tensor(ids, dtype=torch.long)
     if return_tensors is not None:
         raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}.")
     return ids
+
+
+def tokenize_conversation(
+    text: str, spans: list[tuple[int, int]], tokenizer, sample_id: str = "?", add_bos: bool = True
+) -> tuple[list[int], list[int]]:
+    """`(input_ids, labels)` for a rendered conversation; labels are `IGNORE_INDEX` outside the
+    supervised `spans`. Raises `ValueError` naming `sample_id` when a token straddles a span
+    boundary or when nothing is supervised."""
+    ids, labels = [], []
+    for token_id, start, end in _tokens_with_offsets(text, tokenizer):
+        inside = any(a <= start and end <= b for a, b in spans)
+        if not inside and any(start < b and a < end for a, b in spans):
+            raise ValueError(
+                f"Sample {sample_id}: token {tokenizer.decode([token_id])!r} (characters "
+                f"{start}-{end}) straddles the boundary of an answer, so its labels cannot be "
+                f"built consistently with this tokenizer and template."
+            )
+        ids.append(token_id)
+        labels.append(token_id if inside and token_id != IMAGE_TOKEN_INDEX else IGNORE_INDEX)
+    if spans and all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(f"Sample {sample_id}: no answer token is supervised (empty answers?).")
+    if _needs_bos(ids, tokenizer, add_bos):
+        ids.insert(0, tokenizer.bos_token_id)
+        labels.insert(0, IGNORE_INDEX)
+    return ids, labels

@@ -9,6 +9,7 @@ square input with nearest-neighbour sampling (the reference's `F.interpolate` de
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from llavamini.data.image_processing import split_image
+
+logger = logging.getLogger(__name__)
 
 
 def sample_frame_indices(
@@ -56,11 +59,18 @@ def load_video(
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Video file not found: {path}")
-    backend = backend or video_backend()
     readers = {"decord": _read_with_decord, "av": _read_with_av}
-    if backend not in readers:
+    if backend is not None and backend not in readers:
         raise ValueError(f"Unknown video backend {backend!r}; known: {sorted(readers)}.")
-    frames = readers[backend](path, fps, max_frames)
+    chosen = backend or video_backend()
+    try:
+        frames = readers[chosen](path, fps, max_frames)
+    except ValueError as error:
+        if backend is not None or chosen == "av":
+            raise
+        # decord2 fails on some frame sizes (e.g. 32, 48 or 96 pixels wide) that PyAV reads.
+        logger.warning("decord could not read %s (%s); decoding it with PyAV", path, error)
+        frames = _read_with_av(path, fps, max_frames)
     if len(frames) == 0:
         raise ValueError(f"No decodable video frames in {path}.")
     return frames
@@ -76,7 +86,13 @@ def _read_with_decord(path: str, fps: float, max_frames: int | None) -> np.ndarr
     if len(reader) == 0:
         return np.zeros((0, 1, 1, 3), dtype=np.uint8)
     indices = sample_frame_indices(len(reader), reader.get_avg_fps(), fps, max_frames)
-    return reader.get_batch(indices).asnumpy()
+    try:
+        frames = reader.get_batch(indices).asnumpy()
+    except decord.DECORDError as error:
+        raise ValueError(f"decord failed on {path}: {error}") from error
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"decord returned frames of shape {frames.shape} for {path}.")
+    return frames
 
 
 def _read_with_av(path: str, fps: float, max_frames: int | None) -> np.ndarray:

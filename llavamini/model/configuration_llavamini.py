@@ -157,10 +157,16 @@ class LlavaMiniConfig(LlamaConfig):
     @property
     def num_compressed_tokens(self) -> int:
         """Vision tokens the LLM receives per image (per frame for video) at standard resolution."""
-        if self.compressor_type == "none":
-            grid = self.vision_config.image_size // self.vision_config.patch_size
-            return grid * grid + (self.mm_vision_select_feature == "cls_patch")
-        return self.compressor_size**2
+        return self.vision_token_count(parts=1)
+
+    def vision_token_count(self, parts: int, frames: int = 1) -> int:
+        """Vision tokens the LLM receives for one image of `parts` parts (1, or N*N crops + the
+        global view), or for a video of `frames` such frames."""
+        if self.compressor_type != "none":
+            return self.compressor_size**2 * frames
+        grid = self.vision_config.image_size // self.vision_config.patch_size
+        per_part = grid * grid + (self.mm_vision_select_feature == "cls_patch")
+        return per_part * parts * frames
 
     def validate_multimodal(self):
         """Part of `@strict` validation: every multimodal field, with the field named on error."""

@@ -35,6 +35,7 @@ import logging
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
@@ -450,7 +451,14 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
                 f"(hf download {mm_vision_tower}) or point mm_vision_tower at a folder."
             )
         state_dict = read_vision_tower_state_dict(folder)
-        result = self.model.vision_tower.clip.load_state_dict(state_dict, strict=False)
+        clip = self.model.vision_tower.clip
+        if is_deepspeed_zero3_enabled():  # each rank holds a shard: gather, load on rank 0
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(clip.parameters()), modifier_rank=0):
+                result = clip.load_state_dict(state_dict, strict=False)
+        else:
+            result = clip.load_state_dict(state_dict, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"Vision tower weights in {folder} do not match vision_config: missing "

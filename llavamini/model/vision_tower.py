@@ -11,7 +11,18 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_FILE_PREFIX = "vision_model."
-"""Prefix of the tower's tensors in CLIP files and in LLaVA checkpoints."""
+"""Prefix of the tower's tensors in LLaVA checkpoints and in CLIP files saved by transformers 4
+(and on the hub); transformers 5 saves a `CLIPVisionModel` without it."""
+
+
+class LlavaMiniCLIPVisionModel(CLIPVisionModel):
+    """`CLIPVisionModel` as LLaVA checkpoints nest it.
+
+    transformers 5 renames the weights of a `CLIPVisionModel` on load (dropping `vision_model.`)
+    and back on save. Under LLaVA-Mini the `vision_model` level is an explicit module (see
+    `VisionTower`), so that renaming would double the prefix when a loaded model is saved again.
+    A subclass defined here counts as custom code, which transformers leaves unrenamed.
+    """
 
 
 class VisionTower(nn.Module):
@@ -24,7 +35,8 @@ class VisionTower(nn.Module):
 
     def __init__(self, vision_config: CLIPVisionConfig, select_layer: int, select_feature: str):
         super().__init__()
-        self.vision_tower = nn.ModuleDict({"vision_model": CLIPVisionModel(vision_config)})
+        clip = LlavaMiniCLIPVisionModel(vision_config)
+        self.vision_tower = nn.ModuleDict({"vision_model": clip})
         self.vision_tower.requires_grad_(False)
         self.select_layer = select_layer
         self.select_feature = select_feature
@@ -62,6 +74,8 @@ def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:
                 state_dict = load_file(path)
             else:
                 state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            if not any(k.startswith(CLIP_FILE_PREFIX) for k in state_dict):
+                return state_dict  # a CLIPVisionModel saved by transformers 5: no prefix
             return {
                 k.removeprefix(CLIP_FILE_PREFIX): v
                 for k, v in state_dict.items()

@@ -1,5 +1,7 @@
 """Frame sampling policy and both decoders on a clip whose red channel encodes the frame."""
 
+import importlib.util
+
 import av
 import numpy as np
 import pytest
@@ -61,3 +63,22 @@ def test_process_video_shape(clip_path):
     assert pixels.shape == (4, 1, 3, 56, 56)
     hd = process_video(frames, tiny_image_processor(56), tiny_config(10, resolution_ratio=2))
     assert hd.shape == (4, 5, 3, 56, 56)
+
+
+def test_automatic_backend_falls_back_to_pyav_where_decord_fails(tmp_path):
+    """decord2 3.4 cannot batch-read 32-pixel-wide frames; PyAV can."""
+    path = tmp_path / "small.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(8):
+            frame = np.full((32, 32, 3), 20 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = load_video(str(path))
+    assert frames.shape == (2, 32, 32, 3)
+    if importlib.util.find_spec("decord"):
+        with pytest.raises(ValueError, match="decord"):
+            load_video(str(path), backend="decord")

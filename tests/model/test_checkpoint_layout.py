@@ -114,3 +114,16 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert original.keys() == reloaded.keys()
     for key in original:
         assert torch.equal(original[key], reloaded[key]), key
+
+
+def test_a_loaded_model_saves_the_same_keys(tmp_path):
+    """transformers 5 renames CLIP weights on load and back on save; the layout must survive a
+    load-save cycle unchanged (it once came back as `vision_model.vision_model.`)."""
+    make_model().save_pretrained(tmp_path / "a")
+    LlavaMiniForCausalLM.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
+    keys = {}
+    for name in ("a", "b"):
+        with safe_open(tmp_path / name / "model.safetensors", "pt") as f:
+            keys[name] = set(f.keys())
+    assert keys["a"] == keys["b"]
+    assert any(k.startswith(CLIP_PREFIX + "embeddings.") for k in keys["b"])

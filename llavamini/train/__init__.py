@@ -1,0 +1,1 @@
+"""Two-stage training of LLaVA-Mini with the Hugging Face Trainer (DeepSpeed, torchrun)."""

@@ -1,0 +1,160 @@
+"""`llavamini train RECIPE.yaml [--key value ...]`: one training run of one stage.
+
+Launch on one machine with `python -m llavamini.train ...`, on several GPUs or nodes with
+`torchrun ... -m llavamini.train ...` or the `deepspeed` launcher (scripts/train/*.sh).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+from transformers import AutoTokenizer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from llavamini.conversation import get_template
+from llavamini.data.dataset import DataCollator, SupervisedDataset
+from llavamini.data.mixture import load_records
+from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.model.loading import load_image_processor
+from llavamini.train.arguments import parse_args, save_run_config
+from llavamini.train.model_setup import build_model
+from llavamini.train.stages import ADAPTER_FILE, apply_trainable, get_stage, parameter_counts
+from llavamini.train.trainer import LlavaMiniTrainer
+
+logger = logging.getLogger(__name__)
+
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<unk>")
+"""Pad tokens tried in order when the tokenizer has none (Llama-3.1's first, as the reference)."""
+
+RUN_CONFIG_FILE = "run_config.yaml"
+
+
+def load_tokenizer(path: str, model_max_length: int):
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=model_max_length)
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        candidate = next((t for t in PAD_CANDIDATES if t in vocab), None)
+        if candidate is None:
+            raise ValueError(
+                f"The tokenizer of {path} has no pad token and none of {PAD_CANDIDATES}."
+            )
+        tokenizer.pad_token = candidate
+    return tokenizer
+
+
+def apply_lora(model, training_args):
+    """LoRA on the LLM's linear layers (peft); the multimodal modules train fully."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        lora_dropout=training_args.lora_dropout,
+        target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
+        # peft wraps modules, not ModuleLists: name each pre-fusion layer.
+        modules_to_save=["mm_projector", "compressor"]
+        + [f"prefusion_layers.{i}" for i in range(model.config.prefusion_layer_num)],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def resume_checkpoint(training_args) -> str | None:
+    """`resume_from_checkpoint`: a path, 'auto' (the last checkpoint in output_dir, if any) or
+    None."""
+    value = training_args.resume_from_checkpoint
+    if value == "auto":
+        if os.path.isdir(training_args.output_dir):
+            return get_last_checkpoint(training_args.output_dir)
+        return None
+    return value
+
+
+def train(argv: list[str]) -> LlavaMiniTrainer:
+    model_args, data_args, training_args = parse_args(argv)
+    set_seed(training_args.seed)
+    stage = get_stage(model_args.stage)
+    if training_args.should_save:
+        save_run_config(
+            os.path.join(training_args.output_dir, RUN_CONFIG_FILE),
+            model_args,
+            data_args,
+            training_args,
+        )
+    if training_args.deepspeed:
+        import deepspeed
+
+        # ZeRO-3 partitions the model while from_pretrained builds it, reading the world size
+        # from deepspeed.comm, which must be up by then.
+        deepspeed.init_distributed()
+    tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.model_max_length)
+    model = build_model(model_args, data_args, training_args, stage)
+    image_processor = load_image_processor(
+        resolve_checkpoint_dir(model_args.model_name_or_path), model.config
+    )
+    counts = apply_trainable(model, stage.trainable)
+    if training_args.lora_enable:
+        if stage.saves == "adapter":
+            raise ValueError(f"lora_enable: stage {model_args.stage!r} does not train the LLM.")
+        # peft freezes the base model and trains the LoRA weights and `modules_to_save`.
+        model = apply_lora(model, training_args)
+        counts = parameter_counts(model)
+    logger.info("Stage %s: %s parameters", model_args.stage, counts)
+
+    records = load_records(data_args.data_path, data_args.image_folder, data_args.mixture_seed)
+    dataset = SupervisedDataset(
+        records=records,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        template=get_template(model_args.version),
+        model_config=model.config,
+        max_length=training_args.model_max_length,
+        video_fps=data_args.video_fps,
+        video_max_frames=data_args.video_max_frames,
+        on_bad_sample=data_args.on_bad_sample,
+    )
+    trainer = LlavaMiniTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        stage=stage,
+        modality_lengths=dataset.modality_lengths(),
+        image_processor=image_processor,
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    finish(trainer, training_args)
+    if dataset.skipped:
+        logger.warning("Skipped %d bad samples in this process.", dataset.skipped)
+    return trainer
+
+
+def finish(trainer: LlavaMiniTrainer, training_args) -> None:
+    """Save the final weights: `mm_projector.bin` for an adapter stage, else a full checkpoint
+    (LoRA merged into the LLM) that `from_pretrained` loads."""
+    trainer.save_state()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if training_args.lora_enable:
+        model = model.merge_and_unload()
+        trainer.model = model
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    if trainer.stage.saves == "adapter" and training_args.should_save:
+        logger.info("Stage output: %s", os.path.join(training_args.output_dir, ADAPTER_FILE))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train(sys.argv[1:] if argv is None else argv)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Without this, ZeRO-3 runs sometimes abort at interpreter exit (deps.md §5).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

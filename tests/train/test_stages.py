@@ -1,0 +1,159 @@
+"""Stage 1 then stage 2 through the real entry point, resume, LoRA, and the stage table."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llavamini import LlavaMiniForCausalLM
+from llavamini.train.stages import STAGES, apply_trainable
+from llavamini.train.train import train
+from tests.conftest import make_model
+from tests.train.conftest import run_args
+
+
+def losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def stage1(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    trainer = train(run_args(assets, "tiny_stage1.yaml", out, "--num_train_epochs", "3"))
+    return out, trainer
+
+
+def test_stage1_trains_the_projector_and_writes_mm_projector_bin(stage1):
+    out, trainer = stage1
+    curve = losses(trainer)
+    assert curve[-1] < curve[0] - 0.1, curve
+    weights = torch.load(out / "mm_projector.bin", weights_only=True)
+    assert sorted(weights) == [
+        "model.mm_projector.0.bias",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.2.bias",
+        "model.mm_projector.2.weight",
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["compressor_type"] == "none" and config["prefusion_layer_num"] == 0
+    assert (out / "run_config.yaml").is_file()
+
+
+def test_stage2_starts_from_stage1_and_its_checkpoint_answers(assets, stage1, tmp_path):
+    stage1_out, _ = stage1
+    adapter = str(stage1_out / "mm_projector.bin")
+    trainer = train(
+        run_args(assets, "tiny.yaml", tmp_path, "--pretrain_mm_mlp_adapter", adapter,
+                 "--num_train_epochs", "2", "--max_steps", "1")
+    )  # fmt: skip
+    # One step at lr 1e-3 moves the projector only slightly from stage 1's weights.
+    stage1_weights = torch.load(adapter, weights_only=True)
+    model = trainer.model
+    start = stage1_weights["model.mm_projector.0.weight"]
+    assert torch.allclose(model.model.mm_projector[0].weight.detach(), start, atol=5e-3)
+
+    trainer = train(
+        run_args(assets, "tiny.yaml", tmp_path, "--pretrain_mm_mlp_adapter", adapter,
+                 "--num_train_epochs", "4")
+    )  # fmt: skip
+    curve = losses(trainer)
+    assert curve[-1] < curve[0] - 0.3, curve
+    loaded = LlavaMiniForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.compressor_type == "query"
+    from llavamini.conversation import get_template, render
+    from llavamini.inference import generate, load_visual
+    from llavamini.model.loading import load_pretrained
+
+    bundle = load_pretrained(str(tmp_path))
+    template = get_template("llava_llama_3_1")
+    prompt = render(template, [("user", "<image>\nHow many shapes are there?")])
+    image = load_visual(assets["captions"].replace("captions.json", "images/000000.png"), bundle)
+    answer = generate(bundle, [prompt], [[image]], template)
+    assert isinstance(answer[0], str)
+
+
+def test_finetuning_a_llava_mini_checkpoint_keeps_its_modules(assets, tmp_path):
+    base = tmp_path / "base"
+    train(run_args(assets, "tiny.yaml", base, "--max_steps", "1"))
+    before = load_file(base / "model.safetensors")
+    trainer = train(
+        run_args(assets, "tiny.yaml", tmp_path / "again", "--model_name_or_path", str(base),
+                 "--max_steps", "1", "--learning_rate", "0")
+    )  # fmt: skip
+    after = trainer.model.state_dict()
+    for key in ("model.compressor.query", "model.mm_projector.0.weight",
+                "model.prefusion_layers.0.mlp.up_proj.weight"):  # fmt: skip
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_resume_after_a_kill_reaches_the_same_losses(assets, tmp_path):
+    common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+              "--per_device_train_batch_size", "4", "--lr_scheduler_type", "constant")  # fmt: skip
+    whole = losses(train(run_args(assets, "tiny.yaml", tmp_path / "whole", *common)))
+
+    class Kill(Exception):
+        pass
+
+    from transformers import TrainerCallback
+
+    class KillAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Kill
+
+    import llavamini.train.train as train_module
+
+    original = train_module.LlavaMiniTrainer.__init__
+
+    def with_killer(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.add_callback(KillAtStep3())
+
+    killed = tmp_path / "killed"
+    train_module.LlavaMiniTrainer.__init__ = with_killer
+    try:
+        with pytest.raises(Kill):
+            train(run_args(assets, "tiny.yaml", killed, *common))
+    finally:
+        train_module.LlavaMiniTrainer.__init__ = original
+    assert (killed / "checkpoint-2").is_dir() and not (killed / "checkpoint-4").exists()
+    resumed = train(
+        run_args(assets, "tiny.yaml", killed, *common, "--resume_from_checkpoint", "auto")
+    )
+    assert resumed.state.global_step == 4
+    torch.testing.assert_close(losses(resumed)[-2:], whole[-2:], rtol=1e-4, atol=1e-4)
+
+
+def test_lora_run_saves_a_merged_checkpoint(assets, tmp_path):
+    train(
+        run_args(assets, "tiny.yaml", tmp_path, "--lora_enable", "true", "--lora_r", "4",
+                 "--max_steps", "3")
+    )  # fmt: skip
+    base = load_file(f"{assets['llm']}/model.safetensors")
+    merged = LlavaMiniForCausalLM.from_pretrained(tmp_path).state_dict()
+    assert not any("lora" in key for key in merged)
+    # LoRA adapted the LLM's projections and was merged into them; the embeddings stayed frozen.
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"])  # fmt: skip
+    assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("pretrain", {"model.mm_projector"}),
+        ("finetune", {"model.mm_projector", "model.compressor", "model.prefusion_layers",
+                      "model.embed_tokens", "model.layers", "model.norm", "lm_head"}),
+    ],
+)  # fmt: skip
+def test_trainable_parameters_are_exactly_the_stage_table(stage, expected):
+    model = make_model(**STAGES[stage].architecture)
+    counts = apply_trainable(model, STAGES[stage].trainable)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    modules = {
+        ".".join(n.split(".")[:2]) if n.startswith("model.") else n.split(".")[0] for n in trainable
+    }
+    assert modules == expected
+    assert not any(n.startswith("model.vision_tower") for n in trainable)
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
