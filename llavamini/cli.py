@@ -14,6 +14,9 @@ SUBCOMMAND_MODULES = (
     "llavamini.demo",  # demo, tiny-assets
     "llavamini.train.cli",  # train
     "llavamini.train.data_check",  # data
+    "llavamini.serve.cli",  # chat
+    "llavamini.serve.server",  # serve
+    "llavamini.serve.gradio_app",  # gradio
 )
 """Modules whose `add_parser(subparsers)` adds the subcommands."""
 

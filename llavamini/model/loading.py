@@ -9,7 +9,12 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    CLIPImageProcessorPil,
+)
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.configuration_llavamini import CLIP_L_336, find_vision_tower_folder
@@ -25,6 +30,29 @@ CLIP_L_336_PROCESSOR = {
 }
 """`preprocessor_config.json` of `openai/clip-vit-large-patch14-336`, so the released checkpoint
 needs nothing from the network."""
+
+
+QUANTIZATION_SKIP_MODULES = (
+    "model.vision_tower",
+    "model.mm_projector",
+    "model.compressor",
+    "lm_head",
+)
+"""Modules kept in 16-bit under 8/4-bit loading: small, and the first three feed every vision
+token (the reference's 8-bit path quantized lm_head and its 4-bit path failed outright)."""
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """bitsandbytes settings for '8bit' or '4bit' (NF4) loading."""
+    if quantization not in ("8bit", "4bit"):
+        raise ValueError(f"Unknown quantization {quantization!r}; expected '8bit' or '4bit'.")
+    return BitsAndBytesConfig(
+        load_in_8bit=quantization == "8bit",
+        load_in_4bit=quantization == "4bit",
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_type="nf4",
+        llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
+    )
 
 
 @dataclass
@@ -60,6 +88,7 @@ def load_pretrained(
     dtype: torch.dtype | str = "auto",
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load a LLaVA-Mini checkpoint (a folder, or a hub id already in the local HF cache).
 
@@ -68,12 +97,20 @@ def load_pretrained(
         dtype: torch dtype, or 'auto' for the one stored in config.json.
         device: where to put the model ('cpu', 'cuda', 'cuda:1', ...; None keeps it on CPU).
         attn_implementation: 'sdpa' (default), 'eager', 'flash_attention_2', ...
+        quantization: None, '8bit' or '4bit' (bitsandbytes, on a CUDA device; the vision
+            modules and lm_head stay unquantized).
     """
     checkpoint_dir = resolve_checkpoint_dir(model_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        checkpoint_dir, dtype=dtype, attn_implementation=attn_implementation
-    )
-    if device is not None:
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if quantization is not None:
+        compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float16
+        kwargs.update(
+            dtype=compute_dtype,
+            quantization_config=quantization_config(quantization, compute_dtype),
+            device_map=str(device or "cuda"),
+        )
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
+    if device is not None and quantization is None:
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
     image_processor = load_image_processor(checkpoint_dir, model.config)

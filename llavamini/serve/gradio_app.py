@@ -1,0 +1,235 @@
+"""A single-process Gradio demo: upload an image or a video, chat, see answers stream.
+
+    python -m llavamini.serve.gradio_app --model-path PATH [--host 127.0.0.1] [--port 7860]
+
+Needs the `serve` extra (gradio). Unlike the reference's controller / worker / web-server trio,
+the model lives in this process, and when something fails (an unreadable file, a prompt longer
+than the context) the real error is shown under the chat instead of a generic network error.
+Each browser session has its own `ChatSession`; an uploaded file goes into the next message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+
+from llavamini.serve.cli import add_generation_arguments, add_model_arguments
+
+logger = logging.getLogger(__name__)
+
+Outputs = tuple[list, object, str, None, None, str]
+"""What a chat turn updates: chatbot messages, session, message box, image, video, error text."""
+
+
+class DemoChat:
+    """The demo's handlers, bound to one loaded model (shared by all browser sessions; Gradio
+    runs one chat turn at a time, see `build_demo`).
+
+    Args:
+        loaded: model, tokenizer and image processor.
+        template: the chat template.
+        defaults: the sliders' starting decoding settings.
+        fps: video frames per second of video.
+        max_frames: cap on video frames.
+    """
+
+    def __init__(self, loaded, template, defaults=None, fps: float = 1.0, max_frames=180):
+        from llavamini.serve.session import CHAT_DEFAULTS
+
+        self.loaded = loaded
+        self.template = template
+        self.defaults = defaults or CHAT_DEFAULTS
+        self.fps = fps
+        self.max_frames = max_frames
+
+    def new_session(self):
+        """An empty conversation."""
+        from llavamini.serve.session import ChatSession
+
+        return ChatSession(
+            self.loaded, self.template, self.defaults, fps=self.fps, max_frames=self.max_frames
+        )
+
+    def respond(
+        self,
+        message: str,
+        image: str | None,
+        video: str | None,
+        history: list | None,
+        session,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+    ) -> Iterator[Outputs]:
+        """One chat turn: attach the uploads, stream the answer, or show what went wrong.
+
+        Yields `(chat messages, session, message box, image box, video box, error text)`; on
+        success the message box and uploads are cleared (they went into this turn), on failure
+        they are kept and the conversation is unchanged.
+        """
+        from llavamini.inference import GenerationSettings
+
+        history = list(history or [])
+        session = session or self.new_session()
+        text = (message or "").strip()
+        if not text:
+            yield history, session, message, image, video, "Type a message first."
+            return
+        session.settings = GenerationSettings(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_p=float(top_p) if temperature > 0 else None,
+        )
+        error = self._attach_uploads(session, image, video)
+        if error:
+            yield history, session, message, image, video, error
+            return
+        shown = history + [{"role": "user", "content": _with_upload_names(text, image, video)}]
+        answer, error = "", ""
+        for piece, error in _stream_answer(session, text):
+            if error:
+                break
+            answer += piece
+            yield shown + [{"role": "assistant", "content": answer}], session, "", None, None, ""
+        if error:
+            session.pending = []  # the failed turn's uploads are not kept either
+            yield history, session, message, image, video, error
+            return
+        final = session.messages[-1][1]
+        yield shown + [{"role": "assistant", "content": final}], session, "", None, None, ""
+
+    @staticmethod
+    def _attach_uploads(session, image: str | None, video: str | None) -> str:
+        """Attach the uploaded files; on failure none is attached and the error is returned."""
+        for path in (image, video):
+            if not path:
+                continue
+            try:
+                session.attach(path)
+            except (FileNotFoundError, ValueError) as error:
+                session.pending = []
+                return f"Cannot use {os.path.basename(path)}: {error}"
+        return ""
+
+    def clear(self) -> Outputs:
+        """A new, empty conversation."""
+        return [], self.new_session(), "", None, None, ""
+
+
+def _with_upload_names(text: str, image: str | None, video: str | None) -> str:
+    names = [os.path.basename(path) for path in (image, video) if path]
+    return "".join(f"[{name}] " for name in names) + text
+
+
+def _stream_answer(session, text: str) -> Iterator[tuple[str, str]]:
+    """Run `session.ask` on a thread and yield `(new text, '')` as it streams, and last
+    `('', error message)` when it failed."""
+    pieces: queue.Queue = queue.Queue()
+    failure: list[str] = []
+
+    def work() -> None:
+        try:
+            session.ask(text, on_text=pieces.put)
+        except ValueError as error:
+            failure.append(str(error))
+        except Exception as error:  # shown to the user, who would otherwise see nothing
+            logger.exception("Generation failed")
+            failure.append(f"Internal error: {type(error).__name__}: {error}")
+        finally:
+            pieces.put(None)
+
+    worker = threading.Thread(target=work, name="llavamini-demo-generate", daemon=True)
+    worker.start()
+    # The worker always ends the stream with None, so this loop ends when generation does.
+    while (piece := pieces.get()) is not None:
+        yield piece, ""
+    worker.join()
+    if failure:
+        yield "", failure[0]
+
+
+def build_demo(chat: DemoChat, title: str = "LLaVA-Mini"):
+    """The Gradio app (`gr.Blocks`) for `chat`; `.launch()` it, or call `chat.respond`."""
+    import gradio as gr
+
+    defaults = chat.defaults
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}\nUpload an image or a video; it goes into your next message.")
+        session = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="filepath", label="Image")
+                video = gr.Video(label="Video")
+                temperature = gr.Slider(0.0, 1.0, value=defaults.temperature, label="Temperature")
+                top_p = gr.Slider(0.05, 1.0, value=defaults.top_p or 0.7, label="Top p")
+                max_new_tokens = gr.Slider(
+                    1, 1024, value=defaults.max_new_tokens, step=1, label="Max output tokens"
+                )
+            with gr.Column(scale=2):
+                chatbot = gr.Chatbot(label="Chat", height=480)
+                error = gr.Markdown()
+                message = gr.Textbox(placeholder="Ask about the image or video", label="Message")
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary")
+                    clear = gr.Button("New conversation")
+        inputs = [message, image, video, chatbot, session, temperature, top_p, max_new_tokens]
+        outputs = [chatbot, session, message, image, video, error]
+        # One turn at a time across all users: the model is shared and not thread-safe.
+        for trigger in (message.submit, send.click):
+            trigger(chat.respond, inputs, outputs, concurrency_limit=1, concurrency_id="model")
+        clear.click(chat.clear, None, outputs)
+    return demo
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """All flags of the Gradio demo."""
+    add_model_arguments(parser, max_frames=180)
+    add_generation_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.set_defaults(func=run)
+
+
+def add_parser(commands) -> None:
+    """Register a `gradio` subcommand on the `llavamini` command (optional)."""
+    parser = commands.add_parser(
+        "gradio",
+        help="a browser demo of a checkpoint (Gradio, single process; needs the serve extra)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_demo_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the model and serve the demo until interrupted."""
+    from llavamini.serve.cli import check_generation_arguments, generation_settings, load_from_args
+
+    check_generation_arguments(args)
+    loaded, template = load_from_args(args)
+    chat = DemoChat(loaded, template, generation_settings(args), args.fps, args.max_frames)
+    build_demo(chat).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m llavamini.serve.gradio_app`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(
+        prog="python -m llavamini.serve.gradio_app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_demo_arguments(parser)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""`ChatSession`: one conversation (template, history, visuals) and its one generation path.
+
+The command-line chat, the HTTP server and the Gradio demo all answer through `ChatSession.ask`,
+so history, image placeholders, stop tokens and streaming behave the same everywhere.
+
+A conversation is a list of `(role, text)` turns plus the pixel tensors of its images and videos,
+in placeholder order. A visual attached with `attach` goes into the *next* user turn as one
+`<image>\\n` placeholder before its text (where the reference puts it), so images can arrive at
+any turn, several per turn, or never (text-only chat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import TextStreamer
+
+from llavamini.constants import DEFAULT_IMAGE_TOKEN
+from llavamini.conversation import ChatTemplate, get_template, render
+from llavamini.inference import (
+    GenerationSettings,
+    encode_prompts,
+    generate,
+    load_visual,
+    stop_token_ids,
+)
+from llavamini.model.loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+CHAT_DEFAULTS = GenerationSettings(max_new_tokens=512)
+"""Greedy, up to 512 new tokens: the reference's documented command."""
+
+LLAMA_3_HEADER_TOKEN = "<|start_header_id|>"
+"""A tokenizer with this token is a Llama-3 tokenizer: its checkpoint chats in `llava_llama_3_1`."""
+
+
+def default_conv_mode(tokenizer) -> str:
+    """The conv mode for a checkpoint that does not name one (LLaVA-Mini configs never do).
+
+    Rule: `llava_llama_3_1` when the tokenizer has the Llama-3 header token
+    `<|start_header_id|>` (the release, and every Llama-3.x base), else `vicuna_v1` (LLaVA-1.5's
+    Vicuna bases). `--conv-mode` overrides it.
+    """
+    token_id = tokenizer.convert_tokens_to_ids(LLAMA_3_HEADER_TOKEN)
+    if token_id is not None and token_id != tokenizer.unk_token_id:
+        return "llava_llama_3_1"
+    return "vicuna_v1"
+
+
+def resolve_template(conv_mode: str | None, tokenizer) -> ChatTemplate:
+    """The template named `conv_mode`, or the checkpoint's default when None.
+
+    Raises `KeyError` listing the known names for an unknown one.
+    """
+    name = conv_mode if conv_mode is not None else default_conv_mode(tokenizer)
+    template = get_template(name)
+    if conv_mode is None:
+        logger.info("Conv mode %s (from the tokenizer; --conv-mode overrides it)", name)
+    return template
+
+
+def with_system_prompt(template: ChatTemplate, system: str | None) -> ChatTemplate:
+    """`template` with its system prompt replaced (None keeps the template's own)."""
+    return template if system is None else dataclasses.replace(template, system=system)
+
+
+class GenerationCancelled(Exception):
+    """Raised inside generation when the caller cancels it (a client that went away)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer and what it cost.
+
+    Attributes:
+        text: the answer, special tokens removed, stripped.
+        prompt_tokens: prompt length in text tokens (each image or video placeholder counts as
+            one, although the model sees its vision tokens there).
+        completion_tokens: tokens generated, the end token included.
+        finish_reason: 'stop' (an end token) or 'length' (`max_new_tokens` reached).
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class _CallbackStreamer(TextStreamer):
+    """Hands finished pieces of text to a callback, counts the new tokens, and aborts generation
+    (by raising from `put`, the only hook `generate` calls per token) once `cancel` is set."""
+
+    def __init__(
+        self,
+        tokenizer,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+    ):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+        self.cancel = cancel
+        self.new_tokens = 0
+        self.last_token: int | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("generation cancelled by the caller")
+        if not self.next_tokens_are_prompt:
+            flat = value.reshape(-1)
+            self.new_tokens += flat.numel()
+            if flat.numel():
+                self.last_token = int(flat[-1])
+        super().put(value)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text and self.on_text is not None:
+            self.on_text(text)
+
+
+class ChatSession:
+    """A conversation with a loaded LLaVA-Mini. Not thread-safe: one `ask` at a time.
+
+    Args:
+        loaded: model, tokenizer and image processor (`load_pretrained`).
+        template: the chat template (`resolve_template`).
+        settings: decoding settings for every `ask` (public: change it between turns).
+        fps: video frames taken per second of video (the training and evaluation policy).
+        max_frames: cap on video frames (None: no cap, as the reference's inference).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        template: ChatTemplate,
+        settings: GenerationSettings = CHAT_DEFAULTS,
+        fps: float = 1.0,
+        max_frames: int | None = None,
+    ):
+        self.loaded = loaded
+        self.template = template
+        self.settings = settings
+        self.fps = fps
+        self.max_frames = max_frames
+        self.messages: list[tuple[str, str]] = []
+        """Turns so far, `(role, text)`, user texts with their `<image>` placeholders."""
+        self.visuals: list[torch.Tensor] = []
+        """Pixel tensors of the images and videos in `messages`, in placeholder order."""
+        self.pending: list[torch.Tensor] = []
+        """Visuals attached for the next user turn."""
+
+    def attach(self, path: str) -> torch.Tensor:
+        """Load an image or video file (by extension) for the next user turn.
+
+        Raises `FileNotFoundError` or `ValueError` naming the file; nothing is attached then.
+        """
+        visual = load_visual(path, self.loaded, fps=self.fps, max_frames=self.max_frames)
+        self.pending.append(visual)
+        return visual
+
+    def attach_pixels(self, visual: torch.Tensor) -> None:
+        """Attach an already processed image `(parts, 3, H, W)` or video `(T, parts, 3, H, W)`."""
+        self.pending.append(visual)
+
+    def add_turn(self, role: str, text: str) -> None:
+        """Append a past turn without generating (to replay a conversation, as the HTTP API
+        does); a user turn takes the pending visuals."""
+        if role == "user":
+            self.messages.append(("user", self._user_text(text)))
+            self.visuals.extend(self.pending)
+            self.pending = []
+        elif role == "assistant":
+            self.messages.append(("assistant", text))
+        else:
+            raise ValueError(f"A turn's role must be 'user' or 'assistant', got {role!r}.")
+
+    def reset(self) -> None:
+        """Forget the conversation and any attached visuals."""
+        self.messages, self.visuals, self.pending = [], [], []
+
+    def prompt(self, text: str) -> tuple[str, list[torch.Tensor]]:
+        """The rendered prompt and the visuals that `ask(text)` would send to the model."""
+        messages = self.messages + [("user", self._user_text(text))]
+        # Only the tokenizer-template style needs (and accepts) the tokenizer.
+        needs_tokenizer = self.template.style == "chat_template"
+        kwargs = {"tokenizer": self.loaded.tokenizer} if needs_tokenizer else {}
+        return render(self.template, messages, **kwargs), self.visuals + self.pending
+
+    def ask(
+        self,
+        text: str,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reply:
+        """Answer `text` (with the pending visuals) in the context of the conversation so far.
+
+        Args:
+            text: the user's message, without `<image>` (attach visuals instead).
+            on_text: called with each finished piece of the answer as it is generated (with
+                beam search, once with the whole answer).
+            cancel: when set during generation, `GenerationCancelled` is raised.
+
+        The turn joins the history only when generation succeeds: after an error (a prompt
+        longer than the context, say) or a cancellation the conversation is as before, pending
+        visuals included. Raises `ValueError` for bad input.
+        """
+        prompt, visuals = self.prompt(text)
+        tokenizer = self.loaded.tokenizer
+        prompt_tokens = encode_prompts(tokenizer, [prompt])[0].shape[1]
+        # Transformers streamers do not support beam search; such answers arrive in one piece.
+        streaming = self.settings.num_beams == 1
+        streamer = _CallbackStreamer(tokenizer, on_text, cancel) if streaming else None
+        logger.debug("Prompt (%d tokens, %d visuals): %r", prompt_tokens, len(visuals), prompt)
+        answer = generate(
+            self.loaded, [prompt], [visuals], self.template, self.settings, streamer=streamer
+        )[0]
+        if streamer is None:
+            if on_text is not None:
+                on_text(answer)
+            new_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+            stopped = new_tokens < self.settings.max_new_tokens
+        else:
+            new_tokens = streamer.new_tokens
+            stopped = streamer.last_token in stop_token_ids(tokenizer, self.template)
+        self.messages.append(("user", self._user_text(text)))
+        self.messages.append(("assistant", answer))
+        self.visuals, self.pending = visuals, []
+        return Reply(answer, prompt_tokens, new_tokens, "stop" if stopped else "length")
+
+    def _user_text(self, text: str) -> str:
+        """`text` after one `<image>\\n` per pending visual; rejects a literal `<image>`, which
+        would ask for a visual that was never attached."""
+        if DEFAULT_IMAGE_TOKEN in text:
+            raise ValueError(
+                f"The message contains {DEFAULT_IMAGE_TOKEN!r}, which marks where an attached "
+                f"image goes: attach images instead (/image PATH in the chat, image_url parts in "
+                f"the API)."
+            )
+        return (DEFAULT_IMAGE_TOKEN + "\n") * len(self.pending) + text

@@ -1,0 +1,209 @@
+"""`llavamini chat` / `python -m llavamini.serve.cli` driven through scripted stdin, one-shot
+`--query`, the errors that must exit non-zero, and the reference-command shim."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llavamini.serve.session as session_module
+from llavamini.eval import run_llava_mini
+from llavamini.serve import cli, server
+
+REPO = Path(__file__).resolve().parents[2]
+SUBPROCESS_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def generations(monkeypatch):
+    """Every `generate` call the chat makes: `(prompt, number of visuals, answer)`."""
+    calls = []
+    real_generate = session_module.generate
+
+    def recording_generate(loaded, prompts, visuals, *args, **kwargs):
+        answers = real_generate(loaded, prompts, visuals, *args, **kwargs)
+        calls.append((prompts[0], len(visuals[0]), answers[0]))
+        return answers
+
+    monkeypatch.setattr(session_module, "generate", recording_generate)
+    return calls
+
+
+def chat(monkeypatch, argv, stdin=""):
+    """Run `python -m llavamini.serve.cli ARGV` in-process with `stdin` as the keyboard."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    cli.main(argv)
+
+
+def base_argv(checkpoint, *extra):
+    return ["--model-path", checkpoint, "--max-new-tokens", "4", *extra]
+
+
+def test_chat_carries_history_and_takes_an_image_later(
+    monkeypatch, capsys, generations, tiny_checkpoint, media_dir
+):
+    script = f"What is red?\n/image {media_dir / 'picture.png'}\nAnd in the picture?\n"
+    chat(monkeypatch, base_argv(tiny_checkpoint), script)  # returns at EOF
+    assert len(generations) == 2
+    (first_prompt, first_visuals, first_answer), (second_prompt, second_visuals, _) = generations
+    assert first_answer, "the tiny model should say something for this test to mean anything"
+    assert first_visuals == 0 and "<image>" not in first_prompt
+    assert "What is red?" in second_prompt and first_answer in second_prompt
+    assert second_prompt.count("<image>") == 1 and second_visuals == 1
+    assert second_prompt.rindex("<image>\nAnd in the picture?") > second_prompt.index(first_answer)
+    out = capsys.readouterr().out
+    assert out.count("ASSISTANT: ") == 2 and "(attached " in out
+    assert out.endswith("USER: \n")  # the prompt at EOF, then a clean newline
+
+
+def test_first_file_goes_into_the_first_turn_and_reset_forgets(
+    monkeypatch, generations, tiny_checkpoint, media_dir
+):
+    argv = base_argv(tiny_checkpoint, "--video-file", str(media_dir / "clip.mp4"))
+    chat(monkeypatch, argv, "Describe.\n/reset\nHello again.\n\nnever sent\n")
+    assert [visuals for _, visuals, _ in generations] == [1, 0]
+    assert "Describe." not in generations[1][0] and generations[0][0].count("<image>") == 1
+
+
+def test_bad_input_inside_the_chat_is_reported_and_the_chat_goes_on(
+    monkeypatch, caplog, generations, tiny_checkpoint, media_dir
+):
+    script = (
+        f"/image {media_dir / 'missing.png'}\n"
+        f"/image {media_dir / 'not_an_image.png'}\n"
+        f"/video {media_dir / 'picture.png'}\n"
+        "Still there?\n/exit\nnever sent\n"
+    )
+    chat(monkeypatch, base_argv(tiny_checkpoint), script)
+    assert "missing.png" in caplog.text and "not_an_image.png" in caplog.text
+    assert "wrong extension" in caplog.text
+    assert [visuals for _, visuals, _ in generations] == [0]
+
+
+def test_one_shot_query_prints_the_streamed_answer(
+    monkeypatch, capsys, generations, tiny_checkpoint, media_dir
+):
+    argv = base_argv(tiny_checkpoint, "--image-file", str(media_dir / "picture.png"))
+    chat(monkeypatch, argv + ["--query", "What is in the image?"], "ignored\n")
+    [(prompt, visuals, answer)] = generations
+    assert visuals == 1 and prompt.count("<image>\nWhat is in the image?") == 1
+    assert capsys.readouterr().out.strip() == answer
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--image-file", "{media}/missing.png"], "does not exist"),
+        (["--image-file", "{media}/not_an_image.png"], "Cannot read image"),
+        (["--video-file", "{media}/no_frames.mp4"], "no_frames.mp4"),
+        (["--image-file", "https://example.com/a.png"], "URLs are not downloaded"),
+        (["--conv-mode", "llava_v0"], "Unknown conv mode"),
+        (["--max-new-tokens", "100000"], "context"),
+        (["--load-4bit"], "CUDA"),
+        (["--top-p", "1.5"], "--top-p"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_message(
+    monkeypatch, tiny_checkpoint, media_dir, extra, message
+):
+    extra = [arg.format(media=media_dir) for arg in extra]
+    argv = ["--model-path", tiny_checkpoint, *extra, "--query", "Hi", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        chat(monkeypatch, argv)
+    assert isinstance(exit_info.value.code, str)  # SystemExit(str) prints it and exits with 1
+    assert message in exit_info.value.code
+
+
+def test_missing_checkpoint_exits_non_zero(monkeypatch, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        chat(monkeypatch, ["--model-path", str(tmp_path / "nowhere"), "--query", "Hi"])
+    assert "nowhere" in str(exit_info.value.code)
+
+
+def test_shim_maps_the_reference_flags(tiny_checkpoint, media_dir):
+    legacy = run_llava_mini.build_parser().parse_args(
+        [
+            "--model-path", tiny_checkpoint,
+            "--image-file", f"{media_dir / 'picture.png'},other.png",
+            "--conv-mode", "llava_llama_3_1",
+            "--model-name", "llava-mini",
+            "--query", "Hi",
+            "--top_p", "0.9",
+            "--max_new_tokens", "7",
+        ]
+    )  # fmt: skip
+    with (
+        pytest.warns(FutureWarning, match="--model-name"),
+        pytest.warns(UserWarning, match="first"),
+    ):
+        argv = run_llava_mini.chat_argv(legacy)
+    args = cli.build_parser().parse_args(argv)
+    assert args.image_file == str(media_dir / "picture.png") and args.max_new_tokens == 7
+    assert (args.top_p, args.temperature, args.num_beams) == (0.9, 0.0, 1)
+    assert args.conv_mode == "llava_llama_3_1" and args.query == "Hi"
+    with pytest.raises(SystemExit, match="--model-base"):
+        run_llava_mini.main(["--model-path", "x", "--model-base", "y", "--query", "Hi"])
+
+
+def test_documented_commands_run_as_subprocesses(tiny_checkpoint, media_dir):
+    """The reference's documented command (the shim, run as a script) and `python -m
+    llavamini.serve.cli` with a piped conversation, run side by side."""
+    shim = [
+        sys.executable, "llavamini/eval/run_llava_mini.py",
+        "--model-path", tiny_checkpoint,
+        "--image-file", str(media_dir / "picture.png"),
+        "--conv-mode", "llava_llama_3_1",
+        "--model-name", "llava-mini",
+        "--query", "What is unusual about this image?",
+        "--max_new_tokens", "4",
+    ]  # fmt: skip
+    module = [sys.executable, "-m", "llavamini.serve.cli", *base_argv(tiny_checkpoint)]
+    runs = [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for command in (shim, module)
+    ]
+    try:
+        shim_out, shim_err = runs[0].communicate("", timeout=SUBPROCESS_TIMEOUT_S)
+        chat_out, chat_err = runs[1].communicate("Hello\nAgain\n", timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        for run in runs:
+            run.kill()
+    assert runs[0].returncode == 0, shim_err
+    assert "--model-name is deprecated" in shim_err
+    assert shim_out.strip() and shim_out.endswith("\n")  # the answer, on its own line
+    assert runs[1].returncode == 0, chat_err
+    assert chat_out.count("ASSISTANT: ") == 2 and chat_out.endswith("USER: \n")
+
+
+def test_subcommands_register_on_the_llavamini_command(tiny_checkpoint):
+    """The `add_parser` hooks that `llavamini.cli.SUBCOMMANDS` calls."""
+    import argparse
+
+    from llavamini.serve import gradio_app
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (cli, server, gradio_app):
+        module.add_parser(commands)
+    chat_args = parser.parse_args(["chat", "--model-path", tiny_checkpoint, "--query", "Hi"])
+    assert chat_args.func is cli.run and chat_args.temperature == 0.0
+    assert chat_args.max_new_tokens == 512 and chat_args.max_frames is None
+    serve_args = parser.parse_args(["serve", "--model-path", tiny_checkpoint])
+    assert (serve_args.host, serve_args.port, serve_args.allowed_media_dir) == (
+        "127.0.0.1",
+        8000,
+        None,
+    )
+    assert serve_args.func is server.run and serve_args.max_frames == 180
+    assert parser.parse_args(["gradio", "--model-path", "x"]).host == "127.0.0.1"
+    with pytest.raises(SystemExit):  # one file kind at a time
+        parser.parse_args(["chat", "--model-path", "x", "--image-file", "a", "--video-file", "b"])
