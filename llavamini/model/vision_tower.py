@@ -52,16 +52,19 @@ class VisionTower(nn.Module):
         return config.image_size // config.patch_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`(N, 3, H, W)` -> `(N, grid**2, D_v)` ('patch') or `(N, 1 + grid**2, D_v)` ('cls_patch').
+        """`(N, 3, H, W)` -> `(N, grid**2, D_v)` ('patch') or `(N, 1 + grid**2, D_v)` ('cls_patch'),
+        in the tower's dtype.
 
-        Runs without gradients in the tower's own dtype; the features come back in `images.dtype`.
+        Runs in the tower's own dtype, without gradients unless the tower is being trained
+        (`unfreeze_mm_vision_tower`).
         """
-        with torch.no_grad():
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.clip.parameters())
+        with torch.set_grad_enabled(trainable):
             outputs = self.clip(images.to(self.clip.dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.select_layer]
         if self.select_feature == "patch":
             features = features[:, 1:]
-        return features.to(images.dtype)
+        return features
 
 
 def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:

@@ -39,14 +39,28 @@ class ModelArguments:
     mm_vision_select_feature: str = field(
         default="patch", metadata={"help": "'patch' or 'cls_patch'."}
     )
-    mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "Projector type."})
-    compressor_type: str = field(
-        default="query", metadata={"help": "'query', 'avg_pool' or 'none'."}
+    # Architecture: None keeps a LLaVA-Mini checkpoint's value, or takes ARCHITECTURE_DEFAULTS
+    # when building from a plain LLM. A value that differs from a checkpoint's changes it: new
+    # modules are initialised (prefusion_init), nothing else is allowed to be missing.
+    mm_projector_type: str | None = field(default=None, metadata={"help": "Projector type."})
+    compressor_type: str | None = field(
+        default=None, metadata={"help": "'query', 'avg_pool' or 'none' (LLaVA-1.5 mode)."}
     )
-    compressor_size: int = field(default=1, metadata={"help": "C: C x C vision tokens per image."})
-    compressor_num_heads: int = field(default=8, metadata={"help": "Compressor attention heads."})
-    prefusion_layer_num: int = field(default=4, metadata={"help": "Pre-fusion decoder layers."})
-    resolution_ratio: int = field(default=1, metadata={"help": "N: N x N crops + global view."})
+    compressor_size: int | None = field(default=None, metadata={"help": "C: C x C tokens."})
+    compressor_num_heads: int | None = field(default=None, metadata={"help": "Compressor heads."})
+    prefusion_layer_num: int | None = field(default=None, metadata={"help": "Pre-fusion layers."})
+    resolution_ratio: int | None = field(default=None, metadata={"help": "N: N x N crops + 1."})
+    prefusion_init: str = field(
+        default="random",
+        metadata={
+            "help": "New pre-fusion layers: 'random', or 'llm' (copies of the LLM's first "
+            "layers; the paper does not say, the reference uses random)."
+        },
+    )
+    unfreeze_mm_vision_tower: bool = field(
+        default=False,
+        metadata={"help": "Also train the vision tower (e.g. a tiny one from scratch)."},
+    )
     pretrain_mm_mlp_adapter: str | None = field(
         default=None, metadata={"help": "Stage-1 mm_projector.bin to start the projector from."}
     )
@@ -55,6 +69,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if self.prefusion_init not in ("random", "llm"):
+            raise ValueError(f"prefusion_init={self.prefusion_init!r}: expected 'random' or 'llm'.")
         if not self.model_name_or_path:
             raise ValueError("model_name_or_path is required (an LLM or a LLaVA-Mini checkpoint).")
         if self.stage not in STAGES:
@@ -112,7 +128,20 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False."})
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "Stop training after this much wall-clock time."}
+    )
 
+
+ARCHITECTURE_DEFAULTS = {
+    "mm_projector_type": "mlp2x_gelu",
+    "compressor_type": "query",
+    "compressor_size": 1,
+    "compressor_num_heads": 8,
+    "prefusion_layer_num": 4,
+    "resolution_ratio": 1,
+}
+"""The paper's LLaVA-Mini, for a model built around a plain LLM."""
 
 ALIASES = {"data_paths": "data_path", "image_folders": "image_folder"}
 """Reference flag names accepted as aliases."""

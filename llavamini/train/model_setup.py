@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -11,11 +12,23 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
 from llavamini.model.configuration_llavamini import find_vision_config
+from llavamini.train.arguments import ARCHITECTURE_DEFAULTS
 from llavamini.train.stages import MULTIMODAL_PREFIXES, PROJECTOR_PREFIX, Stage
 
 logger = logging.getLogger(__name__)
 
 LLM_CONFIG_DROP = ("model_type", "architectures", "transformers_version", "_name_or_path")
+
+
+def architecture(model_args, base: dict) -> dict:
+    """The architecture fields the run sets: `base` (defaults or a checkpoint's values) updated
+    with every field given explicitly."""
+    fields = dict(base)
+    for name in ARCHITECTURE_DEFAULTS:
+        value = getattr(model_args, name)
+        if value is not None:
+            fields[name] = value
+    return fields
 
 
 def multimodal_config(llm_config, model_args, data_args, training_args, stage: Stage):
@@ -34,17 +47,12 @@ def multimodal_config(llm_config, model_args, data_args, training_args, stage: S
         mm_hidden_size=vision_config.hidden_size,
         mm_vision_select_layer=model_args.mm_vision_select_layer,
         mm_vision_select_feature=model_args.mm_vision_select_feature,
-        mm_projector_type=model_args.mm_projector_type,
-        compressor_type=model_args.compressor_type,
-        compressor_size=model_args.compressor_size,
-        compressor_num_heads=model_args.compressor_num_heads,
-        prefusion_layer_num=model_args.prefusion_layer_num,
-        resolution_ratio=model_args.resolution_ratio,
         image_aspect_ratio=data_args.image_aspect_ratio,
         tokenizer_model_max_length=training_args.model_max_length,
         tokenizer_padding_side="right",
         tune_mm_mlp_adapter=stage.saves == "adapter",
         mm_projector_lr=training_args.mm_projector_lr,
+        **architecture(model_args, ARCHITECTURE_DEFAULTS),
     )
     fields.update(stage.architecture)
     return LlavaMiniConfig(**fields)
@@ -54,9 +62,11 @@ def build_model(model_args, data_args, training_args, stage: Stage) -> LlavaMini
     """The model to train.
 
     From a LLaVA-Mini checkpoint: loaded strictly, every module kept (the reference re-created
-    the projector and re-initialised the compressor here). From a plain LLM: LLaVA-Mini is built
-    around it, CLIP loaded from `vision_tower`, the new modules initialised, and the projector
-    loaded from `pretrain_mm_mlp_adapter` when given.
+    the projector and re-initialised the compressor here); architecture fields given explicitly
+    may add modules (a compressor or pre-fusion on a LLaVA-1.5-mode checkpoint), which are
+    initialised. From a plain LLM: LLaVA-Mini is built around it, CLIP loaded from
+    `vision_tower`, the new modules initialised, and the projector loaded from
+    `pretrain_mm_mlp_adapter` when given.
     """
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
     path = model_args.model_name_or_path
@@ -64,6 +74,8 @@ def build_model(model_args, data_args, training_args, stage: Stage) -> LlavaMini
     load_kwargs = {
         "dtype": dtype or torch.float32,
         "attn_implementation": model_args.attn_implementation,
+        "strict": False,
+        "output_loading_info": True,
     }
     if base_config.model_type == LlavaMiniConfig.model_type:
         if stage.architecture:
@@ -71,24 +83,78 @@ def build_model(model_args, data_args, training_args, stage: Stage) -> LlavaMini
                 f"Stage {model_args.stage!r} builds its own architecture {stage.architecture}; "
                 f"start it from a plain LLM, not the LLaVA-Mini checkpoint {path}."
             )
-        logger.info("Fine-tuning the LLaVA-Mini checkpoint %s (all modules kept)", path)
-        model = LlavaMiniForCausalLM.from_pretrained(path, **load_kwargs)
+        current = {name: getattr(base_config, name) for name in ARCHITECTURE_DEFAULTS}
+        changes = {k: v for k, v in architecture(model_args, current).items() if current[k] != v}
+        for name, value in changes.items():
+            setattr(base_config, name, value)
+        base_config.validate_multimodal()
+        logger.info("Continuing from the LLaVA-Mini checkpoint %s; changes: %s", path, changes)
+        model, info = LlavaMiniForCausalLM.from_pretrained(path, config=base_config, **load_kwargs)
+        allowed = tuple(prefix for field, prefix in CHANGED_MODULE.items() if field in changes)
     else:
         config = multimodal_config(base_config, model_args, data_args, training_args, stage)
-        model, info = LlavaMiniForCausalLM.from_pretrained(
-            path, config=config, strict=False, output_loading_info=True, **load_kwargs
-        )
-        unexpected_new = [k for k in info["missing_keys"] if not k.startswith(MULTIMODAL_PREFIXES)]
-        if unexpected_new or info["unexpected_keys"]:
-            raise ValueError(
-                f"{path} is not a plain LLM of this architecture: missing {unexpected_new[:20]}, "
-                f"unexpected {sorted(info['unexpected_keys'])[:20]}."
-            )
+        model, info = LlavaMiniForCausalLM.from_pretrained(path, config=config, **load_kwargs)
         logger.info("Built LLaVA-Mini around %s; new modules: %s", path, MULTIMODAL_PREFIXES)
+        allowed = MULTIMODAL_PREFIXES
+    new_modules = check_new_modules(path, info, allowed)
+    if model_args.prefusion_init == "llm" and "model.prefusion_layers." in new_modules:
+        copy_llm_layers_to_prefusion(model)
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
     model.config.use_cache = False
     return model
+
+
+CHANGED_MODULE = {
+    "mm_projector_type": "model.mm_projector.",
+    "compressor_type": "model.compressor.",
+    "compressor_size": "model.compressor.",
+    "compressor_num_heads": "model.compressor.",
+    "prefusion_layer_num": "model.prefusion_layers.",
+}
+"""Which module an architecture change re-creates (its weights may be missing from the
+checkpoint and are then initialised)."""
+
+
+def check_new_modules(path: str, info: dict, allowed: tuple[str, ...]) -> set[str]:
+    """The modules under `allowed` that `from_pretrained` initialised (missing from `path`);
+    raise if anything else is missing or anything is unexpected."""
+    missing = set(info["missing_keys"])
+    other = sorted(k for k in missing if not k.startswith(allowed))
+    if other or info["unexpected_keys"]:
+        raise ValueError(
+            f"{path} does not fit the requested architecture: missing {other[:20]}, unexpected "
+            f"{sorted(info['unexpected_keys'])[:20]}."
+        )
+    return {prefix for prefix in allowed for k in missing if k.startswith(prefix)}
+
+
+def copy_llm_layers_to_prefusion(model: LlavaMiniForCausalLM) -> None:
+    """Initialise pre-fusion layer i as a copy of LLM layer i (works under ZeRO-3)."""
+    inner = model.model
+    if len(inner.prefusion_layers) > len(inner.layers):
+        raise ValueError(
+            f"prefusion_init='llm' needs prefusion_layer_num ({len(inner.prefusion_layers)}) <= "
+            f"the LLM's num_hidden_layers ({len(inner.layers)})."
+        )
+    pairs = list(zip(inner.prefusion_layers, inner.layers, strict=False))
+    parameters = [
+        p for target, source in pairs for p in (*target.parameters(), *source.parameters())
+    ]
+    with gathered(parameters), torch.no_grad():
+        for target, source in pairs:
+            for copy, original in zip(target.parameters(), source.parameters(), strict=True):
+                copy.copy_(original)
+    logger.info("Initialised %d pre-fusion layers from the LLM's first layers", len(pairs))
+
+
+def gathered(parameters: list):
+    """A context in which ZeRO-3-partitioned `parameters` are whole (a no-op otherwise)."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
+    return contextlib.nullcontext()
 
 
 def load_projector(model: LlavaMiniForCausalLM, path: str) -> None:
@@ -110,18 +176,7 @@ def load_projector(model: LlavaMiniForCausalLM, path: str) -> None:
             f"{sorted(expected)} (under {PROJECTOR_PREFIX})."
         )
     parameters = dict(projector.named_parameters())
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(parameters.values()), modifier_rank=0):
-            _copy(parameters, weights)
-    else:
-        _copy(parameters, weights)
-    logger.info("Loaded the projector from %s", path)
-
-
-def _copy(parameters: dict, weights: dict) -> None:
-    with torch.no_grad():
+    with gathered(list(parameters.values())), torch.no_grad():
         for name, parameter in parameters.items():
             if parameter.shape != weights[name].shape:
                 raise ValueError(
@@ -129,3 +184,4 @@ def _copy(parameters: dict, weights: dict) -> None:
                     f"model shape {tuple(parameter.shape)}."
                 )
             parameter.copy_(weights[name])
+    logger.info("Loaded the projector from %s", path)

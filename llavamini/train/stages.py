@@ -51,17 +51,22 @@ def get_stage(name: str) -> Stage:
     return STAGES[name]
 
 
-def is_trainable(name: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether parameter `name` (possibly wrapped by peft) starts with one of `prefixes`."""
+def is_trainable(name: str, prefixes: tuple[str, ...], vision_tower: bool = False) -> bool:
+    """Whether parameter `name` (possibly wrapped by peft) starts with one of `prefixes`; the
+    vision tower only with `vision_tower` (`unfreeze_mm_vision_tower`)."""
     name = name.removeprefix("base_model.model.")
-    return name.startswith(prefixes) and not name.startswith(VISION_TOWER_PREFIX)
+    if name.startswith(VISION_TOWER_PREFIX):
+        return vision_tower
+    return name.startswith(prefixes)
 
 
-def apply_trainable(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, int]:
-    """Freeze everything, then unfreeze parameters under `prefixes`. Returns parameter counts
-    `{"trainable": n, "frozen": m}`."""
+def apply_trainable(
+    model: nn.Module, prefixes: tuple[str, ...], vision_tower: bool = False
+) -> dict[str, int]:
+    """Freeze everything, then unfreeze parameters under `prefixes` (and the vision tower with
+    `vision_tower`). Returns parameter counts `{"trainable": n, "frozen": m}`."""
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(is_trainable(name, prefixes))
+        parameter.requires_grad_(is_trainable(name, prefixes, vision_tower))
     return parameter_counts(model)
 
 

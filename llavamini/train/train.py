@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import torch
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer, TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from llavamini.conversation import get_template
@@ -62,6 +63,24 @@ def apply_lora(model, training_args):
     return get_peft_model(model, config)
 
 
+class TimeBudget(TrainerCallback):
+    """Stops training once `minutes` of wall-clock time have passed since it began."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start >= self.seconds:
+            logger.info(
+                "Time budget of %.1f min reached at step %d", self.seconds / 60, state.global_step
+            )
+            control.should_training_stop = True
+
+
 def resume_checkpoint(training_args) -> str | None:
     """`resume_from_checkpoint`: a path, 'auto' (the last checkpoint in output_dir, if any) or
     None."""
@@ -95,7 +114,7 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     image_processor = load_image_processor(
         resolve_checkpoint_dir(model_args.model_name_or_path), model.config
     )
-    counts = apply_trainable(model, stage.trainable)
+    counts = apply_trainable(model, stage.trainable, model_args.unfreeze_mm_vision_tower)
     if training_args.lora_enable:
         if stage.saves == "adapter":
             raise ValueError(f"lora_enable: stage {model_args.stage!r} does not train the LLM.")
@@ -126,6 +145,8 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
         modality_lengths=dataset.modality_lengths(),
         image_processor=image_processor,
     )
+    if training_args.max_train_minutes is not None:
+        trainer.add_callback(TimeBudget(training_args.max_train_minutes))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     finish(trainer, training_args)
     if dataset.skipped:

@@ -157,3 +157,51 @@ def test_trainable_parameters_are_exactly_the_stage_table(stage, expected):
     assert modules == expected
     assert not any(n.startswith("model.vision_tower") for n in trainable)
     assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_adding_compression_and_prefusion_to_a_llava_1_5_mode_checkpoint(assets, tmp_path):
+    """The quickstart's path: stage 1 in LLaVA-1.5 mode, stage 2 adds the LLaVA-Mini modules."""
+    full = tmp_path / "full"
+    train(run_args(assets, "tiny.yaml", full, "--max_steps", "1", "--compressor_type", "none",
+                   "--prefusion_layer_num", "0", "--unfreeze_mm_vision_tower", "true"))  # fmt: skip
+    trainer = train(
+        run_args(assets, "tiny.yaml", tmp_path / "mini", "--model_name_or_path", str(full),
+                 "--max_steps", "1", "--learning_rate", "0", "--mm_projector_lr", "0",
+                 "--compressor_type", "query", "--prefusion_layer_num", "2",
+                 "--prefusion_init", "llm")
+    )  # fmt: skip
+    model = trainer.model.model
+    assert model.compressor is not None and len(model.prefusion_layers) == 2
+    for i in range(2):
+        assert torch.equal(model.prefusion_layers[i].mlp.up_proj.weight, model.layers[i].mlp.up_proj.weight)
+    saved = load_file(full / "model.safetensors")
+    assert torch.equal(saved["model.mm_projector.0.weight"], model.mm_projector[0].weight)
+
+
+def test_a_checkpoint_missing_a_module_is_not_silently_reinitialised(assets, tmp_path):
+    base = tmp_path / "base"
+    train(run_args(assets, "tiny.yaml", base, "--max_steps", "1"))
+    weights = load_file(base / "model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in weights.items() if "compressor" not in k}, base / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"missing \['model\.compressor\."):
+        train(run_args(assets, "tiny.yaml", tmp_path / "next", "--model_name_or_path", str(base),
+                       "--max_steps", "1"))  # fmt: skip
+
+
+def test_vision_tower_trains_only_when_unfrozen(assets, tmp_path):
+    before = load_file(f"{assets['clip']}/model.safetensors")["encoder.layers.0.mlp.fc1.weight"]
+    for flag, changes in (("false", False), ("true", True)):
+        trainer = train(run_args(assets, "tiny.yaml", tmp_path / flag, "--max_steps", "2",
+                                 "--unfreeze_mm_vision_tower", flag))  # fmt: skip
+        clip = trainer.model.model.vision_tower.clip
+        after = clip.encoder.layers[0].mlp.fc1.weight.detach()
+        assert (not torch.equal(before, after)) == changes, flag
+
+
+def test_time_budget_stops_training(assets, tmp_path):
+    trainer = train(run_args(assets, "tiny.yaml", tmp_path, "--max_steps", "100000",
+                             "--max_train_minutes", "0.0001"))  # fmt: skip
+    assert trainer.state.global_step == 1
