@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "llavamini.serve.cli",  # chat
     "llavamini.serve.server",  # serve
     "llavamini.serve.gradio_app",  # gradio
+    "llavamini.eval.cli",  # eval
 )
 """Modules whose `add_parser(subparsers)` adds the subcommands."""
 

@@ -1,0 +1,1 @@
+"""Answer normalisation and matching rules shared by the task scorers (no model imports)."""

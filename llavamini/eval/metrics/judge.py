@@ -1,0 +1,312 @@
+"""An LLM judge for open-ended video QA, through any OpenAI-compatible chat endpoint.
+
+The judge reads a question, the correct answer and a prediction, and replies with a Python-style
+dict `{'pred': 'yes' | 'no', 'score': 0..5}` (the Video-ChatGPT protocol the paper used with
+gpt-3.5-turbo). Settings come from flags or the environment:
+
+- `LLAVAMINI_JUDGE_BASE_URL` (else `OPENAI_BASE_URL`): e.g. `https://api.openai.com/v1` or a
+  local vLLM server `http://127.0.0.1:8000/v1`; the client POSTs to `<base>/chat/completions`.
+- `LLAVAMINI_JUDGE_MODEL`: the model name, required (scores depend on the judge; it is recorded
+  with every result).
+- `LLAVAMINI_JUDGE_API_KEY` (else `OPENAI_API_KEY`): sent as a Bearer token when set.
+
+Every parsed judgment is cached on disk, one JSON file per request, named by the SHA-256 of the
+model, the messages and the temperature, so rerunning a scoring costs no request. Requests run in
+parallel threads; timeouts, HTTP 429/5xx and malformed replies are retried with exponential
+back-off; an endpoint that refuses connections stops everything with a `JudgeUnreachableError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+PROMPT_VERSION = "llavamini-video-qa-judge-v1"
+"""Names the judge messages below; recorded with every result and cached judgment."""
+
+CONNECT_RETRIES = 2
+"""Attempts after a refused connection before the endpoint is declared unreachable."""
+
+SYSTEM_PROMPT = (
+    "You grade answers to questions about videos. You receive a question, the correct answer "
+    "and a predicted answer. Decide whether the prediction means the same as the correct "
+    "answer. Judge the meaning, not the wording: synonyms and paraphrases match; a wrong or "
+    "contradicting detail, or an answer that misses the point, does not."
+)
+USER_TEMPLATE = (
+    "Question: {question}\n"
+    "Correct answer: {answer}\n"
+    "Predicted answer: {prediction}\n\n"
+    "Reply with one Python dictionary and nothing else, for example {{'pred': 'yes', 'score': 4}}. "
+    "'pred' is 'yes' if the prediction matches the correct answer and 'no' otherwise; 'score' is "
+    "an integer from 0 (no match) to 5 (a perfect match)."
+)
+
+
+class JudgeError(RuntimeError):
+    """A judgment could not be obtained."""
+
+
+class JudgeUnreachableError(JudgeError):
+    """The endpoint refuses connections or cannot be resolved: nothing can be judged."""
+
+
+class MalformedReplyError(JudgeError):
+    """The endpoint answered, but not with a usable judgment."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Where and how to ask the judge.
+
+    Attributes:
+        base_url: OpenAI-compatible API root (the part before `/chat/completions`).
+        model: judge model name, recorded with every result.
+        api_key: Bearer token, or None for endpoints without authentication.
+        cache_dir: folder of cached judgments.
+        workers: parallel requests.
+        retries: attempts per judgment after the first one.
+        timeout_s: seconds per request.
+        backoff_s: first wait between attempts (doubled each time).
+        temperature: sampling temperature of the judge (0: greedy, as the paper).
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None
+    cache_dir: str
+    workers: int = 8
+    retries: int = 5
+    timeout_s: float = 60.0
+    backoff_s: float = 2.0
+    temperature: float = 0.0
+
+
+def config_from_env(
+    cache_dir: str,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    **options,
+) -> JudgeConfig:
+    """A `JudgeConfig` from explicit values, else the environment; raises naming what is unset."""
+    env = os.environ
+    base_url = base_url or env.get("LLAVAMINI_JUDGE_BASE_URL") or env.get("OPENAI_BASE_URL")
+    model = model or env.get("LLAVAMINI_JUDGE_MODEL")
+    api_key = api_key or env.get("LLAVAMINI_JUDGE_API_KEY") or env.get("OPENAI_API_KEY")
+    if not base_url:
+        raise JudgeError(
+            "No judge endpoint: set LLAVAMINI_JUDGE_BASE_URL (e.g. https://api.openai.com/v1 or "
+            "http://127.0.0.1:8000/v1) or pass --judge-base-url."
+        )
+    if not model:
+        raise JudgeError(
+            "No judge model: set LLAVAMINI_JUDGE_MODEL (the paper used gpt-3.5-turbo; scores "
+            "change with the judge, so it is always named explicitly) or pass --judge-model."
+        )
+    return JudgeConfig(base_url.rstrip("/"), model, api_key or None, cache_dir, **options)
+
+
+def build_messages(question: str, answer: str, prediction: str) -> list[dict]:
+    """The chat messages of one judgment."""
+    user = USER_TEMPLATE.format(question=question, answer=answer, prediction=prediction)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def cache_key(model: str, messages: list[dict], temperature: float) -> str:
+    """SHA-256 of everything that determines a judgment."""
+    blob = json.dumps(
+        {"model": model, "messages": messages, "temperature": temperature}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def parse_judgment(reply: str) -> dict:
+    """`"{'pred': 'yes', 'score': 4}"` (JSON or Python literal, maybe inside prose) ->
+    `{"pred": "yes", "score": 4}`; raises `MalformedReplyError` saying what is wrong."""
+    match = re.search(r"\{.*?\}", reply, re.DOTALL)
+    if match is None:
+        raise MalformedReplyError(f"no {{...}} dictionary in the reply {reply[:200]!r}")
+    try:
+        value = ast.literal_eval(match.group(0))
+    except (ValueError, SyntaxError):
+        try:
+            value = json.loads(match.group(0))
+        except json.JSONDecodeError as error:
+            raise MalformedReplyError(f"unparsable dictionary {match.group(0)!r}") from error
+    if not isinstance(value, dict) or "pred" not in value or "score" not in value:
+        raise MalformedReplyError(f"expected keys 'pred' and 'score', got {match.group(0)!r}")
+    pred = str(value["pred"]).strip().lower()
+    if pred not in ("yes", "no"):
+        raise MalformedReplyError(f"'pred' must be 'yes' or 'no', got {value['pred']!r}")
+    try:
+        score = int(value["score"])
+    except (TypeError, ValueError) as error:
+        raise MalformedReplyError(f"'score' must be an integer, got {value['score']!r}") from error
+    if not 0 <= score <= 5:
+        raise MalformedReplyError(f"'score' must be in 0..5, got {score}")
+    return {"pred": pred, "score": score}
+
+
+class JudgmentCache:
+    """One JSON file per judgment under `root/<key[:2]>/<key>.json`, written atomically."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], key + ".json")
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+
+    def put(self, key: str, record: dict) -> None:
+        folder = os.path.dirname(self._path(key))
+        os.makedirs(folder, exist_ok=True)
+        # Write then rename: a killed process never leaves half a cache entry behind.
+        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(record, file, ensure_ascii=False)
+        os.replace(tmp, self._path(key))
+
+
+class Judge:
+    """Asks the judge (or its cache) about (question, answer, prediction) triples."""
+
+    def __init__(self, config: JudgeConfig, client: httpx.Client | None = None):
+        self.config = config
+        self.cache = JudgmentCache(config.cache_dir)
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self.client = client or httpx.Client(timeout=config.timeout_s, headers=headers)
+        self.requests_sent = 0
+        self.cache_hits = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _post(self, messages: list[dict]) -> str:
+        """One request -> the reply's text; raises httpx errors or `MalformedReplyError`."""
+        url = f"{self.config.base_url}/chat/completions"
+        body = {
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+        }
+        with self._lock:
+            self.requests_sent += 1
+        response = self.client.post(url, json=body)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise httpx.HTTPStatusError(
+                f"HTTP {response.status_code}", request=response.request, response=response
+            )
+        if response.status_code != 200:
+            # 401, 404, 400: retrying will not help; say what the server said.
+            raise JudgeError(
+                f"Judge endpoint {url} answered HTTP {response.status_code}: {response.text[:300]}"
+            )
+        try:
+            return response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise MalformedReplyError(
+                f"not an OpenAI chat completion: {response.text[:200]!r}"
+            ) from error
+
+    def judge(self, question: str, answer: str, prediction: str) -> dict:
+        """`{"pred", "score"}` for one triple, from the cache or the endpoint.
+
+        Raises:
+            JudgeUnreachableError: the endpoint refuses connections (after the retries).
+            JudgeError: every attempt timed out, failed or was malformed.
+        """
+        messages = build_messages(question, answer, prediction)
+        key = cache_key(self.config.model, messages, self.config.temperature)
+        cached = self.cache.get(key)
+        if cached is not None:
+            with self._lock:
+                self.cache_hits += 1
+            return cached["judgment"]
+        last_error: Exception | None = None
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+            try:
+                reply = self._post(messages)
+                judgment = parse_judgment(reply)
+            except httpx.ConnectError as error:
+                last_error = error
+                # A refused connection rarely heals in seconds: give up early, loudly.
+                if attempt >= min(self.config.retries, CONNECT_RETRIES):
+                    break
+                continue
+            except (httpx.TimeoutException, httpx.HTTPStatusError, MalformedReplyError) as error:
+                last_error = error
+                logger.debug("Judge attempt %d failed: %s", attempt + 1, error)
+                continue
+            except httpx.TransportError as error:
+                last_error = error
+                continue
+            record = {"model": self.config.model, "prompt_version": PROMPT_VERSION}
+            record.update(messages=messages, reply=reply, judgment=judgment)
+            self.cache.put(key, record)
+            return judgment
+        if isinstance(last_error, httpx.ConnectError):
+            raise JudgeUnreachableError(
+                f"Cannot reach the judge endpoint {self.config.base_url} "
+                f"({type(last_error).__name__}: {last_error}). Check LLAVAMINI_JUDGE_BASE_URL "
+                f"and that the server is up."
+            ) from last_error
+        raise JudgeError(
+            f"No usable judgment after {self.config.retries + 1} attempts: "
+            f"{type(last_error).__name__}: {last_error}"
+        ) from last_error
+
+    def judge_many(
+        self,
+        items: Sequence[tuple[str, str, str]],
+        on_done: Callable[[], None] | None = None,
+    ) -> list[dict | JudgeError]:
+        """Judge `(question, answer, prediction)` triples in parallel, in order.
+
+        A triple that fails is returned as its `JudgeError`; an unreachable endpoint raises
+        `JudgeUnreachableError` at once (the remaining requests are cancelled).
+        """
+        results: list[dict | JudgeError | None] = [None] * len(items)
+
+        def task(index: int) -> None:
+            try:
+                results[index] = self.judge(*items[index])
+            except JudgeUnreachableError:
+                raise
+            except JudgeError as error:
+                results[index] = error
+            if on_done is not None:
+                on_done()
+
+        with ThreadPoolExecutor(max_workers=max(1, self.config.workers)) as pool:
+            futures = [pool.submit(task, i) for i in range(len(items))]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise future.exception()
+        return results
