@@ -11,6 +11,8 @@ import importlib
 import logging
 
 SUBCOMMAND_MODULES = (
+    "llavamini.quickstart",  # quickstart
+    "llavamini.visualize",  # visualize-compression
     "llavamini.demo",  # demo, tiny-assets
     "llavamini.train.cli",  # train
     "llavamini.train.data_check",  # data

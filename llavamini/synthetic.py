@@ -1,8 +1,11 @@
 """Synthetic visual QA: coloured shapes on a 3 x 3 grid, with captions and questions.
 
-Every image is generated from a seed, so a data set is reproducible from its size and seed. Stage 1
-trains on captions; stage 2 on single-word questions about colour, shape, position, count and
-existence (the answers are words of a small closed vocabulary, scored with VQA accuracy).
+The design follows shared/docs/quickstart-feasibility.md: a tiny vision tower trained from
+scratch learns colour and position in minutes but shape slowly, so stage 2 is dominated by
+position-referenced colour questions ("What colour is at the top left?"), which one
+question-independent token cannot answer for every cell. Global questions (counts) show where
+compression is harmless. Every image comes from a seed: a data set is reproducible from its size
+and seed.
 """
 
 from __future__ import annotations
@@ -15,133 +18,154 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 COLOURS = {
-    "red": (220, 50, 47),
-    "green": (60, 170, 70),
-    "blue": (40, 90, 220),
-    "yellow": (235, 200, 30),
-    "purple": (140, 60, 190),
-    "white": (245, 245, 245),
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 200, 20),
+    "purple": (140, 50, 180),
+    "orange": (240, 130, 20),
 }
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = (
-    "top left", "top", "top right",
-    "left", "centre", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left", "top centre", "top right",
+    "middle left", "centre", "middle right",
+    "bottom left", "bottom centre", "bottom right",
 )  # fmt: skip
-NUMBER_WORDS = ("zero", "one", "two", "three", "four")
-BACKGROUND = (40, 40, 40)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+BACKGROUND = (200, 200, 200)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+QUESTION_MIX = {"colour": 0.5, "count": 0.2, "shape": 0.15, "existence": 0.15}
+"""Share of each question type in stage-2 training data."""
 
 
 @dataclass(frozen=True)
 class Shape:
     colour: str
     shape: str
-    position: int  # index into POSITIONS
+    position: int  # index into POSITIONS, row-major
 
     @property
     def name(self) -> str:
         return f"{self.colour} {self.shape}"
 
 
-def draw_scene(shapes: list[Shape], size: int) -> Image.Image:
-    """The image: each shape filling most of its grid cell on a dark background."""
+def random_scene(rng: random.Random, min_shapes: int = 2, max_shapes: int = 5) -> list[Shape]:
+    """2 to 5 shapes in distinct cells, sorted row-major."""
+    cells = sorted(rng.sample(range(9), rng.randint(min_shapes, max_shapes)))
+    return [Shape(rng.choice(list(COLOURS)), rng.choice(SHAPES), cell) for cell in cells]
+
+
+def draw_scene(shapes: list[Shape], size: int, rng: random.Random) -> Image.Image:
+    """Each shape fills 45-70 % of its cell, jittered by up to 10 % of a cell."""
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     cell = size / 3
     for item in shapes:
         row, col = divmod(item.position, 3)
-        left, top = col * cell + cell * 0.15, row * cell + cell * 0.15
-        right, bottom = (col + 1) * cell - cell * 0.15, (row + 1) * cell - cell * 0.15
+        extent = cell * rng.uniform(0.45, 0.70)
+        cx = (col + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
+        cy = (row + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
+        box = (cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2)
         fill = COLOURS[item.colour]
         if item.shape == "circle":
-            draw.ellipse((left, top, right, bottom), fill=fill)
+            draw.ellipse(box, fill=fill)
         elif item.shape == "square":
-            draw.rectangle((left, top, right, bottom), fill=fill)
+            draw.rectangle(box, fill=fill)
         else:
-            draw.polygon([((left + right) / 2, top), (left, bottom), (right, bottom)], fill=fill)
+            draw.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
     return image
 
 
-def random_scene(rng: random.Random, max_shapes: int = 3) -> list[Shape]:
-    positions = rng.sample(range(9), rng.randint(1, max_shapes))
-    return [Shape(rng.choice(list(COLOURS)), rng.choice(SHAPES), p) for p in positions]
-
-
 def caption(shapes: list[Shape]) -> str:
-    parts = [
-        f"a {s.name} at the {POSITIONS[s.position]}"
-        for s in sorted(shapes, key=lambda s: s.position)
-    ]
-    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+    """Row-major object list: 'top left red circle, centre blue square.'"""
+    return ", ".join(f"{POSITIONS[s.position]} {s.name}" for s in shapes) + "."
 
 
-def questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str, str]]:
-    """`(question, answer, question_type)` that the scene answers unambiguously."""
-    out = [("How many shapes are there?", NUMBER_WORDS[len(shapes)], "count")]
-    for item in shapes:
-        where = POSITIONS[item.position]
-        out.append((f"What colour is the shape at the {where}?", item.colour, "colour"))
-        out.append((f"What shape is at the {where}?", item.shape, "shape"))
-        if sum(s.name == item.name for s in shapes) == 1:
-            out.append((f"Where is the {item.name}?", where, "position"))
-    probe = Shape(rng.choice(list(COLOURS)), rng.choice(SHAPES), 0)
-    present = any(s.name == probe.name for s in shapes)
-    out.append((f"Is there a {probe.name}?", "yes" if present else "no", "existence"))
-    return out
+def ask(shapes: list[Shape], kind: str, rng: random.Random) -> tuple[str, str]:
+    """One `(question, answer)` of type `kind` about the scene."""
+    if kind == "colour":
+        item = rng.choice(shapes)
+        return f"What colour is at the {POSITIONS[item.position]}?", item.colour
+    if kind == "shape":
+        item = rng.choice(shapes)
+        return f"What shape is at the {POSITIONS[item.position]}?", item.shape
+    if kind == "count":
+        colour = rng.choice([s.colour for s in shapes] + list(COLOURS))
+        count = sum(s.colour == colour for s in shapes)
+        return f"How many {colour} objects are there?", NUMBER_WORDS[count]
+    if kind == "existence":
+        if rng.random() < 0.5:
+            item = rng.choice(shapes)
+            colour, shape = item.colour, item.shape
+        else:
+            colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        present = any(s.colour == colour and s.shape == shape for s in shapes)
+        return f"Is there a {colour} {shape}?", "yes" if present else "no"
+    raise ValueError(f"Unknown question type {kind!r}; known: {sorted(QUESTION_MIX)}.")
 
 
 def vocabulary() -> list[str]:
-    """Every word the captions and questions use (for training a small tokenizer)."""
-    words = [caption([Shape(c, s, p)]) for c in COLOURS for s in SHAPES for p in range(9)]
-    words += [q for s in SHAPES for q, _, _ in questions([Shape("red", s, 4)], random.Random(0))]
-    return words + [SHORT_ANSWER, " ".join(NUMBER_WORDS), "yes no"]
+    """Sentences using every word of the captions and questions (to train a small tokenizer)."""
+    rng = random.Random(0)
+    scene = [Shape(c, s, p) for p, (c, s) in enumerate(zip(COLOURS, SHAPES * 2, strict=False))]
+    texts = [caption(scene), "Describe the image.", SHORT_ANSWER, " ".join(NUMBER_WORDS), "yes no"]
+    texts += [" ".join(POSITIONS), " ".join(COLOURS), " ".join(SHAPES)]
+    texts += [ask(scene, kind, rng)[0] for kind in QUESTION_MIX for _ in range(3)]
+    return texts
 
 
 def write_dataset(
-    output_dir: str, num_train: int, num_val: int, image_size: int, seed: int = 0
+    output_dir: str,
+    num_train: int,
+    num_val: int,
+    image_size: int,
+    seed: int = 0,
+    questions_per_image: int = 2,
 ) -> dict:
     """Write images and LLaVA-format files under `output_dir`:
 
-    - `captions.json`: stage-1 caption samples (`<image>` + caption);
-    - `instruct.json`: stage-2 samples, one question each (+ the short-answer suffix);
-    - `val_questions.jsonl` / `val_answers.json`: held-out questions (LLaVA question-file
-      schema: question_id, image, text) and their answers with question types.
+    - `captions.json`: stage-1 samples, one caption per training image;
+    - `instruct.json`: stage-2 samples, `questions_per_image` per training image, question types
+      drawn with `QUESTION_MIX`, each followed by the short-answer suffix;
+    - `val_questions.jsonl`: held-out questions in LLaVA's question-file schema
+      (`question_id`, `image`, `text`, plus `answer` and `question_type`), balanced by type, on
+      `num_val` fresh images.
 
-    Returns the paths written.
+    Returns `{name: path}`.
     """
     rng = random.Random(seed)
-    images_dir = os.path.join(output_dir, "images")
-    os.makedirs(images_dir, exist_ok=True)
-    captions, instruct, val_questions, val_answers = [], [], [], {}
+    os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
+    kinds, weights = list(QUESTION_MIX), list(QUESTION_MIX.values())
+    captions, instruct, val = [], [], []
     for index in range(num_train + num_val):
         shapes = random_scene(rng)
         name = f"images/{index:06d}.png"
-        draw_scene(shapes, image_size).save(os.path.join(output_dir, name))
-        qa = questions(shapes, rng)
+        draw_scene(shapes, image_size, rng).save(os.path.join(output_dir, name))
         if index < num_train:
             captions.append(_sample(f"cap-{index}", name, "Describe the image.", caption(shapes)))
-            question, answer, _ = rng.choice(qa)
-            instruct.append(_sample(f"qa-{index}", name, f"{question}\n{SHORT_ANSWER}", answer))
+            for number in range(questions_per_image):
+                question, answer = ask(shapes, rng.choices(kinds, weights)[0], rng)
+                prompt = f"{question}\n{SHORT_ANSWER}"
+                instruct.append(_sample(f"qa-{index}-{number}", name, prompt, answer))
         else:
-            for number, (question, answer, kind) in enumerate(qa):
-                qid = f"val-{index}-{number}"
-                val_questions.append(
-                    {"question_id": qid, "image": name, "text": f"{question}\n{SHORT_ANSWER}"}
-                )
-                val_answers[qid] = {"answer": answer, "question_type": kind}
-    paths = {
-        "captions": os.path.join(output_dir, "captions.json"),
-        "instruct": os.path.join(output_dir, "instruct.json"),
-        "val_questions": os.path.join(output_dir, "val_questions.jsonl"),
-        "val_answers": os.path.join(output_dir, "val_answers.json"),
-    }
-    for key, data in (("captions", captions), ("instruct", instruct), ("val_answers", val_answers)):
-        with open(paths[key], "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-    with open(paths["val_questions"], "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(q) + "\n" for q in val_questions)
-    return paths
+            kind = kinds[index % len(kinds)]
+            question, answer = ask(shapes, kind, rng)
+            val.append({
+                "question_id": f"val-{index}",
+                "image": name,
+                "text": f"{question}\n{SHORT_ANSWER}",
+                "answer": answer,
+                "question_type": kind,
+            })  # fmt: skip
+    paths = {name: os.path.join(output_dir, name) for name in
+             ("captions.json", "instruct.json", "val_questions.jsonl")}  # fmt: skip
+    for name, data in (("captions.json", captions), ("instruct.json", instruct)):
+        with open(paths[name], "w", encoding="utf-8") as f:
+            json.dump(data, f)
+    with open(paths["val_questions.jsonl"], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(question) + "\n" for question in val)
+    return {"captions": paths["captions.json"], "instruct": paths["instruct.json"],
+            "val_questions": paths["val_questions.jsonl"]}  # fmt: skip
 
 
 def _sample(sample_id: str, image: str, question: str, answer: str) -> dict:

@@ -144,25 +144,36 @@ def tiny_generation_config(tokenizer) -> GenerationConfig:
 
 
 def build_tiny_assets(
-    output_dir: str, image_size: int = 56, num_train: int = 64, num_val: int = 16, seed: int = 0
+    output_dir: str,
+    image_size: int = 56,
+    num_train: int = 64,
+    num_val: int = 16,
+    seed: int = 0,
+    llm_shape: dict | None = None,
+    vision_shape: dict | None = None,
+    data_dir: str | None = None,
 ) -> dict:
     """What a training run starts from, in miniature: a plain Llama (`llm/`, with its
     tokenizer), a CLIP vision tower (`clip/`, with its preprocessor) and the synthetic shapes
-    data set (`data/`). Returns the paths."""
+    data set (`data_dir`, default `data/`). `llm_shape` / `vision_shape` override `TINY_LLM` /
+    `tiny_vision_config`. Returns the paths."""
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
     llm_dir, clip_dir = os.path.join(output_dir, "llm"), os.path.join(output_dir, "clip")
-    llm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=5, pad_token_id=0, **TINY_LLM
-        )
+    llm_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_LLM, **(llm_shape or {})},
     )
+    llm = LlamaForCausalLM(llm_config)
     llm.generation_config = tiny_generation_config(tokenizer)
     llm.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
-    CLIPVisionModel(CLIPVisionConfig(**tiny_vision_config(image_size))).save_pretrained(clip_dir)
+    vision = {**tiny_vision_config(image_size), **(vision_shape or {})}
+    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(clip_dir)
     tiny_image_processor(image_size).save_pretrained(clip_dir)
-    data = synthetic.write_dataset(
-        os.path.join(output_dir, "data"), num_train, num_val, image_size, seed
-    )
+    data_dir = data_dir or os.path.join(output_dir, "data")
+    data = synthetic.write_dataset(data_dir, num_train, num_val, image_size, seed)
     return {"llm": llm_dir, "clip": clip_dir, **data}

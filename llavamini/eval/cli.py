@@ -252,6 +252,13 @@ def _output_prefix(answers: str) -> str:
 
 def score_command(args: argparse.Namespace) -> dict:
     """`eval score`: compute the metrics, print them as JSON, save them beside the answers."""
+    result = compute_score(args)
+    sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=1) + "\n")
+    return result
+
+
+def compute_score(args: argparse.Namespace) -> dict:
+    """The metrics of `eval score`, saved beside the answers (not printed)."""
     from llavamini.eval.answers import read_answers, run_settings
     from llavamini.eval.tasks.base import ScoreInputs, write_json
 
@@ -281,7 +288,6 @@ def score_command(args: argparse.Namespace) -> dict:
     result["run"] = settings[0] if len(settings) == 1 else settings
     result["output"] = args.output or prefix + ".score.json"
     write_json(result["output"], result)
-    sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=1) + "\n")
     return result
 
 

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from llavamini.eval.tasks import gqa, mmbench, mme, pope, scienceqa, seed, textvqa, video_qa, vqav2
+from llavamini.eval.tasks import (
+    gqa,
+    mmbench,
+    mme,
+    pope,
+    scienceqa,
+    seed,
+    synthetic,
+    textvqa,
+    video_qa,
+    vqav2,
+)
 from llavamini.eval.tasks.base import Task
 
 
@@ -24,7 +35,7 @@ def build_registry(tasks: Iterable[Task]) -> dict[str, Task]:
 
 TASKS: dict[str, Task] = build_registry(
     task
-    for module in (vqav2, gqa, mmbench, video_qa, textvqa, pope, mme, seed, scienceqa)
+    for module in (vqav2, gqa, mmbench, video_qa, textvqa, pope, mme, seed, scienceqa, synthetic)
     for task in module.TASKS
 )
 

@@ -1,0 +1,100 @@
+"""What the compressor looks at: its attention over the image, as a heat map (the paper's
+compression figure). `llavamini visualize-compression --model-path P --image F`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def compression_attention(loaded, image_path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(pixels (3, S, S) in [0, 1], attention (C*C, T, T))`: what each compressed token attends
+    to over the T x T grid of patches (at high resolution, the stitched crops).
+
+    Raises `ValueError` when the checkpoint has no query compressor (nothing to show).
+    """
+    from llavamini.inference import load_visual
+    from llavamini.model.compressor import QueryCompressor, grid_side
+    from llavamini.model.packing import stitch_crops
+
+    model = loaded.model
+    compressor = model.model.compressor
+    if not isinstance(compressor, QueryCompressor):
+        kind = model.config.compressor_type
+        raise ValueError(
+            f"The checkpoint's compressor_type is {kind!r}: only the query compressor has "
+            f"attention weights to show."
+        )
+    visual = load_visual(image_path, loaded)
+    if visual.dim() != 4:
+        raise ValueError(f"{image_path}: give an image, not a video.")
+    with torch.no_grad():
+        parts = visual.to(model.device, model.dtype)
+        features = model.model.vision_tower(parts)
+        if parts.shape[0] > 1:
+            grid = model.model.vision_tower.grid_size
+            features = stitch_crops(features[None, :-1], grid)
+        else:
+            features = features[:1]
+        _, weights = compressor(features.to(model.dtype), return_attention=True)
+    side = grid_side(weights.shape[-1])
+    attention = weights[0].float().reshape(-1, side, side).cpu()
+    mean = torch.tensor(loaded.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(loaded.image_processor.image_std).view(3, 1, 1)
+    pixels = (visual[-1].float() * std + mean).clamp(0, 1)  # the whole image (global view)
+    return pixels, attention
+
+
+def plot_compression(pixels: torch.Tensor, attention: torch.Tensor, path: str, title: str) -> str:
+    """Save the image and one attention overlay per compressed token (up to 8) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    shown = attention[:8]
+    size = pixels.shape[-1]
+    heat = F.interpolate(shown[:, None], size=(size, size), mode="bilinear")[:, 0]
+    figure, axes = plt.subplots(1, len(shown) + 1, figsize=(3 * (len(shown) + 1), 3.2))
+    axes[0].imshow(pixels.permute(1, 2, 0).numpy())
+    axes[0].set_title("image")
+    for index, (axis, values) in enumerate(zip(axes[1:], heat, strict=True)):
+        axis.imshow(pixels.permute(1, 2, 0).numpy())
+        axis.imshow(values.numpy(), cmap="inferno", alpha=0.6)
+        axis.set_title(f"compressed token {index}")
+    for axis in axes:
+        axis.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "visualize-compression",
+        help="heat map of what the compressor attends to in an image",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--output", default="compression.png")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llavamini.model.loading import load_pretrained
+
+    loaded = load_pretrained(args.model_path)
+    try:
+        pixels, attention = compression_attention(loaded, args.image)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    plot_compression(pixels, attention, args.output, f"{args.model_path}: {args.image}")
+    logger.info("Wrote %s", args.output)

@@ -1,0 +1,84 @@
+"""The quickstart through the real command: a seconds-long smoke run, and the full run (slow)."""
+
+import json
+
+import pytest
+
+from llavamini.cli import main
+
+
+def test_smoke_ablation_writes_results_figures_and_chat(tmp_path, capsys):
+    out, data = tmp_path / "out", tmp_path / "data"
+    main(["quickstart", "--smoke", "--ablation", "--output-dir", str(out), "--data-dir", str(data)])
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"all-tokens", "one-token", "one-token-prefusion"}
+    tokens = {name: r["vision_tokens"] for name, r in results["results"].items()}
+    assert tokens == {"all-tokens": 64, "one-token": 1, "one-token-prefusion": 1}
+    flops = {name: r["flops"] for name, r in results["results"].items()}
+    assert (
+        flops["one-token"] < flops["one-token-prefusion"]
+        and flops["one-token"] < flops["all-tokens"]
+    )
+    for result in results["results"].values():
+        assert set(result["per_type"]) == {"colour", "count", "existence", "shape"}
+    for name in ("loss_curves.png", "accuracy.png", "compression.png"):
+        assert (out / name).stat().st_size > 1000, name
+    from PIL import Image
+
+    assert Image.open(out / "fresh_image.png").size == (112, 112)
+    assert (data / "val_questions.jsonl").is_file() and (
+        out / "one-token-prefusion" / "model.safetensors"
+    ).is_file()
+    assert (
+        len(results["chat"]) == 3 and "majority baseline" in printed and "Q: What colour" in printed
+    )
+
+
+def test_visualize_compression_needs_a_query_compressor(tmp_path):
+    from PIL import Image
+
+    from llavamini.tiny import build_tiny_checkpoint
+
+    image = tmp_path / "image.png"
+    Image.new("RGB", (80, 60), (10, 200, 30)).save(image)
+    build_tiny_checkpoint(str(tmp_path / "query"), image_size=56, compressor_size=2)
+    main(["visualize-compression", "--model-path", str(tmp_path / "query"), "--image", str(image),
+          "--output", str(tmp_path / "heat.png")])  # fmt: skip
+    assert (tmp_path / "heat.png").stat().st_size > 1000
+    build_tiny_checkpoint(str(tmp_path / "pool"), image_size=56, compressor_type="avg_pool")
+    with pytest.raises(SystemExit, match="compressor_type is 'avg_pool'"):
+        main(
+            ["visualize-compression", "--model-path", str(tmp_path / "pool"), "--image", str(image)]
+        )
+
+
+def test_compression_attention_rows_are_distributions(tmp_path):
+    import torch
+    from PIL import Image
+
+    from llavamini.model.loading import load_pretrained
+    from llavamini.tiny import build_tiny_checkpoint
+    from llavamini.visualize import compression_attention
+
+    Image.new("RGB", (60, 60), (10, 20, 200)).save(tmp_path / "image.png")
+    build_tiny_checkpoint(
+        str(tmp_path / "hd"), image_size=56, compressor_size=2, resolution_ratio=2
+    )
+    pixels, attention = compression_attention(
+        load_pretrained(str(tmp_path / "hd")), str(tmp_path / "image.png")
+    )
+    assert pixels.shape == (3, 56, 56)
+    assert attention.shape == (4, 8, 8)  # 2 x 2 crops of a 4 x 4 grid, stitched
+    torch.testing.assert_close(attention.sum(dim=(1, 2)), torch.ones(4))
+
+
+@pytest.mark.slow
+def test_full_quickstart_learns(tmp_path):
+    """The README's main job (about 6 minutes on 2 cores): the trained model beats the majority
+    baseline on the position-referenced colour questions."""
+    out = tmp_path / "out"
+    main(["quickstart", "--output-dir", str(out), "--data-dir", str(tmp_path / "data")])
+    results = json.loads((out / "results.json").read_text())
+    main_result = results["results"]["one-token-prefusion"]
+    assert main_result["per_type"]["colour"] > results["majority_baseline"]["colour"] + 20
