@@ -221,7 +221,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
         labels: torch.Tensor | None,
         images: Images,
         padding_side: str | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        return_vision_mask: bool = False,
+    ) -> tuple:
         """Token ids with placeholders + images -> what the LLM receives.
 
         Args:
@@ -235,10 +236,11 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
                 mean over its visuals, as over a video's frames).
             padding_side: of the output; by default that of the input (left if any row starts
                 with padding).
+            return_vision_mask: also return the `(B, L')` mask of the vision positions.
 
         Returns:
             `inputs_embeds (B, L', D)`, `attention_mask (B, L')`, `labels (B, L')` or None,
-            `position_ids (B, L')`.
+            `position_ids (B, L')` (and `vision_mask (B, L')`): see `SplicedInputs`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -265,9 +267,10 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             text_embeds = torch.stack(fused)
 
         max_length = self.config.tokenizer_model_max_length if labels is not None else None
-        return splice_vision_tokens(
+        spliced = splice_vision_tokens(
             text_embeds, input_ids, attention_mask, labels, vision_tokens, padding_side, max_length
         )
+        return spliced if return_vision_mask else spliced[:4]
 
 
 def visuals_per_sample(images: Images) -> list[list[torch.Tensor]]:

@@ -5,6 +5,8 @@ Shape notation: B batch, L text length, D LLM width, V vision tokens of one samp
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +36,16 @@ def count_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     return found.sum(dim=1).tolist()
 
 
+class SplicedInputs(NamedTuple):
+    """What the LLM receives for a batch (B batch, L' spliced length, D width)."""
+
+    inputs_embeds: torch.Tensor  # (B, L', D)
+    attention_mask: torch.Tensor  # (B, L') long, 0 at padding
+    labels: torch.Tensor | None  # (B, L') or None
+    position_ids: torch.Tensor  # (B, L') counting real tokens from 0
+    vision_mask: torch.Tensor  # (B, L') bool, True at vision tokens
+
+
 def splice_vision_tokens(
     text_embeds: torch.Tensor,
     input_ids: torch.Tensor,
@@ -42,7 +54,7 @@ def splice_vision_tokens(
     vision_tokens: list[list[torch.Tensor]],
     padding_side: str,
     max_length: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+) -> SplicedInputs:
     """Replace each placeholder by its vision tokens and re-pad the batch.
 
     Args:
@@ -53,25 +65,25 @@ def splice_vision_tokens(
             checks the counts).
         padding_side: 'left' or 'right', for the output.
         max_length: truncate each spliced sequence to this length (training only).
-
-    Returns:
-        `inputs_embeds (B, L', D)`, `attention_mask (B, L')` long, `labels (B, L')` or None, and
-        `position_ids (B, L')` counting real tokens from 0.
     """
-    sequences, label_rows = [], []
+    sequences, label_rows, vision_rows = [], [], []
     for b, sample_tokens in enumerate(vision_tokens):
         real = attention_mask[b].bool()
         embeds, ids = text_embeds[b][real], input_ids[b][real]
         row_labels = labels[b][real] if labels is not None else None
         places = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
-        embed_pieces, label_pieces, start = [], [], 0
+        embed_pieces, label_pieces, vision_pieces, start = [], [], [], 0
         for at, tokens in zip(places, sample_tokens, strict=True):
             embed_pieces += [embeds[start:at], tokens.to(embeds.dtype)]
+            vision_pieces += [ids.new_zeros(at - start, dtype=torch.bool),
+                              ids.new_ones(tokens.shape[0], dtype=torch.bool)]  # fmt: skip
             if row_labels is not None:
                 ignore = row_labels.new_full((tokens.shape[0],), IGNORE_INDEX)
                 label_pieces += [row_labels[start:at], ignore]
             start = at + 1
         embeds = torch.cat(embed_pieces + [embeds[start:]])[:max_length]
+        tail = ids.new_zeros(len(ids) - start, dtype=torch.bool)
+        vision_rows.append(torch.cat(vision_pieces + [tail])[:max_length])
         if row_labels is not None:
             row_labels = torch.cat(label_pieces + [row_labels[start:]])[:max_length]
         sequences.append(embeds)
@@ -92,7 +104,8 @@ def splice_vision_tokens(
     if labels is not None:
         new_labels = torch.stack([pad(row, IGNORE_INDEX) for row in label_rows])
     position_ids = (new_mask.cumsum(-1) - 1).clamp(min=0)
-    return inputs_embeds, new_mask, new_labels, position_ids
+    vision_mask = torch.stack([pad(row, False) for row in vision_rows])
+    return SplicedInputs(inputs_embeds, new_mask, new_labels, position_ids, vision_mask)
 
 
 def stitch_crops(crops: torch.Tensor, grid: int) -> torch.Tensor:

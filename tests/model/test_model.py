@@ -198,3 +198,19 @@ def test_prompt_longer_than_the_context_is_refused():
     ids, mask = left_pad([PROMPT_A])
     with pytest.raises(ValueError, match="7 tokens long .* exceeds the model's context of 16"):
         greedy(model, ids, mask, random_images(1), new=10)
+
+
+def test_vision_mask_marks_the_spliced_vision_tokens(tiny_model):
+    ids, mask = left_pad([PROMPT_A, PROMPT_B])
+    video = random_images(3, seed=8)
+    with torch.no_grad():
+        spliced = tiny_model.model.embed_multimodal(
+            ids, mask, None, [random_images(1)[0], video], return_vision_mask=True
+        )
+    vision = spliced.vision_mask
+    assert vision.sum(1).tolist() == [1, 3]
+    # Sample 0 keeps its 7 positions: BOS, 10, 11, then its one token.
+    assert vision[0].nonzero().flatten().tolist() == [3]
+    # Sample 1 becomes 4 - 1 + 3 = 6 long, left-padded to 7: a pad, BOS, 20, three frame tokens.
+    assert vision[1].nonzero().flatten().tolist() == [3, 4, 5]
+    assert not (vision & (spliced.attention_mask == 0)).any()
