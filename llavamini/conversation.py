@@ -51,6 +51,24 @@ TEMPLATES: dict[str, ChatTemplate] = {
 }
 
 
+LLAMA_3_HEADER_TOKEN = "<|start_header_id|>"
+
+
+def default_template_name(tokenizer) -> str:
+    """The conv mode for a checkpoint that does not name one (LLaVA-Mini configs never do).
+
+    Rule: 'llava_llama_3_1' when the tokenizer has the Llama-3 header token (the release and
+    every Llama-3.x base); else 'chat_template' when it has a chat template of its own (Qwen2/3
+    and most newer LLMs); else 'vicuna_v1' (LLaVA-1.5's Vicuna bases).
+    """
+    token_id = tokenizer.convert_tokens_to_ids(LLAMA_3_HEADER_TOKEN)
+    if token_id is not None and token_id != tokenizer.unk_token_id:
+        return "llava_llama_3_1"
+    if getattr(tokenizer, "chat_template", None):
+        return "chat_template"
+    return "vicuna_v1"
+
+
 def get_template(name: str) -> ChatTemplate:
     """The template called `name`; raises `KeyError` listing the known names."""
     if name not in TEMPLATES:

@@ -12,17 +12,20 @@ import os
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModelForCausalLM,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
     GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from llavamini import synthetic
-from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
+from llavamini.model import family_of
 from llavamini.model.loading import CLIP_L_336_PROCESSOR
 
 SPECIAL_TOKENS = [
@@ -56,17 +59,25 @@ TINY_LLM = dict(
 """The tiny Llama's shape."""
 
 
-def tiny_vision_config(image_size: int = 336) -> dict:
-    """A CLIP-shaped tower of width 64, 2 layers, patch 14."""
-    return dict(
+def tiny_vision_config(image_size: int = 336, encoder: str = "clip") -> dict:
+    """A vision tower of width 64, 2 layers, patch 14: CLIP-shaped, or SigLIP-shaped."""
+    shape = dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=image_size,
         patch_size=14,
-        hidden_act="quick_gelu",
     )
+    if encoder == "clip":
+        return {**shape, "model_type": "clip_vision_model", "hidden_act": "quick_gelu"}
+    if encoder == "siglip":
+        return {**shape, "model_type": "siglip_vision_model"}
+    raise ValueError(f"Unknown tiny encoder {encoder!r}; known: ['clip', 'siglip'].")
+
+
+TINY_BACKBONE_FIELDS = {"llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}}
+"""Per backbone, what the tiny shape needs beyond TINY_LLM (Qwen3's head_dim defaults to 128)."""
 
 
 def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -90,20 +101,28 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(vocab_size: int, image_size: int = 336, **overrides) -> LlavaMiniConfig:
+def tiny_config(
+    vocab_size: int,
+    image_size: int = 336,
+    backbone: str = "llama",
+    encoder: str = "clip",
+    **overrides,
+):
     """A LLaVA-Mini small enough to run in milliseconds on a CPU.
 
-    CLIP: width 64, 2 layers, patch 14 (a 24 x 24 grid at 336 px). Llama: width 64, 2 layers,
-    4 heads, 2 KV heads. One pre-fusion layer, one compressed token. `overrides` set any field.
+    Vision (CLIP or SigLIP): width 64, 2 layers, patch 14 (a 24 x 24 grid at 336 px). LLM (any
+    family in `llavamini.model.FAMILIES`): width 64, 2 layers, 4 heads, 2 KV heads. One
+    pre-fusion layer, one compressed token. `overrides` set any field.
     """
     fields = dict(
         vocab_size=vocab_size,
         **TINY_LLM,
+        **TINY_BACKBONE_FIELDS.get(backbone, {}),
         bos_token_id=1,
         eos_token_id=5,
         pad_token_id=0,
         mm_vision_tower=None,
-        vision_config=tiny_vision_config(image_size),
+        vision_config=tiny_vision_config(image_size, encoder),
         mm_hidden_size=64,
         compressor_num_heads=4,
         compressor_size=1,
@@ -111,27 +130,32 @@ def tiny_config(vocab_size: int, image_size: int = 336, **overrides) -> LlavaMin
         image_aspect_ratio="pad",
     )
     fields.update(overrides)
-    return LlavaMiniConfig(**fields)
+    return family_of(backbone).config_class(**fields)
 
 
-def tiny_image_processor(image_size: int = 336) -> CLIPImageProcessorPil:
-    """The CLIP-336 preprocessing, at `image_size`."""
+def tiny_image_processor(image_size: int = 336, encoder: str = "clip"):
+    """The encoder's preprocessing at `image_size`: CLIP's (resize the short side, centre crop,
+    CLIP mean/std) or SigLIP's (resize to a square, mean/std 0.5)."""
+    if encoder == "siglip":
+        return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
     settings = dict(CLIP_L_336_PROCESSOR)
     settings["size"] = {"shortest_edge": image_size}
     settings["crop_size"] = {"height": image_size, "width": image_size}
     return CLIPImageProcessorPil(**settings)
 
 
-def build_tiny_checkpoint(output_dir: str, seed: int = 0, **config_overrides) -> str:
+def build_tiny_checkpoint(
+    output_dir: str, seed: int = 0, backbone: str = "llama", encoder: str = "clip", **overrides
+) -> str:
     """Write a seeded, randomly initialised tiny LLaVA-Mini checkpoint to `output_dir`."""
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config(len(tokenizer), **config_overrides)
+    config = tiny_config(len(tokenizer), backbone=backbone, encoder=encoder, **overrides)
     torch.manual_seed(seed)
-    model = LlavaMiniForCausalLM(config)
+    model = family_of(backbone).causal_lm_class(config)
     model.generation_config = tiny_generation_config(tokenizer)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    tiny_image_processor(config.vision_config.image_size).save_pretrained(output_dir)
+    tiny_image_processor(config.vision_config.image_size, encoder).save_pretrained(output_dir)
     return output_dir
 
 
@@ -152,28 +176,36 @@ def build_tiny_assets(
     llm_shape: dict | None = None,
     vision_shape: dict | None = None,
     data_dir: str | None = None,
+    backbone: str = "llama",
+    encoder: str = "clip",
 ) -> dict:
-    """What a training run starts from, in miniature: a plain Llama (`llm/`, with its
-    tokenizer), a CLIP vision tower (`clip/`, with its preprocessor) and the synthetic shapes
-    data set (`data_dir`, default `data/`). `llm_shape` / `vision_shape` override `TINY_LLM` /
-    `tiny_vision_config`. Returns the paths."""
+    """What a training run starts from, in miniature: a plain LLM of the `backbone` family
+    (`llm/`, with its tokenizer), a vision tower (`clip/`, CLIP or SigLIP, with its
+    preprocessor) and the synthetic shapes data set (`data_dir`, default `data/`).
+    `llm_shape` / `vision_shape` override `TINY_LLM` / `tiny_vision_config`. Returns the paths."""
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
     llm_dir, clip_dir = os.path.join(output_dir, "llm"), os.path.join(output_dir, "clip")
-    llm_config = LlamaConfig(
+    llm_config = CONFIG_MAPPING[backbone](
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_LLM, **(llm_shape or {})},
+        **{**TINY_LLM, **TINY_BACKBONE_FIELDS.get(backbone, {}), **(llm_shape or {})},
     )
-    llm = LlamaForCausalLM(llm_config)
+    llm = AutoModelForCausalLM.from_config(llm_config)
     llm.generation_config = tiny_generation_config(tokenizer)
     llm.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
-    vision = {**tiny_vision_config(image_size), **(vision_shape or {})}
-    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(clip_dir)
-    tiny_image_processor(image_size).save_pretrained(clip_dir)
+    vision = {**tiny_vision_config(image_size, encoder), **(vision_shape or {})}
+    vision.pop("model_type")
+    tower = (
+        SiglipVisionModel(SiglipVisionConfig(**vision))
+        if encoder == "siglip"
+        else (CLIPVisionModel(CLIPVisionConfig(**vision)))
+    )
+    tower.save_pretrained(clip_dir)
+    tiny_image_processor(image_size, encoder).save_pretrained(clip_dir)
     data_dir = data_dir or os.path.join(output_dir, "data")
     data = synthetic.write_dataset(data_dir, num_train, num_val, image_size, seed)
     return {"llm": llm_dir, "clip": clip_dir, **data}

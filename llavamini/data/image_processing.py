@@ -54,6 +54,14 @@ def split_image(image: Image.Image, n: int) -> list[Image.Image]:
     return crops + [image]
 
 
+def processor_image_size(image_processor) -> int:
+    """The side of the square images `image_processor` outputs: its crop size when it crops
+    (CLIP), else its resize size (SigLIP)."""
+    if getattr(image_processor, "do_center_crop", False) and image_processor.crop_size:
+        return image_processor.crop_size["height"]
+    return image_processor.size["height"]
+
+
 def mean_colour(image_processor) -> tuple[int, int, int]:
     """The processor's normalisation mean as an RGB colour (122, 116, 104 for CLIP)."""
     return tuple(int(255 * m) for m in image_processor.image_mean)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from llavamini.data.image_processing import split_image
+from llavamini.data.image_processing import processor_image_size, split_image
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ def _count_frames(path: str) -> int:
 def process_video(frames: np.ndarray, image_processor, config) -> torch.Tensor:
     """`(T, H, W, 3)` uint8 frames -> `(T, parts, 3, S, S)` pixel values for the model.
 
-    Each frame is resized to S x S (S = the processor's crop size) with nearest-neighbour
+    Each frame is resized to S x S (S = the processor's output size) with nearest-neighbour
     sampling, without keeping the aspect ratio or padding (as the reference), then split into
     crops when `config.resolution_ratio` > 1 and normalised by the CLIP processor.
     """
-    size = image_processor.crop_size["height"]
+    size = processor_image_size(image_processor)
     tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     resized = F.interpolate(tensor, size=(size, size), mode="nearest").to(torch.uint8)
     video = []

@@ -64,7 +64,11 @@ def _add_run(commands) -> None:
         help="images/videos folder (default: the task's in the data root)",
     )
     run.add_argument("--answers-file", default=None, help="answer JSONL to append to")
-    run.add_argument("--conv-mode", default="llava_llama_3_1", help="chat template")
+    run.add_argument(
+        "--conv-mode",
+        default=None,
+        help="chat template (default: from the checkpoint's tokenizer, as the chat does)",
+    )
     run.add_argument(
         "--batch-size",
         type=int,
@@ -191,7 +195,21 @@ def _default_device_and_dtype(device: str | None, dtype: str | None) -> tuple[st
     return device, dtype
 
 
-def build_run_config(args: argparse.Namespace):
+def checkpoint_template(model_path: str, tokenizer=None) -> str:
+    """The conv mode a checkpoint's tokenizer implies (`default_template_name`); `tokenizer` is
+    that checkpoint's, when already loaded."""
+    from llavamini.conversation import default_template_name
+
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        from llavamini.model.checkpoint import resolve_checkpoint_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint_dir(model_path))
+    return default_template_name(tokenizer)
+
+
+def build_run_config(args: argparse.Namespace, tokenizer=None):
     """`RunConfig` from parsed `eval run` flags (defaults resolved, prefix file read)."""
     from llavamini.eval.runner import RunConfig
 
@@ -211,7 +229,7 @@ def build_run_config(args: argparse.Namespace):
         or default_answers_file(model_id, task.name, args.num_chunks, args.chunk_idx),
         questions_file=args.questions or task.path(root, task.questions),
         visual_folder=args.visual_folder or task.path(root, task.visual_folder),
-        conv_mode=args.conv_mode,
+        conv_mode=args.conv_mode or checkpoint_template(args.model_path, tokenizer),
         batch_size=args.batch_size,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
@@ -237,7 +255,7 @@ def run_command(args: argparse.Namespace, loaded=None) -> str:
     """`eval run`: answer the questions; returns the answer file."""
     from llavamini.eval.runner import run_questions
 
-    config = build_run_config(args)
+    config = build_run_config(args, loaded.tokenizer if loaded is not None else None)
     if args.overwrite and os.path.exists(config.answers_file):
         logger.info("--overwrite: removing %s", config.answers_file)
         os.remove(config.answers_file)

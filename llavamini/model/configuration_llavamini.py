@@ -1,13 +1,17 @@
-"""`LlavaMiniConfig`: a `LlamaConfig` plus the multimodal fields of the reference's config.json.
+"""LLaVA-Mini configurations: a language backbone's config plus the multimodal fields.
 
-Every field of the reference's `config.json` (reference.md §2.2) is accepted. The ones that shape
-the model are validated when the config is built; the ones the reference writes but never reads at
-inference (`tune_mm_mlp_adapter`, `mm_projector_lr`, ...) are kept so that a loaded config
-saves back unchanged.
+`LlavaMiniConfigMixin` holds the multimodal fields; each backbone family combines it with its own
+config class (`LlavaMiniConfig` = mixin + `LlamaConfig`, model_type "llava_mini_llama", the
+release's; other families in `llavamini.model.backbones`). Every field of the reference's
+`config.json` (reference.md §2.2) is accepted. The ones that shape the model are validated when
+the config is built; the ones the reference writes but never reads at inference
+(`tune_mm_mlp_adapter`, `mm_projector_lr`, ...) are kept so that a loaded config saves back
+unchanged.
 
-The vision tower's architecture is resolved offline, in this order:
+The vision encoder is CLIP (the release), SigLIP or an open_clip ViT, by `vision_config`'s
+model_type. Its architecture is resolved offline, in this order:
 
-1. an explicit `vision_config` (a `CLIPVisionConfig` or its dict);
+1. an explicit `vision_config` (a config or its dict; a dict without model_type is CLIP);
 2. the built-in config of `openai/clip-vit-large-patch14-336` when `mm_vision_tower` names it;
 3. the `config.json` of the folder `mm_vision_tower` (absolute here; relative to the checkpoint
    folder in `LlavaMiniForCausalLM.from_pretrained`), or of that hub id in the local HF cache.
@@ -22,7 +26,7 @@ import os
 import re
 
 from huggingface_hub.dataclasses import strict
-from transformers import CLIPVisionConfig, LlamaConfig
+from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedConfig, SiglipVisionConfig
 from transformers.utils import cached_file
 
 CLIP_L_336 = "openai/clip-vit-large-patch14-336"
@@ -41,6 +45,80 @@ CLIP_L_336_VISION_CONFIG = {
 }
 """`CLIPVisionConfig` of `openai/clip-vit-large-patch14-336` (its hub config.json, vision part)."""
 
+
+@strict
+class OpenClipVisionConfig(PreTrainedConfig):
+    """An open_clip ViT vision tower (the optional `open_clip` backend; needs open_clip_torch).
+
+    `model_name` is an open_clip architecture (`open_clip.list_models()`); `pretrained` a local
+    checkpoint file of that architecture, read when the tower is loaded (nothing is downloaded).
+    Sizes are filled in from open_clip's architecture config when not given.
+    """
+
+    model_type = "open_clip_vision"
+
+    model_name: str = "ViT-L-14-336"
+    pretrained: str | None = None
+    hidden_size: int | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_hidden_layers: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if None in (self.hidden_size, self.image_size, self.patch_size, self.num_hidden_layers):
+            vision = open_clip_architecture(self.model_name)
+            self.hidden_size = self.hidden_size or vision["width"]
+            self.image_size = self.image_size or vision["image_size"]
+            self.patch_size = self.patch_size or vision["patch_size"]
+            self.num_hidden_layers = self.num_hidden_layers or vision["layers"]
+
+
+def open_clip_architecture(model_name: str) -> dict:
+    """open_clip's `vision_cfg` of `model_name`; raises `ImportError` when open_clip is missing."""
+    try:
+        import open_clip
+    except ImportError as error:
+        raise ImportError(
+            "The open_clip vision backend needs open_clip_torch (and torchvision, which exists for "
+            "torch 2.13 only as a CUDA build): pip install -c constraints.txt open_clip_torch"
+        ) from error
+    config = open_clip.get_model_config(model_name)
+    if config is None or "vision_cfg" not in config:
+        raise ValueError(f"open_clip has no architecture {model_name!r} (open_clip.list_models()).")
+    return config["vision_cfg"]
+
+
+VISION_CONFIGS = {
+    "clip_vision_model": CLIPVisionConfig,
+    "siglip_vision_model": SiglipVisionConfig,
+    "open_clip_vision": OpenClipVisionConfig,
+}
+"""Supported vision encoders, by `vision_config.model_type`."""
+
+HAS_CLASS_TOKEN = {
+    "clip_vision_model": True,
+    "siglip_vision_model": False,
+    "open_clip_vision": True,
+}
+"""Whether the encoder prepends a class token ('patch' features drop it; SigLIP has none)."""
+
+FOLDER_MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
+"""A full two-tower checkpoint folder's model_type -> the vision part's."""
+
+
+def vision_config_from_dict(values: dict) -> PreTrainedConfig:
+    """The encoder config a dict describes (no model_type: CLIP, as reference configs)."""
+    values = dict(values)
+    model_type = values.pop("model_type", "clip_vision_model")
+    if model_type not in VISION_CONFIGS:
+        raise ValueError(
+            f"vision_config.model_type={model_type!r} is not a supported vision encoder; "
+            f"supported: {sorted(VISION_CONFIGS)}."
+        )
+    return VISION_CONFIGS[model_type](**values)
+
+
 COMPRESSOR_TYPES = ("query", "avg_pool", "none")
 SELECT_FEATURES = ("patch", "cls_patch")
 IMAGE_ASPECT_RATIOS = ("pad", "square")
@@ -55,22 +133,21 @@ _PROJECTOR_PATTERN = re.compile(r"^(linear|identity|mlp(\d+)x_gelu)$")
 
 
 @strict
-class LlavaMiniConfig(LlamaConfig):
-    """Configuration of `LlavaMiniForCausalLM`: the LLM's `LlamaConfig` plus the fields below.
+class LlavaMiniConfigMixin(PreTrainedConfig):
+    """The multimodal fields, combined with a backbone's config class (see the module docstring).
 
     Sizes of the new modules all follow from the config: the compressor works at the vision
     tower's width (`vision_config.hidden_size`, which `mm_hidden_size` must equal), the projector
     maps that width to `hidden_size`, and each pre-fusion layer is a decoder layer of this LLM.
     """
 
-    model_type = "llava_mini_llama"
-
     # Vision tower.
     mm_vision_tower: str | None = CLIP_L_336
     """Hub id or folder of the CLIP vision tower (weights are read from it only when the
     checkpoint itself does not store them)."""
-    vision_config: dict | CLIPVisionConfig | None = None
-    """Architecture of the vision tower; resolved offline when absent (see the module docstring)."""
+    vision_config: dict | PreTrainedConfig | None = None
+    """Architecture of the vision tower (CLIP, SigLIP or open_clip); resolved offline when absent
+    (see the module docstring)."""
     mm_vision_select_layer: int = -2
     """Index into the tower's hidden states whose output is used (-2: second to last block)."""
     mm_vision_select_feature: str = "patch"
@@ -126,7 +203,7 @@ class LlavaMiniConfig(LlamaConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if isinstance(self.vision_config, dict):
-            self.vision_config = CLIPVisionConfig(**self.vision_config)
+            self.vision_config = vision_config_from_dict(self.vision_config)
         if self.vision_config is None:
             self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs=())
         if self.mm_hidden_size is None and self.vision_config is not None:
@@ -144,7 +221,7 @@ class LlavaMiniConfig(LlamaConfig):
         self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs, cache_dir)
         if self.vision_config is None:
             raise FileNotFoundError(
-                f"LlavaMiniConfig.mm_vision_tower={self.mm_vision_tower!r}: no vision tower "
+                f"{type(self).__name__}.mm_vision_tower={self.mm_vision_tower!r}: no vision tower "
                 f"config found offline. Looked for "
                 f"{vision_tower_candidates(self.mm_vision_tower, base_dirs)} and for the hub id "
                 f"in the local Hugging Face cache. Set `vision_config` explicitly or point "
@@ -168,61 +245,75 @@ class LlavaMiniConfig(LlamaConfig):
         per_part = grid * grid + (self.mm_vision_select_feature == "cls_patch")
         return per_part * parts * frames
 
+    @property
+    def vision_has_class_token(self) -> bool:
+        return HAS_CLASS_TOKEN[self.vision_config.model_type]
+
     def validate_multimodal(self):
         """Part of `@strict` validation: every multimodal field, with the field named on error."""
-        _check_choice("mm_vision_select_feature", self.mm_vision_select_feature, SELECT_FEATURES)
-        _check_choice("compressor_type", self.compressor_type, COMPRESSOR_TYPES)
-        _check_choice("image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
-        _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, ("right", "left"))
-        _check_choice("mm_patch_merge_type", self.mm_patch_merge_type, ("flat",))
+        owner = type(self).__name__
+        _check_choice(self, "mm_vision_select_feature", SELECT_FEATURES)
+        _check_choice(self, "compressor_type", COMPRESSOR_TYPES)
+        _check_choice(self, "image_aspect_ratio", IMAGE_ASPECT_RATIOS)
+        _check_choice(self, "tokenizer_padding_side", ("right", "left"))
+        _check_choice(self, "mm_patch_merge_type", ("flat",))
         if not _PROJECTOR_PATTERN.match(self.mm_projector_type):
             raise ValueError(
-                f"LlavaMiniConfig.mm_projector_type={self.mm_projector_type!r}: expected 'linear', "
+                f"{owner}.mm_projector_type={self.mm_projector_type!r}: expected 'linear', "
                 f"'identity' or 'mlp<N>x_gelu' (e.g. 'mlp2x_gelu')."
             )
         for name, minimum in _INT_FIELDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"LlavaMiniConfig.{name}={value!r}: expected an integer >= {minimum}."
-                )
+                raise ValueError(f"{owner}.{name}={value!r}: expected an integer >= {minimum}.")
         for name in ("mm_use_im_start_end", "s2"):
             if getattr(self, name):
-                raise ValueError(f"LlavaMiniConfig.{name}=True is not supported by LLaVA-Mini.")
+                raise ValueError(f"{owner}.{name}=True is not supported by LLaVA-Mini.")
         if self.vision_config is None:
             return  # resolved later by `resolve_vision_config`, which validates again
         vision_width = self.vision_config.hidden_size
         if self.mm_hidden_size != vision_width:
             raise ValueError(
-                f"LlavaMiniConfig.mm_hidden_size={self.mm_hidden_size} disagrees with "
+                f"{owner}.mm_hidden_size={self.mm_hidden_size} disagrees with "
                 f"vision_config.hidden_size={vision_width}: the projector reads vision features "
                 f"of that width."
             )
         if self.mm_projector_type == "identity" and vision_width != self.hidden_size:
             raise ValueError(
-                f"LlavaMiniConfig.mm_projector_type='identity' needs vision_config.hidden_size "
+                f"{owner}.mm_projector_type='identity' needs vision_config.hidden_size "
                 f"({vision_width}) == hidden_size ({self.hidden_size})."
             )
         if self.compressor_type == "query" and vision_width % self.compressor_num_heads:
             raise ValueError(
-                f"LlavaMiniConfig.compressor_num_heads={self.compressor_num_heads} does not divide "
+                f"{owner}.compressor_num_heads={self.compressor_num_heads} does not divide "
                 f"the compressor width vision_config.hidden_size={vision_width}."
             )
-        if self.vision_config.image_size % self.vision_config.patch_size:
+        if self.mm_vision_select_feature == "cls_patch" and not self.vision_has_class_token:
             raise ValueError(
-                f"vision_config.image_size={self.vision_config.image_size} is not a multiple of "
-                f"vision_config.patch_size={self.vision_config.patch_size}."
+                f"{owner}.mm_vision_select_feature='cls_patch': the "
+                f"{self.vision_config.model_type} encoder has no class token; use 'patch'."
             )
         if self.compressor_type != "none" and self.mm_vision_select_feature != "patch":
             raise ValueError(
-                "LlavaMiniConfig.mm_vision_select_feature must be 'patch' with a compressor: the "
+                f"{owner}.mm_vision_select_feature must be 'patch' with a compressor: the "
                 "compressor reads a square grid of patch features."
             )
 
 
-def _check_choice(name: str, value, choices: tuple) -> None:
+@strict
+class LlavaMiniConfig(LlavaMiniConfigMixin, LlamaConfig):
+    """Configuration of `LlavaMiniForCausalLM`: a `LlamaConfig` (Vicuna, Llama-3.x) plus the
+    multimodal fields of `LlavaMiniConfigMixin`; model_type "llava_mini_llama", as released."""
+
+    model_type = "llava_mini_llama"
+
+
+def _check_choice(config, name: str, choices: tuple) -> None:
+    value = getattr(config, name)
     if value not in choices:
-        raise ValueError(f"LlavaMiniConfig.{name}={value!r}: expected one of {list(choices)}.")
+        raise ValueError(
+            f"{type(config).__name__}.{name}={value!r}: expected one of {list(choices)}."
+        )
 
 
 def vision_tower_candidates(mm_vision_tower: str | None, base_dirs: tuple[str, ...]) -> list[str]:
@@ -257,7 +348,7 @@ def find_vision_tower_folder(
 
 def find_vision_config(
     mm_vision_tower: str | None, base_dirs: tuple[str, ...], cache_dir: str | None = None
-) -> CLIPVisionConfig | None:
+) -> PreTrainedConfig | None:
     """Offline resolution of the tower's architecture (see the module docstring), or None."""
     if mm_vision_tower == CLIP_L_336:
         return CLIPVisionConfig(**CLIP_L_336_VISION_CONFIG)
@@ -266,7 +357,7 @@ def find_vision_config(
         return None
     with open(os.path.join(folder, "config.json")) as f:
         config_dict = json.load(f)
-    if config_dict.get("model_type") == "clip":  # a full CLIPModel folder: keep its vision part
-        config_dict = config_dict["vision_config"]
-    config_dict.pop("model_type", None)
-    return CLIPVisionConfig(**config_dict)
+    if config_dict.get("model_type") in FOLDER_MODEL_TYPES:  # a two-tower model: its vision part
+        vision_type = FOLDER_MODEL_TYPES[config_dict["model_type"]]
+        config_dict = {**config_dict["vision_config"], "model_type": vision_type}
+    return vision_config_from_dict(config_dict)

@@ -14,6 +14,7 @@ from transformers import (
     AutoTokenizer,
     BitsAndBytesConfig,
     CLIPImageProcessorPil,
+    SiglipImageProcessorPil,
 )
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
@@ -55,29 +56,45 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
     )
 
 
+PROCESSORS = {
+    "clip_vision_model": CLIPImageProcessorPil,
+    "siglip_vision_model": SiglipImageProcessorPil,
+}
+"""Image processor class by vision encoder (open_clip towers use CLIP's preprocessing)."""
+
+
 @dataclass
 class LoadedModel:
     """What chat, evaluation and demos need from a checkpoint."""
 
     model: torch.nn.Module
     tokenizer: object
-    image_processor: CLIPImageProcessorPil
+    image_processor: CLIPImageProcessorPil | SiglipImageProcessorPil
 
 
-def load_image_processor(checkpoint_dir: str, config) -> CLIPImageProcessorPil:
-    """The CLIP image processor: the checkpoint's own `preprocessor_config.json`, else the
-    vision tower folder's, else the built-in one for CLIP ViT-L/14-336.
+def load_image_processor(checkpoint_dir: str, config):
+    """The encoder's image processor: the checkpoint's own `preprocessor_config.json`, else the
+    vision tower folder's, else the built-in one for CLIP ViT-L/14-336, else (open_clip) CLIP's
+    preprocessing at the tower's image size.
 
-    `CLIPImageProcessorPil` is used whatever is installed: it is the PIL pipeline the reference
-    preprocessed with (the torchvision backend differs by up to ~0.015 per pixel).
+    The PIL processors are used whatever is installed: the reference preprocessed with PIL (the
+    torchvision backend differs by up to ~0.015 per pixel).
     """
+    model_type = config.vision_config.model_type
+    processor_class = PROCESSORS.get(model_type, CLIPImageProcessorPil)
     tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir, os.getcwd()))
     looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
     for folder in looked:
         if os.path.isfile(os.path.join(folder, PROCESSOR_FILE)):
-            return CLIPImageProcessorPil.from_pretrained(folder)
+            return processor_class.from_pretrained(folder)
     if config.mm_vision_tower == CLIP_L_336:
         return CLIPImageProcessorPil(**CLIP_L_336_PROCESSOR)
+    if model_type == "open_clip_vision":
+        size = config.vision_config.image_size
+        return CLIPImageProcessorPil(
+            **{**CLIP_L_336_PROCESSOR, "size": {"shortest_edge": size},
+               "crop_size": {"height": size, "width": size}}
+        )  # fmt: skip
     raise FileNotFoundError(
         f"No {PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in {looked}."
     )

@@ -1,4 +1,10 @@
-"""LLaVA-Mini: CLIP features -> compressor + projector -> pre-fusion -> one vision token per image.
+"""LLaVA-Mini: vision features -> compressor + projector -> pre-fusion -> one token per image.
+
+The multimodal model is written once, as mixins over a language backbone's own classes
+(`LlavaMiniModelMixin` over its base model, `LlavaMiniForCausalLMMixin` over its causal LM); the
+pre-fusion layers are built from the backbone's own decoder-layer class and use its rotary
+embedding. This file composes the Llama family (Vicuna, Llama-3.x: the release);
+`llavamini.model.backbones` composes Qwen2/Qwen3 and any other transformers causal LM.
 
 The module tree reproduces the released checkpoint's keys (reference.md §2.1):
 
@@ -34,10 +40,9 @@ import logging
 
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM, LlamaModel
+from transformers import LlamaForCausalLM, LlamaModel, PreTrainedModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.model import checkpoint
@@ -51,20 +56,28 @@ from llavamini.model.packing import (
 )
 from llavamini.model.prefusion import PreFusionLayers
 from llavamini.model.projector import build_projector
-from llavamini.model.vision_tower import VisionTower, read_vision_tower_state_dict
+from llavamini.model.vision_tower import (
+    OpenClipVisionModel,
+    VisionTower,
+    read_open_clip_state_dict,
+    read_vision_tower_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
 Images = torch.Tensor | list[torch.Tensor | None]
 
 
-class LlavaMiniPreTrainedModel(LlamaPreTrainedModel):
-    config_class = LlavaMiniConfig
-    config: LlavaMiniConfig
+ENCODER_LAYERS = ["CLIPEncoderLayer", "SiglipEncoderLayer"]
+"""Vision encoder blocks that device maps must not split (added to each family's own)."""
+
+
+class LlavaMiniPreTrainedMixin:
+    """What every LLaVA-Mini class adds to its backbone's `PreTrainedModel`."""
+
     # The tower may live outside the checkpoint (`mm_vision_tower`); `from_pretrained` loads it
     # from there and checks it is complete, so transformers need not report it.
     _keys_to_ignore_on_load_missing = [r"^model\.vision_tower\."]
-    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -75,14 +88,15 @@ class LlavaMiniPreTrainedModel(LlamaPreTrainedModel):
                 module.pos_embed.copy_(table.to(module.pos_embed.dtype))
 
 
-class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
-    """The Llama decoder plus the vision tower, projector, compressor and pre-fusion layers."""
+class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
+    """A backbone's base model (embeddings, decoder layers, norm, rotary embedding) plus the
+    vision tower, projector, compressor and pre-fusion layers."""
 
-    def __init__(self, config: LlavaMiniConfig):
+    def __init__(self, config):
         super().__init__(config)
         if config.vision_config is None:
             raise ValueError(
-                f"LlavaMiniConfig.vision_config is unresolved (mm_vision_tower="
+                f"{type(config).__name__}.vision_config is unresolved (mm_vision_tower="
                 f"{config.mm_vision_tower!r}): load with from_pretrained, or call "
                 f"config.resolve_vision_config(checkpoint_dir) first."
             )
@@ -102,7 +116,15 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel, LlamaModel):
             self.compressor = AvgPoolCompressor(config.compressor_size)
         else:
             self.compressor = None
-        self.prefusion_layers = PreFusionLayers(config, config.prefusion_layer_num)
+        if not isinstance(getattr(self, "rotary_emb", None), nn.Module):
+            raise ValueError(
+                f"{type(self).__name__}: the backbone has no shared rotary embedding "
+                f"(`rotary_emb`), which pre-fusion needs; supported backbones share one (Llama, "
+                f"Qwen2, Qwen3, Mistral, ...)."
+            )
+        self.prefusion_layers = PreFusionLayers(
+            config, config.prefusion_layer_num, layer_class=type(self.layers[0])
+        )
         self.post_init()
 
     # ---- vision ----------------------------------------------------------------------------
@@ -306,13 +328,19 @@ def check_placeholders(
             )
 
 
-class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
+class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
     """LLaVA-Mini for generation: `model(input_ids, attention_mask, images=..., labels=...)` and
-    `model.generate(inputs=input_ids, images=..., ...)` (which returns only the new tokens)."""
+    `model.generate(inputs=input_ids, images=..., ...)` (which returns only the new tokens).
 
-    def __init__(self, config: LlavaMiniConfig):
-        LlavaMiniPreTrainedModel.__init__(self, config)
-        self.model = LlavaMiniModel(config)
+    A family sets `multimodal_model_class`, its `LlavaMiniModelMixin` class.
+    """
+
+    multimodal_model_class: type
+
+    def __init__(self, config):
+        # The backbone's causal-LM __init__ would build its plain base model first.
+        PreTrainedModel.__init__(self, config)
+        self.model = self.multimodal_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -330,7 +358,7 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
         images: Images | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """As `LlamaForCausalLM.forward`, plus `images` (see `LlavaMiniModel.embed_multimodal`).
+        """As the backbone's `forward`, plus `images` (see `LlavaMiniModelMixin.embed_multimodal`).
 
         With images, the logits, labels and attention mask all follow the spliced sequence.
         """
@@ -430,7 +458,7 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
         unexpected = set(info["unexpected_keys"])
         if strict and (missing or unexpected):
             raise ValueError(
-                f"Checkpoint {pretrained_model_name_or_path} does not match LlavaMiniForCausalLM: "
+                f"Checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
                 f"{len(missing)} missing keys {sorted(missing)[:50]}, {len(unexpected)} unexpected "
                 f"keys {sorted(unexpected)[:50]}. Check compressor_size, prefusion_layer_num and "
                 f"compressor_type in its config.json."
@@ -441,34 +469,61 @@ class LlavaMiniForCausalLM(LlavaMiniPreTrainedModel, LlamaForCausalLM):
     def load_vision_tower(
         self, checkpoint_dir: str | None = None, cache_dir: str | None = None
     ) -> str:
-        """Load the CLIP weights from the `mm_vision_tower` folder or the local HF cache, never the
-        network. Returns the folder used; raises `FileNotFoundError` naming where it looked."""
-        mm_vision_tower = self.config.mm_vision_tower
-        base_dirs = tuple(d for d in (checkpoint_dir, ".") if d)
-        folder = find_vision_tower_folder(mm_vision_tower, base_dirs, cache_dir)
-        if folder is None:
-            raise FileNotFoundError(
-                f"The checkpoint does not store the vision tower and mm_vision_tower="
-                f"{mm_vision_tower!r} was not found offline: looked in {list(base_dirs)} for that "
-                f"folder and in the local Hugging Face cache for that hub id. Download it once "
-                f"(hf download {mm_vision_tower}) or point mm_vision_tower at a folder."
-            )
-        state_dict = read_vision_tower_state_dict(folder)
-        clip = self.model.vision_tower.clip
+        """Load the vision weights from the `mm_vision_tower` folder or the local HF cache (an
+        open_clip tower: from `vision_config.pretrained`), never the network. Returns where they
+        came from; raises `FileNotFoundError` naming where it looked."""
+        encoder = self.model.vision_tower.encoder
+        if isinstance(encoder, OpenClipVisionModel):
+            source = self.config.vision_config.pretrained
+            if not source:
+                raise FileNotFoundError(
+                    "The checkpoint does not store the open_clip tower and "
+                    "vision_config.pretrained names no local open_clip checkpoint file."
+                )
+            state_dict = read_open_clip_state_dict(source)
+        else:
+            mm_vision_tower = self.config.mm_vision_tower
+            base_dirs = tuple(d for d in (checkpoint_dir, ".") if d)
+            source = find_vision_tower_folder(mm_vision_tower, base_dirs, cache_dir)
+            if source is None:
+                raise FileNotFoundError(
+                    f"The checkpoint does not store the vision tower and mm_vision_tower="
+                    f"{mm_vision_tower!r} was not found offline: looked in {list(base_dirs)} for "
+                    f"that folder and in the local Hugging Face cache for that hub id. Download "
+                    f"it once (hf download {mm_vision_tower}) or point mm_vision_tower at a folder."
+                )
+            state_dict = read_vision_tower_state_dict(source)
         if is_deepspeed_zero3_enabled():  # each rank holds a shard: gather, load on rank 0
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(clip.parameters()), modifier_rank=0):
-                result = clip.load_state_dict(state_dict, strict=False)
+            with deepspeed.zero.GatheredParameters(list(encoder.parameters()), modifier_rank=0):
+                result = encoder.load_state_dict(state_dict, strict=False)
         else:
-            result = clip.load_state_dict(state_dict, strict=False)
+            result = encoder.load_state_dict(state_dict, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
-                f"Vision tower weights in {folder} do not match vision_config: missing "
+                f"Vision tower weights in {source} do not match vision_config: missing "
                 f"{result.missing_keys[:20]}, unexpected {result.unexpected_keys[:20]}."
             )
-        logger.info("Loaded the vision tower from %s", folder)
-        return folder
+        logger.info("Loaded the vision tower from %s", source)
+        return source
+
+
+class LlavaMiniModel(LlavaMiniModelMixin, LlamaModel):
+    """The Llama decoder plus the vision tower, projector, compressor and pre-fusion layers."""
+
+    config_class = LlavaMiniConfig
+    config: LlavaMiniConfig
+    _no_split_modules = ["LlamaDecoderLayer", *ENCODER_LAYERS]
+
+
+class LlavaMiniForCausalLM(LlavaMiniForCausalLMMixin, LlamaForCausalLM):
+    """LLaVA-Mini on a Llama backbone (Vicuna, Llama-3.x): the released model's class."""
+
+    config_class = LlavaMiniConfig
+    config: LlavaMiniConfig
+    multimodal_model_class = LlavaMiniModel
+    _no_split_modules = ["LlamaDecoderLayer", *ENCODER_LAYERS]
 
 
 LlavaMiniLlamaForCausalLM = LlavaMiniForCausalLM

@@ -1,4 +1,10 @@
-"""The CLIP vision tower: `(N, 3, H, W)` images to `(N, L, D_v)` features of one hidden layer."""
+"""Vision encoders: `(N, 3, H, W)` images to `(N, L, D_v)` features of one hidden layer.
+
+One small interface for every encoder (`VisionTower`): the hidden state of a chosen layer, with or
+without the class token, and the patch grid size. Encoders, by `vision_config.model_type`:
+transformers CLIP (the release's, checkpoint-compatible), transformers SigLIP (no class token),
+and open_clip ViTs (optional: open_clip_torch needs torchvision).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,14 @@ import os
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionModel, PreTrainedConfig, SiglipVisionModel
+
+from llavamini.model.configuration_llavamini import HAS_CLASS_TOKEN, OpenClipVisionConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_FILE_PREFIX = "vision_model."
-"""Prefix of the tower's tensors in LLaVA checkpoints and in CLIP files saved by transformers 4
-(and on the hub); transformers 5 saves a `CLIPVisionModel` without it."""
+"""Prefix of the tower's tensors in LLaVA checkpoints and in CLIP/SigLIP files saved by
+transformers 4 (and on the hub); transformers 5 saves a vision model without it."""
 
 
 class LlavaMiniCLIPVisionModel(CLIPVisionModel):
@@ -25,60 +33,123 @@ class LlavaMiniCLIPVisionModel(CLIPVisionModel):
     """
 
 
+class LlavaMiniSiglipVisionModel(SiglipVisionModel):
+    """`SiglipVisionModel`, unrenamed for the same reason as `LlavaMiniCLIPVisionModel`."""
+
+
+class OpenClipVisionModel(nn.Module):
+    """An open_clip ViT's image tower (`visual.*` weights, as in open_clip checkpoints).
+
+    open_clip returns only pooled outputs, so the selected block's output is captured with a
+    forward hook (this works across open_clip versions for its `VisionTransformer`).
+    """
+
+    def __init__(self, config: OpenClipVisionConfig):
+        super().__init__()
+        from llavamini.model.configuration_llavamini import open_clip_architecture
+
+        open_clip_architecture(config.model_name)  # clear ImportError when open_clip is missing
+        import open_clip
+        from open_clip.transformer import VisionTransformer
+
+        self.config = config
+        self.visual = open_clip.create_model(config.model_name, pretrained=None).visual
+        if not isinstance(self.visual, VisionTransformer):
+            raise ValueError(
+                f"open_clip architecture {config.model_name!r} has a "
+                f"{type(self.visual).__name__} image tower; only its VisionTransformer (ViT-*) "
+                f"towers are supported."
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def hidden_state(self, images: torch.Tensor, layer: int) -> torch.Tensor:
+        """The output of block `layer` in transformers' hidden-states numbering (0: embeddings,
+        i: block i; negative counts from the end), `(N, 1 + grid**2, D_v)`."""
+        blocks = self.visual.transformer.resblocks
+        index = layer % (len(blocks) + 1)
+        if index == 0:
+            raise ValueError("open_clip towers: select a block's output (layer != 0).")
+        captured = []
+        handle = blocks[index - 1].register_forward_hook(lambda m, i, out: captured.append(out))
+        try:
+            self.visual(images)
+        finally:
+            handle.remove()
+        hidden = captured[0]
+        if not getattr(self.visual.transformer, "batch_first", True):
+            hidden = hidden.transpose(0, 1)  # older open_clip runs blocks sequence-first
+        return hidden
+
+
+ENCODERS = {
+    "clip_vision_model": LlavaMiniCLIPVisionModel,
+    "siglip_vision_model": LlavaMiniSiglipVisionModel,
+    "open_clip_vision": OpenClipVisionModel,
+}
+"""Encoder class by `vision_config.model_type`."""
+
+
 class VisionTower(nn.Module):
-    """A frozen `CLIPVisionModel` built from its config (never downloaded at construction).
+    """A frozen vision encoder built from its config (never downloaded at construction).
 
     The checkpoint keys `model.vision_tower.vision_tower.vision_model.*` are the module path:
     transformers 4 nested CLIP's weights under `vision_model`, transformers 5 does not, so the
     `vision_model` level is kept here explicitly, in a `ModuleDict`.
     """
 
-    def __init__(self, vision_config: CLIPVisionConfig, select_layer: int, select_feature: str):
+    def __init__(self, vision_config: PreTrainedConfig, select_layer: int, select_feature: str):
         super().__init__()
-        clip = LlavaMiniCLIPVisionModel(vision_config)
-        self.vision_tower = nn.ModuleDict({"vision_model": clip})
+        model_type = vision_config.model_type
+        if model_type not in ENCODERS:
+            raise ValueError(
+                f"Unsupported vision encoder {model_type!r}; supported: {sorted(ENCODERS)}."
+            )
+        encoder = ENCODERS[model_type](vision_config)
+        self.vision_tower = nn.ModuleDict({"vision_model": encoder})
         self.vision_tower.requires_grad_(False)
         self.select_layer = select_layer
-        self.select_feature = select_feature
+        self.drop_class_token = select_feature == "patch" and HAS_CLASS_TOKEN[model_type]
 
     @property
-    def clip(self) -> CLIPVisionModel:
+    def encoder(self) -> nn.Module:
         return self.vision_tower["vision_model"]
 
     @property
     def grid_size(self) -> int:
         """Patches per side of one image (24 for CLIP ViT-L/14 at 336 px)."""
-        config = self.clip.config
+        config = self.encoder.config
         return config.image_size // config.patch_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`(N, 3, H, W)` -> `(N, grid**2, D_v)` ('patch') or `(N, 1 + grid**2, D_v)` ('cls_patch'),
-        in the tower's dtype.
+        """`(N, 3, H, W)` -> `(N, grid**2, D_v)` ('patch') or `(N, 1 + grid**2, D_v)`
+        ('cls_patch'), in the encoder's dtype.
 
-        Runs in the tower's own dtype, without gradients unless the tower is being trained
-        (`unfreeze_mm_vision_tower`).
+        Runs without gradients unless the tower is being trained (`unfreeze_mm_vision_tower`).
         """
-        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.clip.parameters())
+        encoder = self.encoder
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(trainable):
-            outputs = self.clip(images.to(self.clip.dtype), output_hidden_states=True)
-        features = outputs.hidden_states[self.select_layer]
-        if self.select_feature == "patch":
-            features = features[:, 1:]
-        return features
+            pixels = images.to(encoder.dtype)
+            if isinstance(encoder, OpenClipVisionModel):
+                features = encoder.hidden_state(pixels, self.select_layer)
+            else:
+                outputs = encoder(pixels, output_hidden_states=True)
+                features = outputs.hidden_states[self.select_layer]
+        return features[:, 1:] if self.drop_class_token else features
 
 
 def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:
-    """The vision tensors of a CLIP folder (a `CLIPVisionModel` or a full `CLIPModel`), named as
-    in a `CLIPVisionModel` in memory (without the file prefix `vision_model.`)."""
+    """The vision tensors of a CLIP or SigLIP folder (a vision model or a full two-tower model),
+    named as in the vision model (without the file prefix `vision_model.`)."""
     for name in WEIGHT_FILES:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
-            if name.endswith(".safetensors"):
-                state_dict = load_file(path)
-            else:
-                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = read_weights(path)
             if not any(k.startswith(CLIP_FILE_PREFIX) for k in state_dict):
-                return state_dict  # a CLIPVisionModel saved by transformers 5: no prefix
+                return state_dict  # a vision model saved by transformers 5: no prefix
             return {
                 k.removeprefix(CLIP_FILE_PREFIX): v
                 for k, v in state_dict.items()
@@ -87,3 +158,22 @@ def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(
         f"No vision tower weights in {folder}: expected one of {list(WEIGHT_FILES)}."
     )
+
+
+def read_open_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The `visual.*` tensors of an open_clip checkpoint file (a full CLIP model's)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"open_clip checkpoint not found: {path}")
+    state_dict = read_weights(path)
+    state_dict = state_dict.get("state_dict", state_dict)
+    weights = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    visual = {k: v for k, v in weights.items() if k.startswith("visual.")}
+    if not visual:
+        raise ValueError(f"{path} holds no `visual.*` tensors: not an open_clip checkpoint?")
+    return visual
+
+
+def read_weights(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)

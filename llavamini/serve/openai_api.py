@@ -45,7 +45,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llavamini.conversation import ChatTemplate
+from llavamini.conversation import ChatTemplate, default_template_name
 from llavamini.inference import GenerationSettings
 from llavamini.model.loading import LoadedModel
 from llavamini.serve.session import (
@@ -53,7 +53,6 @@ from llavamini.serve.session import (
     ChatSession,
     GenerationCancelled,
     Reply,
-    default_conv_mode,
     resolve_template,
     with_system_prompt,
 )
@@ -80,7 +79,7 @@ class ServerConfig:
 
     Attributes:
         model_name: the id in `/v1/models` and in every response.
-        conv_mode: the chat template (None: the checkpoint's default, see `default_conv_mode`);
+        conv_mode: the chat template (None: the checkpoint's default, see `default_template_name`);
             a request's `conv_mode` field overrides it.
         defaults: decoding settings for fields a request leaves out.
         fps: video frames per second of video.
@@ -540,7 +539,7 @@ def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse
 def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
     """The FastAPI app answering with `loaded`; its worker thread stops with the app."""
     if config.conv_mode is None:  # resolved once here, not per request
-        config = dataclasses.replace(config, conv_mode=default_conv_mode(loaded.tokenizer))
+        config = dataclasses.replace(config, conv_mode=default_template_name(loaded.tokenizer))
     backend = Backend(loaded, config)
 
     @asynccontextmanager

@@ -21,7 +21,7 @@ import torch
 from transformers import TextStreamer
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN
-from llavamini.conversation import ChatTemplate, get_template, render
+from llavamini.conversation import ChatTemplate, default_template_name, get_template, render
 from llavamini.inference import (
     GenerationSettings,
     encode_prompts,
@@ -36,29 +36,13 @@ logger = logging.getLogger(__name__)
 CHAT_DEFAULTS = GenerationSettings(max_new_tokens=512)
 """Greedy, up to 512 new tokens: the reference's documented command."""
 
-LLAMA_3_HEADER_TOKEN = "<|start_header_id|>"
-"""A tokenizer with this token is a Llama-3 tokenizer: its checkpoint chats in `llava_llama_3_1`."""
-
-
-def default_conv_mode(tokenizer) -> str:
-    """The conv mode for a checkpoint that does not name one (LLaVA-Mini configs never do).
-
-    Rule: `llava_llama_3_1` when the tokenizer has the Llama-3 header token
-    `<|start_header_id|>` (the release, and every Llama-3.x base), else `vicuna_v1` (LLaVA-1.5's
-    Vicuna bases). `--conv-mode` overrides it.
-    """
-    token_id = tokenizer.convert_tokens_to_ids(LLAMA_3_HEADER_TOKEN)
-    if token_id is not None and token_id != tokenizer.unk_token_id:
-        return "llava_llama_3_1"
-    return "vicuna_v1"
-
 
 def resolve_template(conv_mode: str | None, tokenizer) -> ChatTemplate:
     """The template named `conv_mode`, or the checkpoint's default when None.
 
     Raises `KeyError` listing the known names for an unknown one.
     """
-    name = conv_mode if conv_mode is not None else default_conv_mode(tokenizer)
+    name = conv_mode if conv_mode is not None else default_template_name(tokenizer)
     template = get_template(name)
     if conv_mode is None:
         logger.info("Conv mode %s (from the tokenizer; --conv-mode overrides it)", name)

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
+from llavamini.model import family_of
+from llavamini.model.backbones import is_llava_mini
 from llavamini.model.configuration_llavamini import find_vision_config
 from llavamini.train.arguments import ARCHITECTURE_DEFAULTS
 from llavamini.train.stages import MULTIMODAL_PREFIXES, PROJECTOR_PREFIX, Stage
@@ -31,9 +32,9 @@ def architecture(model_args, base: dict) -> dict:
     return fields
 
 
-def multimodal_config(llm_config, model_args, data_args, training_args, stage: Stage):
-    """A `LlavaMiniConfig` for the LLM `llm_config` with the run's multimodal fields (the stage's
-    architecture overriding the run's)."""
+def multimodal_config(family, llm_config, model_args, data_args, training_args, stage: Stage):
+    """The family's LLaVA-Mini config for the LLM `llm_config`, with the run's multimodal fields
+    (the stage's architecture overriding the run's)."""
     vision_config = find_vision_config(model_args.vision_tower, base_dirs=(os.getcwd(),))
     if vision_config is None:
         raise FileNotFoundError(
@@ -41,10 +42,12 @@ def multimodal_config(llm_config, model_args, data_args, training_args, stage: S
             f"local Hugging Face cache (nothing is downloaded during training set-up)."
         )
     fields = {k: v for k, v in llm_config.to_dict().items() if k not in LLM_CONFIG_DROP}
+    # The vision config's own model_type tells the encoder (CLIP, SigLIP).
+    vision_config = vision_config.to_dict()
     fields.update(
         mm_vision_tower=model_args.vision_tower,
-        vision_config=vision_config.to_dict(),
-        mm_hidden_size=vision_config.hidden_size,
+        vision_config=vision_config,
+        mm_hidden_size=vision_config["hidden_size"],
         mm_vision_select_layer=model_args.mm_vision_select_layer,
         mm_vision_select_feature=model_args.mm_vision_select_feature,
         image_aspect_ratio=data_args.image_aspect_ratio,
@@ -55,10 +58,10 @@ def multimodal_config(llm_config, model_args, data_args, training_args, stage: S
         **architecture(model_args, ARCHITECTURE_DEFAULTS),
     )
     fields.update(stage.architecture)
-    return LlavaMiniConfig(**fields)
+    return family.config_class(**fields)
 
 
-def build_model(model_args, data_args, training_args, stage: Stage) -> LlavaMiniForCausalLM:
+def build_model(model_args, data_args, training_args, stage: Stage):
     """The model to train.
 
     From a LLaVA-Mini checkpoint: loaded strictly, every module kept (the reference re-created
@@ -77,7 +80,8 @@ def build_model(model_args, data_args, training_args, stage: Stage) -> LlavaMini
         "strict": False,
         "output_loading_info": True,
     }
-    if base_config.model_type == LlavaMiniConfig.model_type:
+    family = family_of(base_config.model_type)  # raises for an unsupported backbone
+    if is_llava_mini(base_config.model_type):
         if stage.architecture:
             raise ValueError(
                 f"Stage {model_args.stage!r} builds its own architecture {stage.architecture}; "
@@ -89,11 +93,13 @@ def build_model(model_args, data_args, training_args, stage: Stage) -> LlavaMini
             setattr(base_config, name, value)
         base_config.validate_multimodal()
         logger.info("Continuing from the LLaVA-Mini checkpoint %s; changes: %s", path, changes)
-        model, info = LlavaMiniForCausalLM.from_pretrained(path, config=base_config, **load_kwargs)
+        model, info = family.causal_lm_class.from_pretrained(
+            path, config=base_config, **load_kwargs
+        )
         allowed = tuple(prefix for field, prefix in CHANGED_MODULE.items() if field in changes)
     else:
-        config = multimodal_config(base_config, model_args, data_args, training_args, stage)
-        model, info = LlavaMiniForCausalLM.from_pretrained(path, config=config, **load_kwargs)
+        config = multimodal_config(family, base_config, model_args, data_args, training_args, stage)
+        model, info = family.causal_lm_class.from_pretrained(path, config=config, **load_kwargs)
         logger.info("Built LLaVA-Mini around %s; new modules: %s", path, MULTIMODAL_PREFIXES)
         allowed = MULTIMODAL_PREFIXES
     new_modules = check_new_modules(path, info, allowed)
@@ -129,7 +135,7 @@ def check_new_modules(path: str, info: dict, allowed: tuple[str, ...]) -> set[st
     return {prefix for prefix in allowed for k in missing if k.startswith(prefix)}
 
 
-def copy_llm_layers_to_prefusion(model: LlavaMiniForCausalLM) -> None:
+def copy_llm_layers_to_prefusion(model) -> None:
     """Initialise pre-fusion layer i as a copy of LLM layer i (works under ZeRO-3)."""
     inner = model.model
     if len(inner.prefusion_layers) > len(inner.layers):
@@ -157,7 +163,7 @@ def gathered(parameters: list):
     return contextlib.nullcontext()
 
 
-def load_projector(model: LlavaMiniForCausalLM, path: str) -> None:
+def load_projector(model, path: str) -> None:
     """Copy a stage-1 `mm_projector.bin` into the projector; every key must match. Works under
     ZeRO-3, where each rank holds only a shard of the parameters."""
     if not os.path.isfile(path):

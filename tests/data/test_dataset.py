@@ -82,6 +82,22 @@ def test_tokenizer_chat_template(tokenizer):
         render_with_spans(get_template("chat_template"), TURNS, tokenizer=build_tiny_tokenizer())
 
 
+def test_qwen_style_chatml_template_labels():
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    template = get_template("chat_template")
+    text, spans = render_with_spans(template, TURNS, tokenizer=tokenizer)
+    assert text.startswith("<|im_start|>user\n<image>\nWhat colour?<|im_end|>\n")
+    ids, labels = tokenize_conversation(text, spans, tokenizer)
+    assert supervised_text(tokenizer, labels) == "red<|im_end|>\na square<|im_end|>\n"
+    prompt = render(template, TURNS[:1], tokenizer=tokenizer)
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
 def test_a_token_straddling_an_answer_boundary_is_an_error(tokenizer):
     text = "<|eot_id|>square"
     boundary = text.index("square") + 2  # inside the word: one token crosses it

@@ -140,7 +140,8 @@ def test_unknown_task_lists_known_names():
 def test_every_task_documents_its_prompt_protocol():
     for task in TASKS.values():
         assert task.modality in ("image", "video")
-        assert task.max_new_tokens in (128, 1024)
+        # The reference's budgets; the quickstart's own task answers in one word (8 tokens).
+        assert task.max_new_tokens in ((8,) if task.name == "synthetic" else (128, 1024))
         if task.modality == "video":
             assert task.prompt_prefix.startswith("Answer the question based on the video.")
         else:

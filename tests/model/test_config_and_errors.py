@@ -86,7 +86,7 @@ def checkpoint_without_tower(folder: Path, mm_vision_tower: str) -> None:
 
 def assert_tower_equals(model, clip):
     for key, value in clip.state_dict().items():
-        assert torch.equal(model.model.vision_tower.clip.state_dict()[key], value), key
+        assert torch.equal(model.model.vision_tower.encoder.state_dict()[key], value), key
 
 
 def test_tower_from_folder_relative_to_checkpoint(tmp_path):

@@ -5,11 +5,11 @@ import threading
 
 import pytest
 
+from llavamini.conversation import default_template_name
 from llavamini.inference import GenerationSettings
 from llavamini.serve.session import (
     ChatSession,
     GenerationCancelled,
-    default_conv_mode,
     resolve_template,
 )
 
@@ -31,8 +31,11 @@ class _NoLlama3Tokens:
 
 
 def test_conv_mode_default_follows_the_tokenizer(loaded):
-    assert default_conv_mode(loaded.tokenizer) == "llava_llama_3_1"
-    assert default_conv_mode(_NoLlama3Tokens()) == "vicuna_v1"
+    assert default_template_name(loaded.tokenizer) == "llava_llama_3_1"
+    assert default_template_name(_NoLlama3Tokens()) == "vicuna_v1"
+    with_template = _NoLlama3Tokens()
+    with_template.chat_template = "{{ messages }}"  # e.g. a Qwen tokenizer
+    assert default_template_name(with_template) == "chat_template"
     assert resolve_template("vicuna_v1", loaded.tokenizer).name == "vicuna_v1"
     with pytest.raises(KeyError, match="llava_llama_3_1"):
         resolve_template("llava_v0", loaded.tokenizer)

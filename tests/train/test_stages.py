@@ -173,7 +173,9 @@ def test_adding_compression_and_prefusion_to_a_llava_1_5_mode_checkpoint(assets,
     model = trainer.model.model
     assert model.compressor is not None and len(model.prefusion_layers) == 2
     for i in range(2):
-        assert torch.equal(model.prefusion_layers[i].mlp.up_proj.weight, model.layers[i].mlp.up_proj.weight)
+        assert torch.equal(
+            model.prefusion_layers[i].mlp.up_proj.weight, model.layers[i].mlp.up_proj.weight
+        )
     saved = load_file(full / "model.safetensors")
     assert torch.equal(saved["model.mm_projector.0.weight"], model.mm_projector[0].weight)
 
@@ -184,8 +186,8 @@ def test_a_checkpoint_missing_a_module_is_not_silently_reinitialised(assets, tmp
     weights = load_file(base / "model.safetensors")
     from safetensors.torch import save_file
 
-    save_file({k: v for k, v in weights.items() if "compressor" not in k}, base / "model.safetensors",
-              metadata={"format": "pt"})  # fmt: skip
+    kept = {k: v for k, v in weights.items() if "compressor" not in k}
+    save_file(kept, base / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"missing \['model\.compressor\."):
         train(run_args(assets, "tiny.yaml", tmp_path / "next", "--model_name_or_path", str(base),
                        "--max_steps", "1"))  # fmt: skip
@@ -196,7 +198,7 @@ def test_vision_tower_trains_only_when_unfrozen(assets, tmp_path):
     for flag, changes in (("false", False), ("true", True)):
         trainer = train(run_args(assets, "tiny.yaml", tmp_path / flag, "--max_steps", "2",
                                  "--unfreeze_mm_vision_tower", flag))  # fmt: skip
-        clip = trainer.model.model.vision_tower.clip
+        clip = trainer.model.model.vision_tower.encoder
         after = clip.encoder.layers[0].mlp.fc1.weight.detach()
         assert (not torch.equal(before, after)) == changes, flag
 
@@ -205,3 +207,18 @@ def test_time_budget_stops_training(assets, tmp_path):
     trainer = train(run_args(assets, "tiny.yaml", tmp_path, "--max_steps", "100000",
                              "--max_train_minutes", "0.0001"))  # fmt: skip
     assert trainer.state.global_step == 1
+
+
+def test_stage2_on_a_qwen2_backbone_with_siglip(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llavamini.tiny import build_tiny_assets
+
+    qwen = build_tiny_assets(str(tmp_path / "assets"), image_size=56, num_train=16, num_val=4,
+                             backbone="qwen2", encoder="siglip")  # fmt: skip
+    trainer = train(run_args(qwen, "tiny.yaml", tmp_path / "out", "--max_steps", "3"))
+    assert len(losses(trainer)) == 3
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert type(model).__name__ == "LlavaMiniQwen2ForCausalLM"
+    assert model.config.vision_config.model_type == "siglip_vision_model"
+    assert type(model.model.prefusion_layers[0]).__name__ == "Qwen2DecoderLayer"

@@ -1,0 +1,108 @@
+"""Every vision encoder x language backbone pair, tiny and random, built in-process."""
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llavamini.constants import IGNORE_INDEX
+from llavamini.constants import IMAGE_TOKEN_INDEX as IMG
+from llavamini.model import FAMILIES, register_backbone
+from llavamini.tiny import tiny_config
+from tests.conftest import TEST_IMAGE_SIZE, VOCAB, random_images
+
+register_backbone("mistral")  # any transformers causal LM with rotary decoder layers
+BACKBONES = ("llama", "qwen2", "qwen3", "mistral")
+ENCODERS = ("clip", "siglip")
+PROMPT = [1, 10, 11, IMG, 12, 13, 14]
+
+
+def build(backbone: str, encoder: str, **overrides):
+    torch.manual_seed(0)
+    config = tiny_config(VOCAB, TEST_IMAGE_SIZE, backbone=backbone, encoder=encoder, **overrides)
+    return FAMILIES[backbone].causal_lm_class(config).eval()
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_pair_forward_backward_generate_and_round_trip(backbone, encoder, tmp_path):
+    model = build(backbone, encoder)
+    inner = model.model
+    # Pre-fusion layers are the backbone's own decoder layers.
+    assert type(inner.prefusion_layers[0]) is type(inner.layers[0])
+    assert model.config.model_type == f"llava_mini_{backbone}"
+
+    images = random_images(1)
+    ids = torch.tensor([PROMPT])
+    labels = torch.tensor([[IGNORE_INDEX] * 5 + [13, 14]])
+    model.train()
+    out = model(ids, images=images, labels=labels)
+    assert out.logits.shape == (1, len(PROMPT), VOCAB) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert inner.compressor.query.grad.abs().sum() > 0
+    assert inner.prefusion_layers[0].mlp.up_proj.weight.grad is not None
+    model.eval()
+
+    def greedy(use_cache):
+        return model.generate(inputs=ids, images=images, do_sample=False, max_new_tokens=5,
+                              min_new_tokens=5, use_cache=use_cache, pad_token_id=0)  # fmt: skip
+
+    assert torch.equal(greedy(True), greedy(False))
+
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(ids, images=images).logits, model(ids, images=images).logits
+        )
+
+
+def test_siglip_has_no_class_token_to_drop():
+    """The CLIP -> SigLIP swap bug: 'patch' features must not drop a SigLIP token."""
+    clip, siglip = build("llama", "clip"), build("llama", "siglip")
+    images = random_images(2)
+    grid = (TEST_IMAGE_SIZE // 14) ** 2
+    assert clip.model.vision_tower(images[:, 0]).shape[1] == grid
+    assert siglip.model.vision_tower(images[:, 0]).shape[1] == grid
+    with pytest.raises(Exception, match="siglip_vision_model encoder has no class token"):
+        tiny_config(VOCAB, TEST_IMAGE_SIZE, encoder="siglip", mm_vision_select_feature="cls_patch")
+
+
+def test_widths_follow_the_encoder_and_backbone():
+    vision = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 1,
+              "num_attention_heads": 4, "image_size": TEST_IMAGE_SIZE, "patch_size": 14,
+              "model_type": "siglip_vision_model"}  # fmt: skip
+    model = build("qwen2", "siglip", vision_config=vision, mm_hidden_size=48, hidden_size=96,
+                  num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    assert model.model.compressor.query.shape == (1, 48)  # the encoder's width
+    assert model.model.mm_projector[0].in_features == 48
+    assert model.model.mm_projector[-1].out_features == 96  # the backbone's width
+
+
+def test_unsupported_encoder_and_backbone_name_the_supported_ones():
+    with pytest.raises(
+        Exception,
+        match=r"supported: \['clip_vision_model', 'open_clip_vision', 'siglip_vision_model'\]",
+    ):
+        tiny_config(
+            VOCAB, TEST_IMAGE_SIZE, vision_config={"model_type": "dinov2", "hidden_size": 64}
+        )
+    with pytest.raises(ValueError, match=r"Unsupported language backbone 'bert'.*\['llama', "):
+        register_backbone("bert")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("open_clip") is None,
+    reason="open_clip_torch is not installed (it needs torchvision, which exists for torch 2.13 "
+    "only as a CUDA build): pip install -c constraints.txt open_clip_torch on a GPU machine",
+)
+def test_open_clip_encoder():
+    vision = {"model_type": "open_clip_vision", "model_name": "ViT-B-32"}
+    model = build("llama", "clip", vision_config=vision, mm_hidden_size=768, compressor_num_heads=8)
+    images = torch.randn(1, 1, 3, 224, 224)
+    features = model.model.vision_tower(images[:, 0])
+    assert features.shape == (1, 49, 768)  # 7 x 7 patches, class token dropped
+    out = model(torch.tensor([PROMPT]), images=images)
+    assert torch.isfinite(out.logits).all()
