@@ -1,7 +1,8 @@
 """`llavamini` command line: one entry point, one subcommand per job.
 
-Subcommands live in their own modules, which expose `add_parser(subparsers)` and import their
-heavy dependencies (torch, transformers) only when run, so `llavamini --help` stays fast.
+Subcommands live in their own modules, which expose `add_parser(subparsers)`; each imports what
+it runs on only when it runs. (`import llavamini` itself registers the model with transformers,
+which takes a few seconds.)
 """
 
 from __future__ import annotations
