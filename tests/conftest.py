@@ -7,6 +7,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -47,3 +48,26 @@ def random_images(batch: int, parts: int = 1, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def tiny_model():
     return make_model()
+
+
+def write_video(path, frames, fps: int, codec: str = "libx264", options: dict | None = None):
+    """Encode `frames` `(T, H, W, 3)` uint8 as a video file with PyAV (which can write it)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = options or {}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def ramp_frames(count: int, height: int, width: int, step: int) -> np.ndarray:
+    """`count` flat frames, frame i filled with grey level `step * i`."""
+    levels = (np.arange(count) * step).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (count, height, width, 3)).copy()

@@ -212,19 +212,9 @@ def test_collator_pads_right_and_stacks_uniform_images(tmp_path, tokenizer):
 
 
 def test_video_sample_reaches_the_model_with_gradients(tmp_path, tokenizer):
-    import av
-    import numpy as np
+    from tests.conftest import ramp_frames, write_video
 
-    path = tmp_path / "clip.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(8):
-            frame = np.full((32, 32, 3), 20 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(tmp_path / "clip.mp4", ramp_frames(8, 32, 32, step=20), fps=4)
     record = {"id": "v", "video": "clip.mp4", "_folder": str(tmp_path), "_source": "m.json",
               "conversations": [{"from": "human", "value": "<video>\nWhat happens?"},
                                 {"from": "gpt", "value": "it gets brighter"}]}  # fmt: skip

@@ -2,30 +2,21 @@
 
 import importlib.util
 
-import av
 import numpy as np
 import pytest
 
 from llavamini.data import load_video, process_video, sample_frame_indices
 from llavamini.tiny import tiny_config, tiny_image_processor
+from tests.conftest import ramp_frames, write_video
 
 
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory):
     """4 s at 10 fps, 64 x 48; frame i is filled with red = 6 * i."""
+    frames = np.zeros((40, 48, 64, 3), dtype=np.uint8)
+    frames[..., 0] = (6 * np.arange(40, dtype=np.uint8))[:, None, None]
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"crf": "0"}
-        for i in range(40):
-            frame = np.zeros((48, 64, 3), dtype=np.uint8)
-            frame[..., 0] = 6 * i
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    return str(write_video(path, frames, fps=10, options={"crf": "0"}))
 
 
 def test_indices_are_segment_midpoints_at_one_fps():
@@ -67,16 +58,7 @@ def test_process_video_shape(clip_path):
 
 def test_automatic_backend_falls_back_to_pyav_where_decord_fails(tmp_path):
     """decord2 3.4 cannot batch-read 32-pixel-wide frames; PyAV can."""
-    path = tmp_path / "small.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(8):
-            frame = np.full((32, 32, 3), 20 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = write_video(tmp_path / "small.mp4", ramp_frames(8, 32, 32, step=20), fps=4)
     frames = load_video(str(path))
     assert frames.shape == (2, 32, 32, 3)
     if importlib.util.find_spec("decord"):

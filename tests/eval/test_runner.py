@@ -5,8 +5,6 @@ import json
 import math
 import os
 
-import av
-import numpy as np
 import pytest
 
 import llavamini.inference
@@ -16,6 +14,7 @@ from llavamini.eval.metrics.choice import extract_choice
 from llavamini.eval.runner import RunConfig, run_questions
 from llavamini.eval.tasks import get_task
 from llavamini.eval.tasks.gqa import convert_prediction
+from tests.conftest import ramp_frames, write_video
 from tests.eval.helpers import image_base64, make_image, write_json, write_jsonl
 
 SUFFIX = "Answer the question using a single word or phrase."
@@ -278,15 +277,7 @@ def msvd_root(tmp_path_factory):
     """One 3-second 2-fps clip and one question in the Video-ChatGPT layout."""
     folder = tmp_path_factory.mktemp("video_data") / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
     (folder / "videos").mkdir(parents=True)
-    with av.open(str(folder / "videos" / "clip1.avi"), "w") as container:
-        stream = container.add_stream("mpeg4", rate=2)
-        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
-        for i in range(6):
-            frame = np.full((32, 48, 3), 40 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(folder / "videos" / "clip1.avi", ramp_frames(6, 32, 48, step=40), 2, "mpeg4")
     write_json(
         folder / "test_q.json",
         [{"video_name": "clip1", "question": "what is shown?", "question_id": "v_0"}],

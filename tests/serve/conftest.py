@@ -1,13 +1,12 @@
 """Fixtures for chat and serving tests: one tiny checkpoint, media files, a loaded model."""
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from llavamini.model.loading import load_pretrained
 from llavamini.tiny import build_tiny_checkpoint
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +27,7 @@ def media_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("media")
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(folder / "picture.png")
-    with av.open(str(folder / "clip.mp4"), "w") as container:
-        stream = container.add_stream("libx264", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(10):
-            frame = np.full((48, 64, 3), 20 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(folder / "clip.mp4", ramp_frames(10, 48, 64, step=20), fps=5)
     (folder / "not_an_image.png").write_bytes(b"these bytes are no image")
     (folder / "no_frames.mp4").write_bytes(b"these bytes hold no video frame")
     return folder
