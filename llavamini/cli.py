@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # `train` hands its arguments (even a leading --help) to the training parser.
+        if not hasattr(args, "arguments"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.arguments = unknown + args.arguments
     args.func(args)
 
 

@@ -73,3 +73,13 @@ def test_every_deepspeed_config_validates(path):
     )
     assert zero.stage == config["zero_optimization"]["stage"]
     assert HfDeepSpeedConfig(config).is_zero3() == (zero.stage == 3)
+
+
+def test_train_help_lists_the_training_arguments(capsys):
+    from llavamini.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--compressor_type" in out and "--max_train_minutes" in out
