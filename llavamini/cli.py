@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "llavamini.serve.server",  # serve
     "llavamini.serve.gradio_app",  # gradio
     "llavamini.eval.cli",  # eval
+    "llavamini.analysis.cli",  # analyze
 )
 """Modules whose `add_parser(subparsers)` adds the subcommands."""
 

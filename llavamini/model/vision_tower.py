@@ -65,23 +65,12 @@ class OpenClipVisionModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
-    def hidden_state(self, images: torch.Tensor, layer: int) -> torch.Tensor:
-        """The output of block `layer` in transformers' hidden-states numbering (0: embeddings,
-        i: block i; negative counts from the end), `(N, 1 + grid**2, D_v)`."""
-        blocks = self.visual.transformer.resblocks
-        index = layer % (len(blocks) + 1)
-        if index == 0:
-            raise ValueError("open_clip towers: select a block's output (layer != 0).")
-        captured = []
-        handle = blocks[index - 1].register_forward_hook(lambda m, i, out: captured.append(out))
-        try:
-            self.visual(images)
-        finally:
-            handle.remove()
-        hidden = captured[0]
-        if not getattr(self.visual.transformer, "batch_first", True):
-            hidden = hidden.transpose(0, 1)  # older open_clip runs blocks sequence-first
-        return hidden
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
 
 
 ENCODERS = {
@@ -132,13 +121,45 @@ class VisionTower(nn.Module):
         encoder = self.encoder
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(trainable):
-            pixels = images.to(encoder.dtype)
-            if isinstance(encoder, OpenClipVisionModel):
-                features = encoder.hidden_state(pixels, self.select_layer)
-            else:
-                outputs = encoder(pixels, output_hidden_states=True)
-                features = outputs.hidden_states[self.select_layer]
+            features = block_output(encoder, images.to(encoder.dtype), self.select_layer)
         return features[:, 1:] if self.drop_class_token else features
+
+
+def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a CLIP, SigLIP or open_clip vision encoder."""
+    if isinstance(encoder, OpenClipVisionModel):
+        return encoder.blocks
+    return encoder.encoder.layers
+
+
+def block_output(encoder: nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
+    """The output of block `layer` in transformers' hidden-states numbering (i: block i, 1-based;
+    negative counts from the end, -2 being the second-to-last block), `(N, L, D_v)`.
+
+    Read with a forward hook rather than from `output_hidden_states`: transformers 5 can attach
+    its output recorders to a nested encoder a second time (after a caller asked the whole model
+    for hidden states), and the tuple then holds more entries than layers.
+    """
+    blocks = encoder_blocks(encoder)
+    index = layer % (len(blocks) + 1)
+    if index == 0:
+        raise ValueError("mm_vision_select_layer must select a block's output, not the embeddings.")
+    captured = []
+
+    def keep(module, inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = blocks[index - 1].register_forward_hook(keep)
+    try:
+        encoder(images)
+    finally:
+        handle.remove()
+    hidden = captured[0]
+    if isinstance(encoder, OpenClipVisionModel) and not getattr(
+        encoder.visual.transformer, "batch_first", True
+    ):
+        hidden = hidden.transpose(0, 1)  # older open_clip runs blocks sequence-first
+    return hidden
 
 
 def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:

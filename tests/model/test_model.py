@@ -214,3 +214,25 @@ def test_vision_mask_marks_the_spliced_vision_tokens(tiny_model):
     # Sample 1 becomes 4 - 1 + 3 = 6 long, left-padded to 7: a pad, BOS, 20, three frame tokens.
     assert vision[1].nonzero().flatten().tolist() == [3, 4, 5]
     assert not (vision & (spliced.attention_mask == 0)).any()
+
+
+def test_asking_for_hidden_states_does_not_change_later_vision_features():
+    """transformers 5 re-attaches output recorders to the nested encoder when the whole model is
+    asked for hidden states; the selected layer must stay the same (found by the analysis tool)."""
+    model = make_model()
+    ids, images = torch.tensor([PROMPT_A]), random_images(1)
+    with torch.no_grad():
+        before = model(ids, images=images).logits
+        model(ids, images=images, output_hidden_states=True)
+        model(ids, images=images, output_attentions=True)
+        after = model(ids, images=images).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_selected_layer_is_the_second_to_last_block():
+    model = make_model()
+    encoder = model.model.vision_tower.encoder
+    pixels = random_images(1)[:, 0]
+    with torch.no_grad():
+        reference = encoder(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        torch.testing.assert_close(model.model.vision_tower(pixels), reference)

@@ -1,0 +1,54 @@
+"""Tiny checkpoints and synthetic questions for the analysis tests, built once per session."""
+
+import pytest
+import torch
+
+from llavamini.tiny import build_tiny_checkpoint
+
+IMAGE_SIZE = 56  # a 4 x 4 patch grid: 16 vision tokens in LLaVA-1.5 mode
+SHARP = {"initializer_range": 0.2}
+"""Larger random weights than the default 0.02, so attention is far from uniform and the vision
+tokens change the answers: comparisons that a near-uniform model would pass by luck can fail."""
+
+
+def load(folder: str):
+    from llavamini.model.loading import load_pretrained
+
+    loaded = load_pretrained(folder, dtype=torch.float32, device="cpu")
+    loaded.model.eval()
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """The synthetic shapes data: `val_questions.jsonl` (8 questions) and `instruct.json`."""
+    from llavamini import synthetic
+
+    folder = tmp_path_factory.mktemp("analysis-data")
+    return synthetic.write_dataset(str(folder), num_train=4, num_val=8, image_size=IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def mini_checkpoint(tmp_path_factory):
+    """LLaVA-Mini: one compressed token, one pre-fusion layer, two LLM layers."""
+    folder = tmp_path_factory.mktemp("ckpt") / "mini"
+    return build_tiny_checkpoint(str(folder), image_size=IMAGE_SIZE, **SHARP)
+
+
+@pytest.fixture(scope="session")
+def full_checkpoint(tmp_path_factory):
+    """LLaVA-1.5 mode: every projected patch is a vision token, no pre-fusion."""
+    folder = tmp_path_factory.mktemp("ckpt") / "full"
+    return build_tiny_checkpoint(
+        str(folder), image_size=IMAGE_SIZE, compressor_type="none", prefusion_layer_num=0, **SHARP
+    )
+
+
+@pytest.fixture(scope="session")
+def mini(mini_checkpoint):
+    return load(mini_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def full(full_checkpoint):
+    return load(full_checkpoint)
