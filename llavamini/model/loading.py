@@ -43,8 +43,12 @@ QUANTIZATION_SKIP_MODULES = (
 token (the reference's 8-bit path quantized lm_head and its 4-bit path failed outright)."""
 
 
-def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
-    """bitsandbytes settings for '8bit' or '4bit' (NF4) loading."""
+def quantization_config(
+    quantization: str,
+    compute_dtype: torch.dtype,
+    skip_modules: tuple[str, ...] = QUANTIZATION_SKIP_MODULES,
+) -> BitsAndBytesConfig:
+    """bitsandbytes settings for '8bit' or '4bit' (NF4) loading; `skip_modules` stay 16-bit."""
     if quantization not in ("8bit", "4bit"):
         raise ValueError(f"Unknown quantization {quantization!r}; expected '8bit' or '4bit'.")
     return BitsAndBytesConfig(
@@ -52,7 +56,7 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
         load_in_4bit=quantization == "4bit",
         bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_quant_type="nf4",
-        llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
+        llm_int8_skip_modules=list(skip_modules),
     )
 
 

@@ -127,7 +127,22 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    bits: int = field(
+        default=16,
+        metadata={
+            "help": "4 or 8: QLoRA, the LLM loaded quantized with bitsandbytes (needs "
+            "lora_enable and the qlora extra); the multimodal modules stay 16-bit."
+        },
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.bits not in (4, 8, 16):
+            raise ValueError(f"bits={self.bits}: expected 4, 8 or 16.")
+        if self.bits < 16 and not self.lora_enable:
+            raise ValueError(f"bits={self.bits} (QLoRA) trains LoRA adapters: set lora_enable.")
+
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training after this much wall-clock time."}
     )

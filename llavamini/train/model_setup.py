@@ -13,10 +13,14 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from llavamini.model import family_of
 from llavamini.model.backbones import is_llava_mini
 from llavamini.model.configuration_llavamini import find_vision_config
+from llavamini.model.loading import QUANTIZATION_SKIP_MODULES, quantization_config
 from llavamini.train.arguments import ARCHITECTURE_DEFAULTS
 from llavamini.train.stages import MULTIMODAL_PREFIXES, PROJECTOR_PREFIX, Stage
 
 logger = logging.getLogger(__name__)
+
+QLORA_SKIP_MODULES = (*QUANTIZATION_SKIP_MODULES, "model.prefusion_layers")
+"""What QLoRA keeps in 16-bit: the vision modules, lm_head, and the fully trained pre-fusion."""
 
 LLM_CONFIG_DROP = ("model_type", "architectures", "transformers_version", "_name_or_path")
 
@@ -80,6 +84,15 @@ def build_model(model_args, data_args, training_args, stage: Stage):
         "strict": False,
         "output_loading_info": True,
     }
+    if training_args.bits < 16:
+        compute_dtype = dtype or torch.float32
+        load_kwargs.update(
+            dtype=compute_dtype,
+            quantization_config=quantization_config(
+                f"{training_args.bits}bit", compute_dtype, QLORA_SKIP_MODULES
+            ),
+            device_map={"": str(training_args.device)},
+        )
     family = family_of(base_config.model_type)  # raises for an unsupported backbone
     if is_llava_mini(base_config.model_type):
         if stage.architecture:

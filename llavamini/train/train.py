@@ -6,6 +6,7 @@ Launch on one machine with `python -m llavamini.train ...`, on several GPUs or n
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -114,13 +115,20 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     image_processor = load_image_processor(
         resolve_checkpoint_dir(model_args.model_name_or_path), model.config
     )
-    counts = apply_trainable(model, stage.trainable, model_args.unfreeze_mm_vision_tower)
     if training_args.lora_enable:
         if stage.saves == "adapter":
             raise ValueError(f"lora_enable: stage {model_args.stage!r} does not train the LLM.")
+        if training_args.bits < 16:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=training_args.activation_checkpointing
+            )
         # peft freezes the base model and trains the LoRA weights and `modules_to_save`.
         model = apply_lora(model, training_args)
         counts = parameter_counts(model)
+    else:
+        counts = apply_trainable(model, stage.trainable, model_args.unfreeze_mm_vision_tower)
     logger.info("Stage %s: %s parameters", model_args.stage, counts)
 
     records = load_records(data_args.data_path, data_args.image_folder, data_args.mixture_seed)
@@ -148,24 +156,45 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     if training_args.max_train_minutes is not None:
         trainer.add_callback(TimeBudget(training_args.max_train_minutes))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    finish(trainer, training_args)
+    finish(trainer, model_args, data_args, training_args)
     if dataset.skipped:
         logger.warning("Skipped %d bad samples in this process.", dataset.skipped)
     return trainer
 
 
-def finish(trainer: LlavaMiniTrainer, training_args) -> None:
+def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> None:
     """Save the final weights: `mm_projector.bin` for an adapter stage, else a full checkpoint
-    (LoRA merged into the LLM) that `from_pretrained` loads."""
+    (LoRA merged into the LLM) that `from_pretrained` loads.
+
+    QLoRA adapters are merged into a 16-bit copy of the base (merging into 4/8-bit weights would
+    lose precision); the adapter itself is kept in `<output_dir>/adapter`.
+    """
     trainer.save_state()
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if training_args.lora_enable:
+    if training_args.lora_enable and training_args.bits < 16:
+        model = merge_into_16bit_base(model, model_args, data_args, training_args, trainer.stage)
+        trainer.model = model
+    elif training_args.lora_enable:
         model = model.merge_and_unload()
         trainer.model = model
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
     if trainer.stage.saves == "adapter" and training_args.should_save:
         logger.info("Stage output: %s", os.path.join(training_args.output_dir, ADAPTER_FILE))
+
+
+def merge_into_16bit_base(peft_model, model_args, data_args, training_args, stage):
+    """Save the QLoRA adapter, rebuild the base unquantized, load the adapter onto it, merge."""
+    from peft import PeftModel
+
+    adapter_dir = os.path.join(training_args.output_dir, "adapter")
+    peft_model.save_pretrained(adapter_dir)
+    unquantized = copy.copy(training_args)  # not dataclasses.replace: no second __post_init__
+    unquantized.bits = 16
+    base = build_model(model_args, data_args, unquantized, stage)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    logger.info("Merged the QLoRA adapter (%s) into a 16-bit copy of the base", adapter_dir)
+    return merged
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Stage 1 then stage 2 through the real entry point, resume, LoRA, and the stage table."""
 
+import importlib.util
 import json
 
 import pytest
@@ -222,3 +223,28 @@ def test_stage2_on_a_qwen2_backbone_with_siglip(tmp_path):
     assert type(model).__name__ == "LlavaMiniQwen2ForCausalLM"
     assert model.config.vision_config.model_type == "siglip_vision_model"
     assert type(model.model.prefusion_layers[0]).__name__ == "Qwen2DecoderLayer"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None,
+    reason="bitsandbytes is not installed (the qlora extra: pip install -c constraints.txt "
+    "-e .[qlora])",
+)
+def test_qlora_trains_adapters_on_a_4bit_llm_and_saves_a_merged_checkpoint(assets, tmp_path):
+    trainer = train(
+        run_args(assets, "tiny.yaml", tmp_path, "--lora_enable", "true", "--lora_r", "4",
+                 "--bits", "4", "--max_steps", "3")
+    )  # fmt: skip
+    assert len(losses(trainer)) == 3
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    base = load_file(f"{assets['llm']}/model.safetensors")
+    merged = LlavaMiniForCausalLM.from_pretrained(tmp_path).state_dict()
+    assert merged["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32  # 16-bit+
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"])  # fmt: skip
+    assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_bits_need_lora(assets, tmp_path):
+    with pytest.raises(ValueError, match="bits=4 \\(QLoRA\\) trains LoRA adapters"):
+        train(run_args(assets, "tiny.yaml", tmp_path, "--bits", "4"))
