@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "llavamini.serve.gradio_app",  # gradio
     "llavamini.eval.cli",  # eval
     "llavamini.analysis.cli",  # analyze
+    "llavamini.bench.cli",  # bench
 )
 """Modules whose `add_parser(subparsers)` adds the subcommands."""
 
