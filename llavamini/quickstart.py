@@ -109,7 +109,7 @@ def evaluate(model_dir: str, data: dict, answers_file: str) -> dict:
         ["run", "synthetic", "--model-path", model_dir, "--visual-folder", folder,
          "--answers-file", answers_file, "--batch-size", "50", *common]
     ))  # fmt: skip
-    return eval_cli.score_command(
+    return eval_cli.compute_score(
         parser.parse_args(["score", "synthetic", "--answers", answers_file, *common])
     )
 

@@ -65,7 +65,7 @@ from llavamini.model.vision_tower import (
 
 logger = logging.getLogger(__name__)
 
-Images = torch.Tensor | list[torch.Tensor | None]
+Images = torch.Tensor | list[torch.Tensor | list[torch.Tensor] | None]
 
 
 ENCODER_LAYERS = ["CLIPEncoderLayer", "SiglipEncoderLayer"]

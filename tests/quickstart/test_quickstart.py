@@ -82,3 +82,18 @@ def test_full_quickstart_learns(tmp_path):
     results = json.loads((out / "results.json").read_text())
     main_result = results["results"]["one-token-prefusion"]
     assert main_result["per_type"]["colour"] > results["majority_baseline"]["colour"] + 20
+
+
+def test_quickstart_output_is_the_summary_not_score_json(tmp_path, capsys):
+    main(
+        [
+            "quickstart",
+            "--smoke",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert '"output":' not in printed and "majority baseline" in printed
