@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         if not hasattr(args, "arguments"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.arguments = unknown + args.arguments
-    args.func(args)
+    try:
+        args.func(args)
+    except FileNotFoundError as error:  # a path the user gave: say which, without a traceback
+        parser.exit(1, f"llavamini {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

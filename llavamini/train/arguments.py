@@ -166,6 +166,8 @@ DATACLASSES = (ModelArguments, DataArguments, TrainingArguments)
 
 def read_recipe(path: str) -> dict:
     """A YAML recipe as a dict of known keys (aliases resolved); errors name key and file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Training recipe not found: {path}")
     with open(path, encoding="utf-8") as f:
         recipe = yaml.safe_load(f) or {}
     if not isinstance(recipe, dict):

@@ -83,3 +83,14 @@ def test_train_help_lists_the_training_arguments(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--compressor_type" in out and "--max_train_minutes" in out
+
+
+def test_a_missing_recipe_is_a_one_line_error(capsys):
+    from llavamini.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "configs/train/nope.yaml"])
+    assert exit_info.value.code == 1
+    assert "llavamini train: error: Training recipe not found: configs/train/nope.yaml" in (
+        capsys.readouterr().err
+    )
