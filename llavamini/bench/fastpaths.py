@@ -1,6 +1,8 @@
 """Fast paths, each measured before and after on the same model and inputs (runs interleaved).
 
 * attention kernel: transformers' SDPA against eager attention (CLIP, pre-fusion and the LLM);
+* pre-fusion rows: the last pre-fusion layer's MLP on the read rows only (compressed tokens and
+  text) against every row (`PreFusionLayers.skip_unread_rows`);
 * dtype: bfloat16 against float32;
 * compressor: attention weights not materialised at inference (`need_weights=False`, which lets
   `nn.MultiheadAttention` use the fused SDPA kernel) against returning them;
@@ -95,6 +97,30 @@ def attention_kernel_rows(
     finally:
         model.set_attn_implementation("sdpa")
     return generation_rows("attention kernel", variant, results, "eager", "sdpa")
+
+
+def read_rows_rows(variant: str, case: GenerationCase, warmup: int, repeats: int) -> list[dict]:
+    """The last pre-fusion layer on every row against on the read rows only (time to first
+    token; decoding does not run the pre-fusion). Nothing to compare without compressed tokens
+    and pre-fusion."""
+    inner = case.model.model
+    if inner.compressor is None or len(inner.prefusion_layers) == 0:
+        return []
+    layers = inner.prefusion_layers
+
+    def setting(skip: bool) -> None:
+        layers.skip_unread_rows = skip
+
+    cases = {
+        "every row": replace(case, prepare=partial(setting, False)),
+        "read rows only": replace(case, prepare=partial(setting, True)),
+    }
+    try:
+        results = time_cases(cases, warmup, repeats)
+    finally:
+        setting(True)
+    rows = generation_rows("pre-fusion last layer", variant, results, "every row", "read rows only")
+    return [row for row in rows if row["metric"] == "ttft_ms"]
 
 
 def dtype_rows(variant: str, case: GenerationCase, warmup: int, repeats: int) -> list[dict]:

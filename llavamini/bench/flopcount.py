@@ -148,7 +148,8 @@ def meta_flops(config: LlavaMiniConfig, text_tokens: int) -> dict[str, int]:
                 count("projector", inner.mm_projector, compressed)
             if len(inner.prefusion_layers):
                 before = counter.get_total_flops()
-                run_prefusion_unmasked(inner, lengths.prefusion)
+                unread = lengths.context if inner.compressor is not None else 0
+                run_prefusion(inner, lengths.prefusion, unread)
                 counts["prefusion"] += counter.get_total_flops() - before
             embeds = torch.empty(1, lengths.llm, config.hidden_size)
             before = counter.get_total_flops()
@@ -164,13 +165,8 @@ def meta_flops(config: LlavaMiniConfig, text_tokens: int) -> dict[str, int]:
     return result
 
 
-def run_prefusion_unmasked(inner: nn.Module, length: int) -> torch.Tensor:
-    """Pre-fusion's layers over `length` positions without a mask (for counting on meta)."""
+def run_prefusion(inner: nn.Module, length: int, unread: int) -> torch.Tensor:
+    """Pre-fusion over `length` positions, all kept, the first `unread` not read. No padding
+    mask (`keep=None`): building one reads tensor values, which the meta device has not."""
     hidden = torch.empty(1, length, inner.config.hidden_size)
-    positions = torch.arange(length)[None]
-    rotary = inner.rotary_emb(hidden, positions)
-    for layer in inner.prefusion_layers:
-        hidden = layer(
-            hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary
-        )
-    return hidden
+    return inner.prefusion_layers(hidden, None, inner.rotary_emb, unread=unread)

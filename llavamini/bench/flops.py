@@ -114,16 +114,37 @@ def head_dim(config: LlavaMiniConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def decoder_layer(config: LlavaMiniConfig, q_len: int, k_len: int) -> Flops:
-    """One `LlamaDecoderLayer` (pre-fusion or LLM): `q_len` new tokens attending to `k_len` keys
+def attention_block(config: LlavaMiniConfig, q_len: int, k_len: int) -> Flops:
+    """The self-attention of one decoder layer: `q_len` new tokens attending to `k_len` keys
     (GQA: K and V have `num_key_value_heads` heads)."""
     width, dim = config.hidden_size, head_dim(config)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     flops = linear(q_len, width, heads * dim) + linear(q_len, heads * dim, width)  # q, o
     flops += linear(q_len, width, kv_heads * dim) * 2  # k, v
-    flops += linear(q_len, width, config.intermediate_size) * 2  # gate, up
-    flops += linear(q_len, config.intermediate_size, width)  # down
     return flops + attention(q_len, k_len, heads, dim)
+
+
+def decoder_layer(config: LlavaMiniConfig, q_len: int, k_len: int) -> Flops:
+    """One `LlamaDecoderLayer` (pre-fusion or LLM): attention block and gated MLP."""
+    width = config.hidden_size
+    flops = linear(q_len, width, config.intermediate_size) * 2  # gate, up
+    flops += linear(q_len, config.intermediate_size, width)  # down
+    return attention_block(config, q_len, k_len) + flops
+
+
+def prefusion_flops(config: LlavaMiniConfig, lengths: Lengths, convention: str) -> Flops:
+    """The pre-fusion layers over `lengths.prefusion` positions. As executed, with compressed
+    tokens, the last layer gives the context rows their attention block only (their output is
+    never read; `PreFusionLayers`) and runs whole on the other rows; the paper's reference runs
+    every layer on every row."""
+    layers = config.prefusion_layer_num
+    full = decoder_layer(config, lengths.prefusion, lengths.prefusion)
+    if convention == "paper" or not lengths.compressed:
+        return full * layers
+    read = lengths.prefusion - lengths.context
+    last = attention_block(config, lengths.context, lengths.context)
+    last += decoder_layer(config, read, lengths.prefusion)
+    return full * (layers - 1) + last
 
 
 def lm_head(config: LlavaMiniConfig, positions: int) -> Flops:
@@ -186,8 +207,7 @@ def component_flops(
     projected = lengths.context + lengths.parts * select_cls + lengths.compressed
     prefusion = Flops()
     if config.prefusion_layer_num:
-        layer = decoder_layer(config, lengths.prefusion, lengths.prefusion)
-        prefusion = layer * config.prefusion_layer_num
+        prefusion = prefusion_flops(config, lengths, convention)
     llm_layer = decoder_layer(config, lengths.llm, lengths.llm)
     head_positions = lengths.llm if convention == "paper" else 1
     decode_layer = decoder_layer(config, 1, lengths.llm + 1)

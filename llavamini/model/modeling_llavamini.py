@@ -190,12 +190,13 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
         prefix = context if compressed is None else torch.cat([context, compressed], dim=1)
         sequence = torch.cat([prefix, text_embeds], dim=1)
         keep_all = torch.cat([keep.new_ones(prefix.shape[:2]), keep], dim=1)
-        fused = self.prefusion_layers(sequence, keep_all, self.rotary_emb)
-        start = prefix.shape[1] - vision.shape[1]
+        unread = prefix.shape[1] - vision.shape[1]  # the context, when compressed tokens exist
+        fused = self.prefusion_layers(sequence, keep_all, self.rotary_emb, unread=unread)
+        count = vision.shape[1]
         # A copy, not a view: a view would keep the whole pre-fusion output of every video
         # chunk alive until the splice (memory growing with the number of frames).
-        vision_out = fused[:, start : prefix.shape[1]].clone()
-        text_out = torch.where(keep.unsqueeze(-1), fused[:, prefix.shape[1] :], text_embeds)
+        vision_out = fused[:, :count].clone()
+        text_out = torch.where(keep.unsqueeze(-1), fused[:, count:], text_embeds)
         return vision_out, text_out
 
     def encode_video(

@@ -40,8 +40,17 @@ def test_tiny_counts_equal_a_hand_count():
     # q and out projections of 1 query, k and v of 16 features, attention 1 x 16.
     assert counts["compressor"] == 2 * 2 * 64 * 64 + 2 * 2 * 16 * 64 * 64 + 2 * 2 * 16 * 64
     # Pre-fusion reads 16 context + 1 compressed + 9 text + the placeholder's row = 27 positions.
+    # Its one (last) layer: the 16 context rows get the attention block only (q, k, v, o and
+    # 16 x 16 attention); the 11 other rows the whole layer, attending to all 27.
+    context_rows = 2 * 16 * (64 * 64 + 2 * 64 * 32 + 64 * 64) + 2 * 2 * 16 * 16 * 64
+    read_rows = 2 * 11 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 2 * 2 * 11 * 27 * 64
+    assert counts["prefusion"] == context_rows + read_rows == 1_345_792
+    # The reference runs the whole layer on every row (the `paper` convention counts that).
     layer_27 = 2 * 27 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 2 * 2 * 27 * 27 * 64
-    assert counts["prefusion"] == layer_27 == 2_177_280
+    attention_products = 2 * 2 * 27 * 27 * 64
+    assert count_flops(make_config(), TEXT_TOKENS, "paper")["prefusion"] == (
+        layer_27 - attention_products
+    )
     # The LLM reads 9 text + 1 vision token; the LM head runs on the last position only.
     layer_10 = 2 * 10 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 2 * 2 * 10 * 10 * 64
     assert counts["llm_prefill"] == 2 * layer_10 + 2 * 64 * VOCAB
