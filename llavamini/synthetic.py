@@ -34,7 +34,7 @@ POSITIONS = (
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 BACKGROUND = (200, 200, 200)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
-QUESTION_MIX = {"colour": 0.5, "count": 0.2, "shape": 0.15, "existence": 0.15}
+QUESTION_MIX = {"colour": 0.6, "count": 0.2, "shape": 0.1, "existence": 0.1}
 """Share of each question type in stage-2 training data."""
 
 

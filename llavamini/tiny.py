@@ -38,6 +38,33 @@ SPECIAL_TOKENS = [
 ]
 """Llama-3.1 special tokens, so the `llava_llama_3_1` template tokenizes as with the release."""
 
+COMPACT_SPECIAL_TOKENS = [
+    "<|finetune_right_pad_id|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|eot_id|>",
+]
+"""The compact format's special tokens: the same ids for pad, BOS and end of turn, and one token
+per role instead of the Llama-3 headers (so `default_template_name` picks 'chat_template')."""
+
+COMPACT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+"""A chat template without a system prompt:
+`<|begin_of_text|><|user|>question<|eot_id|><|assistant|>answer<|eot_id|>`. A Llama-3.1 prompt
+with the release's system prompt is about 100 tokens longer, which on a CPU slows a tiny model's
+training several times over (the quickstart uses this format)."""
+
+CHAT_FORMATS = {
+    "llama_3_1": (SPECIAL_TOKENS, None),
+    "compact": (COMPACT_SPECIAL_TOKENS, COMPACT_CHAT_TEMPLATE),
+}
+"""Tiny tokenizer formats: name -> (special tokens, chat template or None)."""
+
 _CORPUS = [
     "system user assistant You are a helpful language and vision assistant.",
     "What is unusual about this image? What is the man doing? Describe the picture in detail.",
@@ -80,25 +107,36 @@ TINY_BACKBONE_FIELDS = {"llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}}
 """Per backbone, what the tiny shape needs beyond TINY_LLM (Qwen3's head_dim defaults to 128)."""
 
 
-def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in memory on a few sentences and the synthetic data's words,
-    with Llama-3.1 special tokens."""
+def build_tiny_tokenizer(
+    vocab_size: int = 512, chat_format: str = "llama_3_1"
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in memory on a few sentences and the synthetic data's words.
+
+    `chat_format` (a `CHAT_FORMATS` name): 'llama_3_1' has the Llama-3.1 special tokens (the
+    `llava_llama_3_1` template, as the release); 'compact' has role tokens and a chat template
+    with no system prompt (conv mode 'chat_template').
+    """
+    if chat_format not in CHAT_FORMATS:
+        raise ValueError(f"Unknown chat_format {chat_format!r}; known: {sorted(CHAT_FORMATS)}.")
+    special_tokens, chat_template = CHAT_FORMATS[chat_format]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS + synthetic.vocabulary(), trainer)
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
         pad_token="<|finetune_right_pad_id|>",
     )
+    fast.chat_template = chat_template
+    return fast
 
 
 def tiny_config(
@@ -178,12 +216,14 @@ def build_tiny_assets(
     data_dir: str | None = None,
     backbone: str = "llama",
     encoder: str = "clip",
+    chat_format: str = "llama_3_1",
 ) -> dict:
     """What a training run starts from, in miniature: a plain LLM of the `backbone` family
-    (`llm/`, with its tokenizer), a vision tower (`clip/`, CLIP or SigLIP, with its
-    preprocessor) and the synthetic shapes data set (`data_dir`, default `data/`).
-    `llm_shape` / `vision_shape` override `TINY_LLM` / `tiny_vision_config`. Returns the paths."""
-    tokenizer = build_tiny_tokenizer()
+    (`llm/`, with its tokenizer in `chat_format`, see `build_tiny_tokenizer`), a vision tower
+    (`clip/`, CLIP or SigLIP, with its preprocessor) and the synthetic shapes data set
+    (`data_dir`, default `data/`). `llm_shape` / `vision_shape` override `TINY_LLM` /
+    `tiny_vision_config`. Returns the paths."""
+    tokenizer = build_tiny_tokenizer(chat_format=chat_format)
     torch.manual_seed(seed)
     llm_dir, clip_dir = os.path.join(output_dir, "llm"), os.path.join(output_dir, "clip")
     llm_config = CONFIG_MAPPING[backbone](

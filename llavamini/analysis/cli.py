@@ -79,7 +79,11 @@ def _add_attention(commands) -> None:
         "--image-folder", default=None, help="image paths are relative to it (default: --data's)"
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples")
-    parser.add_argument("--conv-mode", default="llava_llama_3_1", help="chat template")
+    parser.add_argument(
+        "--conv-mode",
+        default=None,
+        help="chat template (default: the checkpoint's, from its tokenizer)",
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=32, help="length limit of generated answers"
     )
@@ -116,7 +120,11 @@ def _add_drop_vision(commands) -> None:
     parser.add_argument(
         "--annotations", default=None, help="labels (default: the task's in the data root)"
     )
-    parser.add_argument("--conv-mode", default="llava_llama_3_1", help="chat template")
+    parser.add_argument(
+        "--conv-mode",
+        default=None,
+        help="chat template (default: the checkpoint's, from its tokenizer)",
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="default: the task's (the reference's)"
     )
@@ -187,6 +195,7 @@ def attention_command(args: argparse.Namespace, loaded=None) -> dict:
     from llavamini.analysis.attention import analyze_attention, summary_lines
     from llavamini.analysis.plots import plot_attention
     from llavamini.analysis.tokens import read_samples
+    from llavamini.conversation import default_template_name
 
     folder = output_dir(args, "attention")
     try:
@@ -198,7 +207,8 @@ def attention_command(args: argparse.Namespace, loaded=None) -> dict:
                 f"--image-folder."
             )
         loaded = loaded if loaded is not None else load_model(args)
-        report = analyze_attention(loaded, samples, args.conv_mode, args.max_new_tokens)
+        conv_mode = args.conv_mode or default_template_name(loaded.tokenizer)
+        report = analyze_attention(loaded, samples, conv_mode, args.max_new_tokens)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise SystemExit(f"error: {error}") from error
     report = {"model_path": args.model_path, "data": args.data, **report}
@@ -214,6 +224,7 @@ def attention_command(args: argparse.Namespace, loaded=None) -> dict:
 def build_run_config(args: argparse.Namespace):
     """The evaluation `RunConfig` behind `analyze drop-vision` (its answers file is set per
     drop layer)."""
+    from llavamini.eval.cli import checkpoint_template
     from llavamini.eval.runner import RunConfig
     from llavamini.eval.tasks import get_task
     from llavamini.eval.tasks.base import DEFAULT_DATA_ROOT
@@ -227,7 +238,7 @@ def build_run_config(args: argparse.Namespace):
         answers_file="",
         questions_file=args.questions or task.path(root, task.questions),
         visual_folder=args.visual_folder or task.path(root, task.visual_folder),
-        conv_mode=args.conv_mode,
+        conv_mode=args.conv_mode or checkpoint_template(args.model_path),
         max_new_tokens=args.max_new_tokens,
         model_name=_model_name(args.model_path),
         device=device,

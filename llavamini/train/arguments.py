@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
 import transformers
 import yaml
 
@@ -135,6 +136,9 @@ class TrainingArguments(transformers.TrainingArguments):
         },
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False."})
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "Stop training after this much wall-clock time."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -142,10 +146,9 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(f"bits={self.bits}: expected 4, 8 or 16.")
         if self.bits < 16 and not self.lora_enable:
             raise ValueError(f"bits={self.bits} (QLoRA) trains LoRA adapters: set lora_enable.")
-
-    max_train_minutes: float | None = field(
-        default=None, metadata={"help": "Stop training after this much wall-clock time."}
-    )
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            # Pinned memory only speeds up copies to a GPU; without one torch warns each epoch.
+            self.dataloader_pin_memory = False
 
 
 ARCHITECTURE_DEFAULTS = {

@@ -3,7 +3,13 @@
 import pytest
 
 from llavamini.constants import IMAGE_TOKEN_INDEX
-from llavamini.conversation import LLAMA_3_1_SYSTEM, get_template, render
+from llavamini.conversation import (
+    LLAMA_3_1_SYSTEM,
+    default_template_name,
+    get_template,
+    render,
+    render_with_spans,
+)
 from llavamini.data import tokenizer_image_token
 from llavamini.tiny import build_tiny_tokenizer
 
@@ -43,3 +49,19 @@ def test_tokenizer_image_token_single_bos_and_placeholder():
     assert text == LLAMA_3_1_GOLDEN.replace("<image>", "")
     plain = tokenizer_image_token("<image>a caption\n", tokenizer, return_tensors="pt")
     assert plain[:2].tolist() == [tokenizer.bos_token_id, IMAGE_TOKEN_INDEX]
+
+
+def test_compact_tiny_tokenizer_is_read_through_its_chat_template():
+    """The quickstart's format: no system prompt, role tokens, answers end with <|eot_id|>."""
+    tokenizer = build_tiny_tokenizer(chat_format="compact")
+    assert default_template_name(tokenizer) == "chat_template"
+    assert default_template_name(build_tiny_tokenizer()) == "llava_llama_3_1"
+    messages = [("user", "<image>\nWhat colour is at the top left?"), ("assistant", "red")]
+    text, spans = render_with_spans(get_template("chat_template"), messages, tokenizer=tokenizer)
+    assert text == (
+        "<|begin_of_text|><|user|><image>\nWhat colour is at the top left?<|eot_id|>"
+        "<|assistant|>red<|eot_id|>"
+    )
+    assert [text[start:end] for start, end in spans] == ["red<|eot_id|>"]
+    with pytest.raises(ValueError, match="chat_format 'chatml'.*compact"):
+        build_tiny_tokenizer(chat_format="chatml")

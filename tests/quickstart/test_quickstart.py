@@ -85,6 +85,20 @@ def test_full_quickstart_learns(tmp_path):
     assert main_result["per_type"]["colour"] > results["majority_baseline"]["colour"] + 10
 
 
+@pytest.mark.slow
+def test_full_ablation_shows_what_pre_fusion_recovers(tmp_path):
+    """`--ablation` (about 9 minutes on 2 cores): on the position-referenced colour questions,
+    pre-fusion recovers what compressing to one token loses."""
+    out = tmp_path / "out"
+    main(["quickstart", "--ablation", "--output-dir", str(out), "--data-dir", str(tmp_path / "d")])
+    results = json.loads((out / "results.json").read_text())
+    colour = {name: r["per_type"]["colour"] for name, r in results["results"].items()}
+    # Two measured seeds: 91.2 / 10.4 / 79.2 and 65.6 / 45.6 / 100.0 (all tokens / 1 token /
+    # 1 token + pre-fusion), majority baseline 20.8 and 22.4.
+    assert colour["one-token-prefusion"] > colour["one-token"] + 20
+    assert colour["one-token-prefusion"] > results["majority_baseline"]["colour"] + 30
+
+
 def test_quickstart_output_is_the_summary_not_score_json(tmp_path, capsys):
     main(
         [
