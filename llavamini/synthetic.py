@@ -34,7 +34,7 @@ POSITIONS = (
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 BACKGROUND = (200, 200, 200)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
-QUESTION_MIX = {"colour": 0.6, "count": 0.2, "shape": 0.1, "existence": 0.1}
+QUESTION_MIX = {"colour": 0.5, "position": 0.2, "count": 0.1, "shape": 0.1, "existence": 0.1}
 """Share of each question type in stage-2 training data."""
 
 
@@ -82,7 +82,15 @@ def caption(shapes: list[Shape]) -> str:
 
 
 def ask(shapes: list[Shape], kind: str, rng: random.Random) -> tuple[str, str]:
-    """One `(question, answer)` of type `kind` about the scene."""
+    """One `(question, answer)` of type `kind` about the scene ('position': is a given cell
+    occupied, asked about an occupied and an empty cell equally often; a scene has 2 to 5 shapes
+    in 9 cells, so both kinds always exist)."""
+    if kind == "position":
+        occupied = {s.position for s in shapes}
+        present = rng.random() < 0.5
+        cells = [c for c in range(9) if (c in occupied) == present]
+        cell = rng.choice(cells)
+        return f"Is there an object at the {POSITIONS[cell]}?", "yes" if present else "no"
     if kind == "colour":
         item = rng.choice(shapes)
         return f"What colour is at the {POSITIONS[item.position]}?", item.colour

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 from transformers import AutoConfig
@@ -106,13 +107,15 @@ def build_model(model_args, data_args, training_args, stage: Stage):
             setattr(base_config, name, value)
         base_config.validate_multimodal()
         logger.info("Continuing from the LLaVA-Mini checkpoint %s; changes: %s", path, changes)
-        model, info = family.causal_lm_class.from_pretrained(
-            path, config=base_config, **load_kwargs
-        )
+        with quiet_load_report():
+            model, info = family.causal_lm_class.from_pretrained(
+                path, config=base_config, **load_kwargs
+            )
         allowed = tuple(prefix for field, prefix in CHANGED_MODULE.items() if field in changes)
     else:
         config = multimodal_config(family, base_config, model_args, data_args, training_args, stage)
-        model, info = family.causal_lm_class.from_pretrained(path, config=config, **load_kwargs)
+        with quiet_load_report():
+            model, info = family.causal_lm_class.from_pretrained(path, config=config, **load_kwargs)
         logger.info("Built LLaVA-Mini around %s; new modules: %s", path, MULTIMODAL_PREFIXES)
         allowed = MULTIMODAL_PREFIXES
     new_modules = check_new_modules(path, info, allowed)
@@ -122,6 +125,26 @@ def build_model(model_args, data_args, training_args, stage: Stage):
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
     model.config.use_cache = False
     return model
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """Drop transformers' table of missing keys while loading: `check_new_modules` checks them
+    (and raises for any it does not expect) and the new modules are logged, so the table would
+    only repeat it, one row per new weight. A filter rather than a quieter level: transformers 5
+    runs extra tensor-parallel checks, with warnings of their own, when that logger is quieter."""
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    drop = _DropLoadReport()
+    transformers_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        transformers_logger.removeFilter(drop)
 
 
 CHANGED_MODULE = {
