@@ -212,7 +212,9 @@ def plot_results(results: dict, curves: dict, baseline: dict, output_dir: str) -
         if curve:
             steps, values = zip(*curve, strict=True)
             axis.plot(steps, values, label=name)
-    axis.set(xlabel="step", ylabel="training loss", title="Loss (stage 1, then each variant)")
+    # Log scale: the variants part where the loss is already small.
+    axis.set(xlabel="step", ylabel="training loss (log scale)", yscale="log",
+             title="Loss (stage 1, then each variant)")  # fmt: skip
     if any(curves.values()):
         axis.legend()
     figure.tight_layout()
