@@ -13,7 +13,9 @@ import sys
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, TrainerCallback, set_seed
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from llavamini.conversation import get_template
@@ -80,6 +82,33 @@ class TimeBudget(TrainerCallback):
                 "Time budget of %.1f min reached at step %d", self.seconds / 60, state.global_step
             )
             control.should_training_stop = True
+
+
+class TimeBudgetProgress(ProgressCallback):
+    """The training bar of a time-budgeted run: seconds of the budget, with the step beside
+    them, instead of `max_steps` (under a budget, a bound no run reaches, with an ETA of hours)."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        self.current_step = 0
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(
+                total=round(self.seconds),
+                desc="time budget",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}",
+                dynamic_ncols=True,
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.current_step = state.global_step
+        if state.is_world_process_zero:
+            self.training_bar.n = round(min(time.perf_counter() - self.start, self.seconds))
+            self.training_bar.set_postfix(step=state.global_step)
 
 
 def resume_checkpoint(training_args) -> str | None:
@@ -155,6 +184,9 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     )
     if training_args.max_train_minutes is not None:
         trainer.add_callback(TimeBudget(training_args.max_train_minutes))
+        if not training_args.disable_tqdm:
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(TimeBudgetProgress(training_args.max_train_minutes))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     finish(trainer, model_args, data_args, training_args)
     if dataset.skipped:

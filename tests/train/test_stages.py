@@ -212,6 +212,27 @@ def test_time_budget_stops_training(assets, tmp_path):
     assert trainer.state.global_step == 1
 
 
+def test_time_budget_bar_counts_seconds_of_the_budget(assets, tmp_path):
+    """With a budget and progress bars on, the bar's total is the budget in seconds (not
+    `max_steps`), and the step is shown beside it."""
+    from transformers.trainer_callback import ProgressCallback, TrainerState
+
+    from llavamini.train.train import TimeBudgetProgress
+
+    trainer = train(run_args(assets, "tiny.yaml", tmp_path, "--max_steps", "2",
+                             "--max_train_minutes", "1.5", "--disable_tqdm", "false"))  # fmt: skip
+    callbacks = trainer.callback_handler.callbacks
+    bars = [c for c in callbacks if isinstance(c, ProgressCallback)]
+    assert len(bars) == 1 and isinstance(bars[0], TimeBudgetProgress)
+    progress, state = TimeBudgetProgress(1.5), TrainerState()
+    progress.on_train_begin(trainer.args, state, None)
+    state.global_step = 3
+    progress.on_step_end(trainer.args, state, None)
+    bar = progress.training_bar
+    assert bar.total == 90 and bar.n <= 1 and bar.postfix == "step=3"
+    bar.close()
+
+
 def test_stage2_on_a_qwen2_backbone_with_siglip(tmp_path):
     from transformers import AutoModelForCausalLM
 
