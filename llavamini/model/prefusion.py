@@ -4,8 +4,8 @@ The layers run causally over `[vision context; compressed tokens; text]`; only t
 `keep` take part (others neither attend nor are attended). Only the compressed tokens and the text
 are read afterwards, so the last layer runs its MLP (most of a layer's cost at real scale) on
 those rows only: the context rows give it their keys and values through a KV cache, as a prompt
-does in generation. This file is the one place that calls
-transformers internals for it (written against transformers 5.x: a decoder layer such as
+does in generation. This file is the one place that calls transformers internals for it
+(written against transformers 5.x: a decoder layer such as
 `LlamaDecoderLayer` or `Qwen2DecoderLayer` takes `position_embeddings` from the backbone's
 rotary embedding and returns a tensor; `create_causal_mask` builds the mask in the format of the
 configured attention backend, eager, SDPA, flex or flash).
@@ -57,12 +57,7 @@ class PreFusionLayers(nn.ModuleList):
         else:
             position_ids = prefusion_position_ids(keep)
         position_embeddings = rotary_emb(hidden_states, position_ids)
-        # Hooks on the last attention (the analysis recorder) expect one call over every row.
-        attention = self[-1].self_attn if len(self) else None
-        observed = attention is not None and bool(
-            attention._forward_hooks or attention._forward_pre_hooks
-        )
-        split = unread > 0 and self.skip_unread_rows and not observed
+        split = unread > 0 and self.skip_unread_rows and self._last_layer_can_split()
         full_layers = len(self) - 1 if split else len(self)
         if full_layers:
             mask = create_causal_mask(
@@ -83,6 +78,18 @@ class PreFusionLayers(nn.ModuleList):
         return self._last_layer_on_read_rows(
             hidden_states, keep, position_ids, position_embeddings, unread
         )
+
+    def _last_layer_can_split(self) -> bool:
+        """False when the split would be wrong or unseen: hooks on the last attention (the
+        analysis recorder; DeepSpeed ZeRO-3 hooks every module, so it also runs every row)
+        expect one call over every row, and a gradient-checkpointed layer drops the KV cache its
+        read rows need (transformers does so in training)."""
+        if not len(self):
+            return False
+        last = self[-1]
+        hooked = bool(last.self_attn._forward_hooks or last.self_attn._forward_pre_hooks)
+        checkpointed = self.training and getattr(last, "gradient_checkpointing", False)
+        return not hooked and not checkpointed
 
     def _last_layer_on_read_rows(
         self,

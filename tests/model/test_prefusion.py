@@ -73,3 +73,24 @@ def test_only_the_read_rows_go_through_the_last_mlp():
     context = model.model.vision_tower.grid_size**2
     read = 1 + ids.shape[1]  # one compressed token + the prompt
     assert rows == {0: context + read, 1: read}
+
+
+def test_gradient_checkpointing_keeps_the_read_rows_right():
+    """transformers drops the KV cache of a checkpointed layer in training, so the last layer
+    then runs on every row: loss and gradients equal those without checkpointing."""
+    ids, mask = _padded_batch()
+    images = random_images(2)
+    labels = ids.masked_fill(mask == 0, -100)
+    results = []
+    for checkpointing in (False, True):
+        model = _model("llama", "sdpa", 2).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        out = model(input_ids=ids, attention_mask=mask, images=images, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), grads))
+    (loss, grads), (checkpointed_loss, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, atol=1e-5, rtol=1e-4)
