@@ -336,6 +336,24 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+def positive_minutes(text: str) -> float:
+    """An argparse type: minutes of a time budget, > 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected minutes > 0, got {text}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """An argparse type: an image side that the 14-px patches tile exactly, at least 2 patches."""
+    value = int(text)
+    if value < 28 or value % 14:
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of the 14-px patch size, at least 28 (112, 224, 336), got {text}"
+        )
+    return value
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "quickstart",
@@ -350,9 +368,11 @@ def add_parser(commands) -> None:
         help="also train LLaVA-1.5 mode and 1 token without pre-fusion, and plot them",
     )
     parser.add_argument("--with-pooling", action="store_true", help="ablation: add avg pooling")
-    parser.add_argument("--image-size", type=int, default=112, help="336 is the paper's (GPU)")
-    parser.add_argument("--stage1-minutes", type=float, default=3.0)
-    parser.add_argument("--stage2-minutes", type=float, default=None,
+    parser.add_argument(
+        "--image-size", type=image_size, default=112, help="336 is the paper's (GPU)"
+    )
+    parser.add_argument("--stage1-minutes", type=positive_minutes, default=3.0)
+    parser.add_argument("--stage2-minutes", type=positive_minutes, default=None,
                         help="per variant (default 2.5, or 1.75 with --ablation)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="data, initialisation and training")
     parser.add_argument("--smoke", action="store_true", help="a few steps only (seconds)")

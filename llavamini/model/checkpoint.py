@@ -20,7 +20,13 @@ def resolve_checkpoint_dir(name_or_path: str, **hub_kwargs) -> str:
     """The local folder of a checkpoint: the path itself, or the HF cache snapshot of a hub id."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    config_file = cached_file(name_or_path, "config.json", **hub_kwargs)
+    try:
+        config_file = cached_file(name_or_path, "config.json", **hub_kwargs)
+    except OSError as error:  # transformers' way of saying "not there" (bad id, not cached, ...)
+        raise FileNotFoundError(
+            f"Checkpoint {name_or_path!r} is neither a folder nor a hub id whose config.json is "
+            f"in the local Hugging Face cache ({error})"
+        ) from error
     return os.path.dirname(config_file)
 
 

@@ -1,0 +1,36 @@
+"""Bad command-line input ends with one line naming what was wrong, not a traceback."""
+
+import pytest
+
+from llavamini.cli import main
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "run", "synthetic", "--questions", "q.jsonl", "--answers-file", "a.jsonl"],
+        ["analyze", "drop-vision", "--task", "synthetic"],
+        ["analyze", "attention", "--data", "q.jsonl"],
+    ],
+    ids=["eval-run", "drop-vision", "attention"],
+)
+def test_a_checkpoint_that_is_not_there_is_named(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "image": "x.png", "text": "Hi?"}\n')
+    (tmp_path / "x.png").write_bytes(b"")
+    missing = str(tmp_path / "no-such-checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--model-path", missing])
+    printed = capsys.readouterr()
+    message = str(exit_info.value.code) + printed.err + printed.out
+    assert exit_info.value.code != 0 and "no-such-checkpoint" in message
+    assert "neither a folder nor a hub id" in message
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--image-size", "100"), ("--stage1-minutes", "0"), ("--stage2-minutes", "-1")]
+)
+def test_quickstart_refuses_bad_sizes_and_budgets(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", flag, value])
+    assert exit_info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
