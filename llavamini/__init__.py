@@ -1,7 +1,8 @@
 """llavamini: LLaVA-Mini (arXiv 2501.03895), one vision token per image.
 
-`import llavamini` registers `LlavaMiniConfig` / `LlavaMiniForCausalLM` with `AutoConfig` /
-`AutoModelForCausalLM` (model_type "llava_mini_llama").
+`import llavamini` registers `LlavaMiniConfig` / `LlavaMiniForCausalLM` / `LlavaMiniProcessor`
+with `AutoConfig` / `AutoModelForCausalLM` / `AutoProcessor` (model_type "llava_mini_llama", and
+the Qwen2/Qwen3 families).
 """
 
 from llavamini.model import (
@@ -9,6 +10,13 @@ from llavamini.model import (
     LlavaMiniForCausalLM,
     LlavaMiniLlamaForCausalLM,
     LlavaMiniModel,
+    LlavaMiniProcessor,
 )
 
-__all__ = ["LlavaMiniConfig", "LlavaMiniForCausalLM", "LlavaMiniLlamaForCausalLM", "LlavaMiniModel"]
+__all__ = [
+    "LlavaMiniConfig",
+    "LlavaMiniForCausalLM",
+    "LlavaMiniLlamaForCausalLM",
+    "LlavaMiniModel",
+    "LlavaMiniProcessor",
+]

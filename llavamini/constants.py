@@ -8,3 +8,6 @@ IMAGE_TOKEN_INDEX = -200
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 DEFAULT_VIDEO_TOKEN = "<video>"
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+"""LLaVA's answer-format suffix for short-answer questions (VQAv2, GQA, ... and the quickstart)."""

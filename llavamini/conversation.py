@@ -1,15 +1,23 @@
-"""Chat templates, rendered without any download (reference.md §3).
+"""Chat templates as Jinja, rendered without any download (reference.md §3).
+
+Every conv mode is a Jinja chat template, the form transformers, vLLM and lmms-eval read: the
+named ones are in `TEMPLATES`; 'chat_template' is the tokenizer's own. A template renders
+messages whose content is a string with `<image>` / `<video>` placeholders already in it
+(`LlavaMiniProcessor.apply_chat_template` turns transformers' content parts into such strings).
 
 `render(template, messages, add_generation_prompt)` returns the prompt string;
 `render_with_spans` also returns the character spans a model is trained on (each assistant answer
 with its end marker), from which `llavamini.data.tokenization` builds labels. `messages` is a list
-of `(role, text)` with role 'user' or 'assistant'. `TEMPLATES` maps `--conv-mode` names to
-templates; 'chat_template' renders with the tokenizer's own Jinja chat template.
+of `(role, text)` with role 'user' or 'assistant'. A span is what the template adds between the
+conversation up to a question (with the generation prompt) and up to its answer, so a template
+must render prefixes of a conversation as prefixes of its text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from transformers.utils.chat_template_utils import render_jinja_template
 
 LLAMA_3_1_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual "
@@ -23,6 +31,46 @@ VICUNA_SYSTEM = (
 
 Span = tuple[int, int]
 
+# A leading system message replaces the default system prompt written into each template.
+_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set messages = messages[1:] -%}"
+    "{%- else -%}{%- set system = '@SYSTEM@' -%}{%- endif -%}"
+)
+
+LLAMA_3_1_JINJA = (
+    _SYSTEM.replace("@SYSTEM@", LLAMA_3_1_SYSTEM)
+    + "{{- '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\n' + system"
+    " + '<|eot_id|>' -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+"""The release's format (LLaVA-Mini's `conv_llava_llama_3_1`): contents stripped."""
+
+VICUNA_V1_JINJA = (
+    _SYSTEM.replace("@SYSTEM@", VICUNA_SYSTEM.replace("'", "\\'"))
+    + "{{- system + ' ' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + message['content'] + ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT: ' + message['content'] + '</s>' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+"""LLaVA-1.5's Vicuna format. The space after 'ASSISTANT:' joins the answer's first token
+(SentencePiece and byte-level BPE alike), so it belongs to the supervised span."""
+
+PLAIN_JINJA = (
+    "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['role'] == 'user' -%}{{- message['content'] -}}"
+    "{%- else -%}{{- message['content'] + '\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
+"""Stage-1 captions: `<image>` then the caption and a newline (no roles, no system)."""
+
 
 @dataclass(frozen=True)
 class ChatTemplate:
@@ -30,24 +78,35 @@ class ChatTemplate:
 
     Attributes:
         name: the `--conv-mode` name.
-        style: 'llama_3_1', 'vicuna', 'plain' or 'chat_template' (the tokenizer's own).
-        system: the system prompt ('' for none).
+        jinja: the Jinja chat template; None for 'chat_template', the tokenizer's own.
+        system: the system prompt passed as a leading system message ('' for none; the named
+            templates fall back to the default written into them when there is none).
         stop_strings: strings that end an assistant turn (generation stops on their tokens).
     """
 
     name: str
-    style: str
+    jinja: str | None
     system: str
     stop_strings: tuple[str, ...]
+
+    def chat_template(self, tokenizer=None) -> str:
+        """The Jinja source this template renders with (the tokenizer's for 'chat_template')."""
+        if self.jinja is not None:
+            return self.jinja
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "conv mode 'chat_template' needs a tokenizer that has a chat template."
+            )
+        return tokenizer.chat_template
 
 
 TEMPLATES: dict[str, ChatTemplate] = {
     "llava_llama_3_1": ChatTemplate(
-        "llava_llama_3_1", "llama_3_1", LLAMA_3_1_SYSTEM, ("<|eot_id|>", "<|end_of_text|>")
+        "llava_llama_3_1", LLAMA_3_1_JINJA, LLAMA_3_1_SYSTEM, ("<|eot_id|>", "<|end_of_text|>")
     ),
-    "vicuna_v1": ChatTemplate("vicuna_v1", "vicuna", VICUNA_SYSTEM, ("</s>",)),
-    "plain": ChatTemplate("plain", "plain", "", ("\n",)),
-    "chat_template": ChatTemplate("chat_template", "chat_template", "", ()),
+    "vicuna_v1": ChatTemplate("vicuna_v1", VICUNA_V1_JINJA, VICUNA_SYSTEM, ("</s>",)),
+    "plain": ChatTemplate("plain", PLAIN_JINJA, "", ("\n",)),
+    "chat_template": ChatTemplate("chat_template", None, "", ()),
 }
 
 
@@ -82,8 +141,13 @@ def render(
     add_generation_prompt: bool = True,
     tokenizer=None,
 ) -> str:
-    """The prompt string for `messages`; with `add_generation_prompt`, ready for the answer."""
-    return render_with_spans(template, messages, add_generation_prompt, tokenizer)[0]
+    """The prompt string for `messages`; with `add_generation_prompt`, ready for the answer.
+
+    `tokenizer` is needed only by 'chat_template' (and supplies the special tokens a tokenizer's
+    template may name).
+    """
+    _check_roles(messages)
+    return _render(template, messages, add_generation_prompt, tokenizer)
 
 
 def render_with_spans(
@@ -93,98 +157,43 @@ def render_with_spans(
     tokenizer=None,
 ) -> tuple[str, list[Span]]:
     """The conversation text and the `[start, end)` character spans of what is supervised:
-    each assistant answer and the marker that ends it (`<|eot_id|>`, `</s>`, ...).
+    each assistant answer and the marker that ends it (`<|eot_id|>`, `</s>`, ...)."""
+    _check_roles(messages)
+    spans = []
+    for index, (role, _) in enumerate(messages):
+        if role == "assistant":
+            before = _render(template, messages[:index], True, tokenizer)
+            after = _render(template, messages[: index + 1], False, tokenizer)
+            if not after.startswith(before):
+                raise ValueError(
+                    f"Chat template {template.name!r} does not render a conversation's prefix as "
+                    f"a prefix of its text, so answer spans cannot be found: use a named conv "
+                    f"mode."
+                )
+            spans.append((len(before), len(after)))
+    return _render(template, messages, add_generation_prompt, tokenizer), spans
 
-    `tokenizer` is needed only by the 'chat_template' style.
-    """
+
+def _check_roles(messages: list[tuple[str, str]]) -> None:
     for role, _ in messages:
         if role not in ("user", "assistant"):
             raise ValueError(f"Message role must be 'user' or 'assistant', got {role!r}.")
-    if template.style == "chat_template":
-        return _render_tokenizer_template(template, messages, add_generation_prompt, tokenizer)
-    writer = _WRITERS.get(template.style)
-    if writer is None:
-        raise ValueError(f"Unknown template style {template.style!r}.")
-    return writer(template, messages, add_generation_prompt)
 
 
-class _Builder:
-    """Accumulates text, remembering which pieces are supervised."""
+def _render(template, messages, add_generation_prompt, tokenizer) -> str:
+    chat = [{"role": role, "content": content} for role, content in messages]
+    # A named template always gets its system message, so that '' means no system prompt
+    # rather than the default written into the template.
+    if template.system or template.jinja is not None:
+        chat.insert(0, {"role": "system", "content": template.system})
+    if not chat:
+        return ""  # a tokenizer's template may refuse an empty conversation
+    special_tokens = tokenizer.special_tokens_map if tokenizer is not None else {}
+    rendered, _ = render_jinja_template(
+        [chat],
+        chat_template=template.chat_template(tokenizer),
+        add_generation_prompt=add_generation_prompt,
+        **special_tokens,
+    )
+    return rendered[0]
 
-    def __init__(self):
-        self.text, self.spans = "", []
-
-    def add(self, piece: str, supervised: bool = False) -> None:
-        if supervised and piece:
-            self.spans.append((len(self.text), len(self.text) + len(piece)))
-        self.text += piece
-
-
-def _llama_3_1_header(role: str) -> str:
-    return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
-
-
-def _write_llama_3_1(template, messages, add_generation_prompt):
-    out = _Builder()
-    out.add("<|begin_of_text|>" + _llama_3_1_header("system") + template.system + "<|eot_id|>")
-    for role, content in messages:
-        out.add(_llama_3_1_header(role))
-        out.add(content.strip() + "<|eot_id|>", supervised=role == "assistant")
-    if add_generation_prompt:
-        out.add(_llama_3_1_header("assistant"))
-    return out.text, out.spans
-
-
-def _write_vicuna(template, messages, add_generation_prompt):
-    out = _Builder()
-    out.add(template.system + " ")
-    for role, content in messages:
-        if role == "user":
-            out.add(f"USER: {content} ")
-        else:
-            # The space joins the answer's first token (SentencePiece and byte-level BPE alike),
-            # so it belongs to the supervised span.
-            out.add("ASSISTANT:")
-            out.add(" " + content + "</s>", supervised=True)
-    if add_generation_prompt:
-        out.add("ASSISTANT:")
-    return out.text, out.spans
-
-
-def _write_plain(template, messages, add_generation_prompt):
-    """Stage-1 captions: `<image>` then the caption and a newline (no roles, no system)."""
-    out = _Builder()
-    for role, content in messages:
-        out.add(content + "\n" if role == "assistant" else content, supervised=role == "assistant")
-    return out.text, out.spans
-
-
-_WRITERS = {"llama_3_1": _write_llama_3_1, "vicuna": _write_vicuna, "plain": _write_plain}
-
-
-def _render_tokenizer_template(template, messages, add_generation_prompt, tokenizer):
-    """Render with `tokenizer.apply_chat_template`; an answer's span is what the template adds
-    between the conversation up to the question (with the generation prompt) and up to the
-    answer, so the template must render prefixes of a conversation as prefixes of its text."""
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("conv mode 'chat_template' needs a tokenizer that has a chat template.")
-    chat = [{"role": "system", "content": template.system}] if template.system else []
-
-    def apply(turns, generation_prompt):
-        return tokenizer.apply_chat_template(
-            chat + turns, tokenize=False, add_generation_prompt=generation_prompt
-        )
-
-    turns, spans = [], []
-    for role, content in messages:
-        if role == "assistant":
-            before = apply(turns, True)
-            after = apply(turns + [{"role": role, "content": content}], False)
-            if not after.startswith(before):
-                raise ValueError(
-                    "The tokenizer's chat template does not render a conversation's prefix as a "
-                    "prefix of its text, so answer spans cannot be found: use a named conv mode."
-                )
-            spans.append((len(before), len(after)))
-        turns.append({"role": role, "content": content})
-    return apply(turns, add_generation_prompt), spans

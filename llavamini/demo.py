@@ -39,8 +39,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from llavamini.conversation import get_template, render
-    from llavamini.inference import GenerationSettings, generate, load_visual
+    from llavamini.inference import GenerationSettings, generate
     from llavamini.model.loading import load_pretrained
     from llavamini.tiny import build_tiny_checkpoint
 
@@ -51,11 +50,13 @@ def run(args: argparse.Namespace) -> None:
     build_tiny_checkpoint(args.output_dir, seed=args.seed)
     logger.info("Loading it with AutoModelForCausalLM and asking about %s", args.image)
     loaded = load_pretrained(args.output_dir)
-    template = get_template("llava_llama_3_1")
-    prompt = render(template, [("user", "<image>\n" + args.question)])
+    image = {"type": "image", "path": args.image}
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": args.question}]}]
+    inputs = loaded.processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    visual = load_visual(args.image, loaded)
-    answer = generate(loaded, [prompt], [[visual]], template, settings)[0]
+    answer = generate(loaded, inputs, settings)[0]
     logger.info(
         "Done in %.1f s. The weights are random, so the answer is noise: this shows the pipeline "
         "(preprocessing, CLIP, compression to one vision token, pre-fusion, generation), not "

@@ -1,36 +1,47 @@
 """One generation path for chat, serving, evaluation and demos.
 
-`load_visual` turns an image or video file into the model's pixel tensor; `generate` answers a
-batch of rendered prompts (left-padded, so batched answers equal batch-size-1 answers).
+Model inputs come from `LlavaMiniProcessor` (`llavamini.model.processing_llavamini`); `generate`
+answers such a batch (left-padded, so batched answers equal batch-size-1 answers) and decodes
+the answers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from transformers import BatchFeature
 
 from llavamini.conversation import ChatTemplate
-from llavamini.data import (
-    load_image,
-    load_video,
-    process_images,
-    process_video,
-    tokenizer_image_token,
-)
 from llavamini.model.loading import LoadedModel
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding settings; temperature 0 means greedy."""
+    """Decoding settings, validated when built; temperature 0 means greedy.
+
+    Attributes:
+        max_new_tokens: at most this many new tokens (>= 1).
+        temperature: 0 for greedy decoding, > 0 to sample.
+        top_p: nucleus sampling mass in (0, 1] (sampling only); None for no cut.
+        num_beams: beam search width (>= 1).
+    """
 
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float | None = None
     num_beams: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(
+                f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}."
+            )
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature!r}.")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}.")
+        if not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise ValueError(f"num_beams must be an integer >= 1, got {self.num_beams!r}.")
 
     def to_kwargs(self) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
@@ -41,31 +52,6 @@ class GenerationSettings:
         else:
             kwargs["do_sample"] = False
         return kwargs
-
-
-def is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_EXTENSIONS)
-
-
-def load_visual(
-    path: str, loaded: LoadedModel, fps: float = 1.0, max_frames: int | None = None
-) -> torch.Tensor:
-    """An image file -> `(parts, 3, H, W)`; a video file -> `(T, parts, 3, H, W)`."""
-    config = loaded.model.config
-    if is_video(path):
-        frames = load_video(path, fps=fps, max_frames=max_frames)
-        return process_video(frames, loaded.image_processor, config)
-    return process_images([load_image(path)], loaded.image_processor, config)[0]
-
-
-def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rendered prompts -> left-padded `(input_ids, attention_mask)`, `<image>` as -200."""
-    rows = [tokenizer_image_token(prompt, tokenizer) for prompt in prompts]
-    width = max(len(row) for row in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
-    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
-    return input_ids, attention_mask
 
 
 def stop_token_ids(tokenizer, template: ChatTemplate) -> list[int]:
@@ -82,35 +68,30 @@ def stop_token_ids(tokenizer, template: ChatTemplate) -> list[int]:
 
 def generate(
     loaded: LoadedModel,
-    prompts: list[str],
-    visuals: list[list[torch.Tensor]],
-    template: ChatTemplate,
+    inputs: BatchFeature,
     settings: GenerationSettings = GenerationSettings(),
+    template: ChatTemplate | None = None,
     streamer=None,
 ) -> list[str]:
-    """Answer each rendered prompt with its visuals (one per `<image>`, in order).
+    """Answer each prompt of a processor batch.
 
     Args:
-        loaded: model, tokenizer and image processor.
-        prompts: prompt strings rendered with `template`.
-        visuals: per prompt, the pixel tensors from `load_visual` (an empty list for text only).
-        template: gives the stop tokens.
+        loaded: model and processor.
+        inputs: from the processor (`model_inputs`, `__call__` or `apply_chat_template`).
         settings: decoding settings.
+        template: gives the stop tokens (default: the processor's conv mode).
         streamer: a transformers streamer (batch of one), for token-by-token output.
+
+    Returns:
+        The answers, special tokens removed, stripped.
     """
-    model, tokenizer = loaded.model, loaded.tokenizer
-    input_ids, attention_mask = encode_prompts(tokenizer, prompts)
-    device = model.device
-    images = None
-    if any(visuals):
-        images = [[v.to(device, model.dtype) for v in sample] for sample in visuals]
+    model, processor = loaded.model, loaded.processor
+    tokenizer = processor.tokenizer
     output = model.generate(
-        inputs=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        images=images,
-        eos_token_id=stop_token_ids(tokenizer, template),
+        **inputs.to(model.device),
+        eos_token_id=stop_token_ids(tokenizer, template or processor.template),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         streamer=streamer,
         **settings.to_kwargs(),
     )
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in output]
+    return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]

@@ -121,22 +121,23 @@ def evaluate(model_dir: str, data: dict, answers_file: str) -> dict:
 
 def answer_latency(model_dir: str, data: dict, count: int) -> float:
     """Median milliseconds to answer one held-out question alone (batch of one, greedy)."""
-    from llavamini.conversation import default_template_name, get_template, render
-    from llavamini.inference import GenerationSettings, generate, load_visual
+    from llavamini.inference import GenerationSettings, generate
     from llavamini.model.loading import load_pretrained
 
     loaded = load_pretrained(model_dir)
-    template = get_template(default_template_name(loaded.tokenizer))
     folder = os.path.dirname(data["val_questions"])
     with open(data["val_questions"], encoding="utf-8") as f:
         questions = [json.loads(line) for line in f][:count]
     times = []
     for question in questions[:1] + questions:  # the first call warms up
-        visual = load_visual(os.path.join(folder, question["image"]), loaded)
-        prompt = render(template, [("user", "<image>\n" + question["text"])],
-                        tokenizer=loaded.tokenizer)  # fmt: skip
+        image = {"type": "image", "path": os.path.join(folder, question["image"])}
+        text = {"type": "text", "text": question["text"]}
+        messages = [{"role": "user", "content": [image, text]}]
+        inputs = loaded.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
         start = time.perf_counter()
-        generate(loaded, [prompt], [[visual]], template, GenerationSettings(max_new_tokens=8))
+        generate(loaded, inputs, GenerationSettings(max_new_tokens=8))
         times.append(1000 * (time.perf_counter() - start))
     times = times[1:]
     return sorted(times)[len(times) // 2]
@@ -167,7 +168,7 @@ def chat_about_a_fresh_image(model_dir: str, output_dir: str, plan: Plan) -> lis
     synthetic.draw_scene(scene, plan.image_size, rng).save(image_path)
     loaded = load_pretrained(model_dir)
     settings = GenerationSettings(max_new_tokens=16)  # the answers are a word or two
-    session = ChatSession(loaded, resolve_template(None, loaded.tokenizer), settings)
+    session = ChatSession(loaded, resolve_template(None, loaded.processor), settings)
     turns = []
     for kind in ("colour", "count", "shape"):
         question, truth = synthetic.ask(scene, kind, rng)

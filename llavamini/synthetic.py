@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from llavamini.constants import SHORT_ANSWER
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 160, 60),
@@ -33,7 +35,6 @@ POSITIONS = (
 )  # fmt: skip
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 BACKGROUND = (200, 200, 200)
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 QUESTION_MIX = {"colour": 0.5, "position": 0.2, "count": 0.1, "shape": 0.1, "existence": 0.1}
 """Share of each question type in stage-2 training data."""
 

@@ -17,7 +17,7 @@ def compression_attention(loaded, image_path: str) -> tuple[torch.Tensor, torch.
 
     Raises `ValueError` when the checkpoint has no query compressor (nothing to show).
     """
-    from llavamini.inference import load_visual
+    from llavamini.data.video import media_kind
     from llavamini.model.compressor import QueryCompressor, grid_side
     from llavamini.model.packing import stitch_crops
 
@@ -29,9 +29,9 @@ def compression_attention(loaded, image_path: str) -> tuple[torch.Tensor, torch.
             f"The checkpoint's compressor_type is {kind!r}: only the query compressor has "
             f"attention weights to show."
         )
-    visual = load_visual(image_path, loaded)
-    if visual.dim() != 4:
+    if media_kind(image_path) == "video":
         raise ValueError(f"{image_path}: give an image, not a video.")
+    visual = loaded.processor.process_image(image_path)
     with torch.no_grad():
         parts = visual.to(model.device, model.dtype)
         features = model.model.vision_tower(parts)

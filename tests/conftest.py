@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from llavamini.constants import IMAGE_TOKEN_INDEX  # noqa: E402
 from llavamini.tiny import tiny_config  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -71,3 +72,15 @@ def ramp_frames(count: int, height: int, width: int, step: int) -> np.ndarray:
     """`count` flat frames, frame i filled with grey level `step * i`."""
     levels = (np.arange(count) * step).astype(np.uint8)
     return np.broadcast_to(levels[:, None, None, None], (count, height, width, 3)).copy()
+
+
+def decode_with_placeholders(tokenizer, ids: list[int]) -> str:
+    """The prompt text of `ids`, each `IMAGE_TOKEN_INDEX` written as `<image>`."""
+    pieces, piece = [], []
+    for token in ids + [IMAGE_TOKEN_INDEX]:
+        if token == IMAGE_TOKEN_INDEX:
+            pieces.append(tokenizer.decode(piece))
+            piece = []
+        else:
+            piece.append(token)
+    return "<image>".join(pieces)

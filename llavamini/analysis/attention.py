@@ -292,7 +292,7 @@ def analyze_attention(
 ) -> dict:
     """The attention report of the module docstring over `samples` (a JSON-ready dict)."""
     from llavamini.conversation import get_template
-    from llavamini.inference import load_visual
+    from llavamini.data.video import media_kind
 
     model, tokenizer = loaded.model, loaded.tokenizer
     template = get_template(conv_mode)
@@ -301,7 +301,8 @@ def analyze_attention(
     counts: dict[str, int] = {}
     details = []
     for sample in samples:
-        visual = load_visual(sample.image, loaded).to(model.device, model.dtype)
+        visual = loaded.processor.process(media_kind(sample.image), sample.image)
+        visual = visual.to(model.device, model.dtype)
         prompt = prompt_tokens(template, tokenizer, sample.user_message, sample.sample_id)
         if sample.answer is None:
             answer_ids = generate_answer_ids(loaded, prompt, visual, template, max_new_tokens)

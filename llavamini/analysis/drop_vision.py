@@ -157,24 +157,23 @@ def greedy_answer_dropping_vision(
 
 def answer_dropping_vision(loaded, question, config, drop_layer: int, template) -> str:
     """One question's answer text with the vision tokens dropped from `drop_layer` on."""
-    from llavamini.conversation import render
-    from llavamini.eval.runner import load_question_visual
-    from llavamini.inference import encode_prompts, stop_token_ids
+    from llavamini.eval.runner import load_question_visual, question_conversation
+    from llavamini.inference import stop_token_ids
 
-    model, tokenizer = loaded.model, loaded.tokenizer
-    options = {"tokenizer": tokenizer} if template.style == "chat_template" else {}
-    prompt = render(
-        template, [("user", config.task.user_message(question, config.prefix))], **options
-    )
-    input_ids, attention_mask = encode_prompts(tokenizer, [prompt])
-    visual = load_question_visual(question, loaded, config.fps, config.max_frames)
-    images = [[visual.to(model.device, model.dtype)]] if visual is not None else [None]
+    model = loaded.model
+    processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
+    tokenizer = processor.tokenizer
+    conversation = question_conversation(question, config.task, config.prefix)
+    prompts, _ = processor.render([conversation], True, chat_template=template.name)
+    visual = load_question_visual(question, processor, config.task)
+    inputs = processor.model_inputs(prompts, [[visual] if visual is not None else []])
+    inputs = inputs.to(model.device)
     with torch.no_grad():
         spliced = model.model.embed_multimodal(
-            input_ids.to(model.device),
-            attention_mask.to(model.device),
+            inputs["input_ids"],
+            inputs["attention_mask"],
             None,
-            images,
+            inputs.get("images", [None]),
             padding_side="left",
             return_vision_mask=True,
         )

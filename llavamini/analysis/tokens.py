@@ -151,8 +151,7 @@ def system_text(template, tokenizer) -> str:
     """The system segment the template writes before the first user turn ('' for none)."""
     from llavamini.conversation import render
 
-    options = {"tokenizer": tokenizer} if template.style == "chat_template" else {}
-    return render(template, [], add_generation_prompt=False, **options)
+    return render(template, [], add_generation_prompt=False, tokenizer=tokenizer)
 
 
 def prompt_tokens(template, tokenizer, user_message: str, sample_id: str = "?") -> PromptTokens:
@@ -165,8 +164,7 @@ def prompt_tokens(template, tokenizer, user_message: str, sample_id: str = "?") 
     from llavamini.conversation import render
     from llavamini.data.tokenization import tokenize_conversation, tokenizer_image_token
 
-    options = {"tokenizer": tokenizer} if template.style == "chat_template" else {}
-    prompt = render(template, [("user", user_message)], **options)
+    prompt = render(template, [("user", user_message)], tokenizer=tokenizer)
     input_ids = tokenizer_image_token(prompt, tokenizer)
     system = system_text(template, tokenizer).rstrip()
     if system and not prompt.startswith(system):
@@ -202,9 +200,8 @@ def given_answer_ids(
     """
     from llavamini.conversation import render
 
-    options = {"tokenizer": tokenizer} if template.style == "chat_template" else {}
     messages = [("user", user_message), ("assistant", answer)]
-    text = render(template, messages, add_generation_prompt=False, **options)
+    text = render(template, messages, add_generation_prompt=False, tokenizer=tokenizer)
     if not text.startswith(prompt.text):
         raise ValueError(
             f"Sample {sample_id}: template {template.name!r} does not write the answer after the "

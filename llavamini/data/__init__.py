@@ -7,12 +7,20 @@ from llavamini.data.image_processing import (
     split_image,
 )
 from llavamini.data.tokenization import tokenizer_image_token
-from llavamini.data.video import load_video, process_video, sample_frame_indices
+from llavamini.data.video import (
+    VIDEO_EXTENSIONS,
+    load_video,
+    media_kind,
+    process_video,
+    sample_frame_indices,
+)
 
 __all__ = [
+    "VIDEO_EXTENSIONS",
     "expand_to_square",
     "load_image",
     "load_video",
+    "media_kind",
     "process_images",
     "process_video",
     "sample_frame_indices",

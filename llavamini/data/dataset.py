@@ -20,9 +20,7 @@ import torch
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
 from llavamini.conversation import ChatTemplate, render_with_spans
-from llavamini.data.image_processing import load_image, process_images
 from llavamini.data.tokenization import tokenize_conversation
-from llavamini.data.video import load_video, process_video
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +101,7 @@ def conversation_messages(record: dict, template: ChatTemplate, num_visuals: int
             else (role, text)
             for role, text in messages
         ]
-    if template.style == "plain":
+    if template.name == "plain":
         if len(messages) != 2 or num_visuals != 1:
             raise ValueError("the 'plain' template takes one image and one caption turn")
         messages = [("user", DEFAULT_IMAGE_TOKEN), messages[1]]
@@ -140,21 +138,19 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     Attributes:
         records: the samples, tagged with `_folder` and `_source`.
-        tokenizer, image_processor, template: how text and images are prepared.
-        model_config: the `LlavaMiniConfig` (image preprocessing, vision tokens per image).
+        processor: the run's `LlavaMiniProcessor`: images and videos are processed by it (the
+            frame policy of inference included), text tokenized by its tokenizer.
+        template: the chat template the conversations are written in.
+        model_config: the `LlavaMiniConfig` (vision tokens per image).
         max_length: longest sequence the LLM may receive (vision tokens included).
-        video_fps, video_max_frames: the frame policy, shared with inference.
         on_bad_sample: 'raise' (default) or 'skip'.
     """
 
     records: list[dict]
-    tokenizer: object
-    image_processor: object
+    processor: object
     template: ChatTemplate
     model_config: object
     max_length: int
-    video_fps: float = 1.0
-    video_max_frames: int | None = None
     on_bad_sample: str = "raise"
     skipped: int = field(default=0, init=False)
 
@@ -200,7 +196,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 raise BadSampleError(f"Sample {name}: {error}", "missing media") from error
             except (ValueError, OSError) as error:
                 raise BadSampleError(f"Sample {name}: {error}", "undecodable media") from error
-        input_ids, labels = prepare_text(record, name, self.template, self.tokenizer, len(visuals))
+        input_ids, labels = prepare_text(
+            record, name, self.template, self.processor.tokenizer, len(visuals)
+        )
         length = len(input_ids) - len(visuals) + sum(self.vision_tokens(v) for v in visuals)
         check_length(name, length, self.max_length)
         return {
@@ -211,10 +209,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def load_media(self, kind: str, path: str) -> torch.Tensor:
         """An image -> `(parts, 3, H, W)`; a video -> `(T, parts, 3, H, W)`."""
-        if kind == "video":
-            frames = load_video(path, fps=self.video_fps, max_frames=self.video_max_frames)
-            return process_video(frames, self.image_processor, self.model_config)
-        return process_images([load_image(path)], self.image_processor, self.model_config)[0]
+        return self.processor.process(kind, path)
 
     def vision_tokens(self, visual: torch.Tensor) -> int:
         if visual.dim() == 5:

@@ -1,4 +1,4 @@
-"""Prompt tokenization with `<image>` as `IMAGE_TOKEN_INDEX`, and labels by construction.
+"""Prompt tokenization with `<image>`/`<video>` as `IMAGE_TOKEN_INDEX`, and labels by construction.
 
 Training text is tokenized exactly as inference text (in one piece between placeholders); a token
 is supervised when its characters lie inside a supervised span from
@@ -8,20 +8,31 @@ cannot be built consistently: that is an error naming the sample, never a silent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
 
-from llavamini.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llavamini.constants import (
+    DEFAULT_IMAGE_TOKEN,
+    DEFAULT_VIDEO_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
+
+PLACEHOLDER = re.compile(f"({re.escape(DEFAULT_IMAGE_TOKEN)}|{re.escape(DEFAULT_VIDEO_TOKEN)})")
+"""`<image>` or `<video>`: both mark where vision tokens go."""
 
 
 def _tokens_with_offsets(text: str, tokenizer) -> Iterator[tuple[int, int, int]]:
-    """`(token_id, start, end)` over `text`, each `<image>` yielding one `IMAGE_TOKEN_INDEX`."""
+    """`(token_id, start, end)` over `text`, each `<image>` or `<video>` yielding one
+    `IMAGE_TOKEN_INDEX`."""
     offset = 0
-    for i, chunk in enumerate(text.split(DEFAULT_IMAGE_TOKEN)):
-        if i > 0:
-            yield IMAGE_TOKEN_INDEX, offset, offset + len(DEFAULT_IMAGE_TOKEN)
-            offset += len(DEFAULT_IMAGE_TOKEN)
+    for i, chunk in enumerate(PLACEHOLDER.split(text)):
+        if i % 2:  # a placeholder
+            yield IMAGE_TOKEN_INDEX, offset, offset + len(chunk)
+            offset += len(chunk)
+            continue
         if chunk:
             encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
             for token_id, (start, end) in zip(
@@ -39,7 +50,7 @@ def _needs_bos(ids: list[int], tokenizer, add_bos: bool) -> bool:
 def tokenizer_image_token(
     prompt: str, tokenizer, add_bos: bool = True, return_tensors: str | None = None
 ) -> list[int] | torch.Tensor:
-    """Tokenize `prompt`, each `<image>` becoming one `IMAGE_TOKEN_INDEX`.
+    """Tokenize `prompt`, each `<image>` (or `<video>`) becoming one `IMAGE_TOKEN_INDEX`.
 
     A BOS is prepended when `add_bos` and the tokenizer has one, unless the rendered prompt
     already starts with it (the reference's inference scripts produced a double BOS there;

@@ -22,6 +22,14 @@ from llavamini.data.image_processing import processor_image_size, split_image
 
 logger = logging.getLogger(__name__)
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+"""File suffixes read as videos (in the order evaluation looks for a video's file)."""
+
+
+def media_kind(path: str) -> str:
+    """'video' for a file with a `VIDEO_EXTENSIONS` suffix, else 'image'."""
+    return "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "image"
+
 
 def sample_frame_indices(
     total_frames: int, avg_fps: float, fps: float = 1.0, max_frames: int | None = None

@@ -18,9 +18,7 @@ and, for videos, fps and frame cap. A resumed run must have the same `settings`.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import logging
 import os
 import uuid
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 from llavamini.eval.answers import AnswerWriter, prepare_for_resume, record_key, run_settings
 from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
+from llavamini.model.processing_llavamini import parse_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -178,33 +177,29 @@ def check_visuals_exist(questions: Sequence[Question]) -> None:
         )
 
 
-def load_question_visual(question: Question, loaded, fps: float, max_frames: int | None):
-    """The pixel tensor of a question's visual: `(parts, 3, H, W)` for an image,
-    `(T, parts, 3, H, W)` for a video; None for a text-only question."""
-    from llavamini.inference import load_visual
-
-    if question.visual is None:
-        return None
+def question_conversation(question: Question, task: Task, prefix: str) -> list[dict]:
+    """The question as one user message in transformers' chat format: its image or video (a
+    path, or an inline image as base64) and then its text (see `Task.question_text`)."""
+    content = []
     if isinstance(question.visual, InlineImage):
-        return decode_inline_image(question.visual, loaded)
+        content.append({"type": "image", "base64": question.visual.base64})
+    elif question.visual is not None:
+        content.append({"type": task.modality, "path": question.visual})
+    content.append({"type": "text", "text": task.question_text(question, prefix)})
+    return [{"role": "user", "content": content}]
+
+
+def load_question_visual(question: Question, processor, task: Task):
+    """The pixel tensor of a question's visual: `(parts, 3, H, W)` for an image,
+    `(T, parts, 3, H, W)` for a video; None for a text-only question. Errors name the
+    question."""
+    _, _, media = parse_conversation(question_conversation(question, task, ""))
+    if not media:
+        return None
     try:
-        return load_visual(question.visual, loaded, fps=fps, max_frames=max_frames)
+        return processor.process(*media[0])
     except (OSError, ValueError) as error:
         raise ValueError(f"Question {question.question_id!r}: {error}") from error
-
-
-def decode_inline_image(image: InlineImage, loaded):
-    """Base64 image data -> `(parts, 3, H, W)` pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    from llavamini.data import process_images
-
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(image.base64))) as pil:
-            pil = pil.convert("RGB")
-    except (ValueError, UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot decode an inline base64 image: {error}") from error
-    return process_images([pil], loaded.image_processor, loaded.model.config)[0]
 
 
 def _batches(items: Sequence, size: int) -> list[list]:
@@ -276,7 +271,7 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     """
     from tqdm import tqdm
 
-    from llavamini.conversation import get_template, render
+    from llavamini.conversation import get_template
     from llavamini.inference import GenerationSettings, generate
 
     if config.batch_size < 1:
@@ -308,11 +303,10 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     }
     logger.info("Settings: %s", settings)
 
-    # Only the tokenizer's own chat template ('chat_template' style) needs the tokenizer.
-    render_options = {"tokenizer": loaded.tokenizer} if template.style == "chat_template" else {}
+    processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
 
     def load_batch(batch: list[Question]) -> list:
-        return [load_question_visual(q, loaded, config.fps, config.max_frames) for q in batch]
+        return [load_question_visual(q, processor, config.task) for q in batch]
 
     description = f"{config.task.name} [{config.chunk_idx}/{config.num_chunks}]"
     with (
@@ -321,16 +315,11 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     ):
         batches = _batches(todo, config.batch_size)
         for batch, visuals in prefetched(batches, load_batch, config.num_workers):
-            prompts = [
-                render(
-                    template,
-                    [("user", config.task.user_message(q, config.prefix))],
-                    **render_options,
-                )
-                for q in batch
-            ]
+            conversations = [question_conversation(q, config.task, config.prefix) for q in batch]
+            prompts, _ = processor.render(conversations, True, chat_template=config.conv_mode)
             per_sample = [[v] if v is not None else [] for v in visuals]
-            texts = generate(loaded, prompts, per_sample, template, generation)
+            inputs = processor.model_inputs(prompts, per_sample)
+            texts = generate(loaded, inputs, generation, template)
             for question, text in zip(batch, texts, strict=True):
                 writer.write(answer_record(question, text, config, metadata))
             bar.update(len(batch))

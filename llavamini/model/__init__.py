@@ -1,7 +1,14 @@
 """LLaVA-Mini model; importing this registers every named backbone family with transformers'
-Auto classes (model_types llava_mini_llama, llava_mini_qwen2, llava_mini_qwen3)."""
+Auto classes (model_types llava_mini_llama, llava_mini_qwen2, llava_mini_qwen3), with
+`LlavaMiniProcessor` as their `AutoProcessor` (and the causal LM as their
+`AutoModelForImageTextToText`, for transformers' image-text-to-text pipeline)."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
 
 from llavamini.model.backbones import (
     FAMILIES,
@@ -18,9 +25,12 @@ from llavamini.model.modeling_llavamini import (
     LlavaMiniLlamaForCausalLM,
     LlavaMiniModel,
 )
+from llavamini.model.processing_llavamini import LlavaMiniProcessor
 
 AutoConfig.register(LlavaMiniConfig.model_type, LlavaMiniConfig, exist_ok=True)
 AutoModelForCausalLM.register(LlavaMiniConfig, LlavaMiniForCausalLM, exist_ok=True)
+AutoModelForImageTextToText.register(LlavaMiniConfig, LlavaMiniForCausalLM, exist_ok=True)
+AutoProcessor.register(LlavaMiniConfig, LlavaMiniProcessor, exist_ok=True)
 
 __all__ = [
     "FAMILIES",
@@ -28,6 +38,7 @@ __all__ = [
     "LlavaMiniForCausalLM",
     "LlavaMiniLlamaForCausalLM",
     "LlavaMiniModel",
+    "LlavaMiniProcessor",
     "LlavaMiniQwen2Config",
     "LlavaMiniQwen2ForCausalLM",
     "LlavaMiniQwen3Config",

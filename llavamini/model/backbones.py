@@ -15,7 +15,12 @@ import sys
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
@@ -27,6 +32,7 @@ from llavamini.model.modeling_llavamini import (
     LlavaMiniModel,
     LlavaMiniModelMixin,
 )
+from llavamini.model.processing_llavamini import LlavaMiniProcessor
 
 MODEL_TYPE_PREFIX = "llava_mini_"
 
@@ -112,6 +118,10 @@ def register_backbone(base_model_type: str, name: str | None = None) -> Family:
     )
     AutoConfig.register(family.model_type, family.config_class, exist_ok=True)
     AutoModelForCausalLM.register(family.config_class, family.causal_lm_class, exist_ok=True)
+    AutoModelForImageTextToText.register(
+        family.config_class, family.causal_lm_class, exist_ok=True
+    )
+    AutoProcessor.register(family.config_class, LlavaMiniProcessor, exist_ok=True)
     FAMILIES[base_model_type] = family
     return family
 

@@ -1,37 +1,17 @@
-"""`load_pretrained`: model, tokenizer and image processor of a checkpoint, offline.
+"""`load_pretrained`: model and processor of a checkpoint, offline.
 
 Dispatch is by `config.model_type` (through the Auto classes), never by the folder's name.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    BitsAndBytesConfig,
-    CLIPImageProcessorPil,
-    SiglipImageProcessorPil,
-)
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
-from llavamini.model.configuration_llavamini import CLIP_L_336, find_vision_tower_folder
-
-PROCESSOR_FILE = "preprocessor_config.json"
-
-CLIP_L_336_PROCESSOR = {
-    "size": {"shortest_edge": 336},
-    "crop_size": {"height": 336, "width": 336},
-    "resample": 3,  # bicubic
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-}
-"""`preprocessor_config.json` of `openai/clip-vit-large-patch14-336`, so the released checkpoint
-needs nothing from the network."""
-
+from llavamini.model.processing_llavamini import LlavaMiniProcessor
 
 QUANTIZATION_SKIP_MODULES = (
     "model.vision_tower",
@@ -60,48 +40,20 @@ def quantization_config(
     )
 
 
-PROCESSORS = {
-    "clip_vision_model": CLIPImageProcessorPil,
-    "siglip_vision_model": SiglipImageProcessorPil,
-}
-"""Image processor class by vision encoder (open_clip towers use CLIP's preprocessing)."""
-
-
 @dataclass
 class LoadedModel:
-    """What chat, evaluation and demos need from a checkpoint."""
+    """A checkpoint's model and processor: what chat, evaluation and demos need."""
 
     model: torch.nn.Module
-    tokenizer: object
-    image_processor: CLIPImageProcessorPil | SiglipImageProcessorPil
+    processor: LlavaMiniProcessor
 
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
 
-def load_image_processor(checkpoint_dir: str, config):
-    """The encoder's image processor: the checkpoint's own `preprocessor_config.json`, else the
-    vision tower folder's, else the built-in one for CLIP ViT-L/14-336, else (open_clip) CLIP's
-    preprocessing at the tower's image size.
-
-    The PIL processors are used whatever is installed: the reference preprocessed with PIL (the
-    torchvision backend differs by up to ~0.015 per pixel).
-    """
-    model_type = config.vision_config.model_type
-    processor_class = PROCESSORS.get(model_type, CLIPImageProcessorPil)
-    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir, os.getcwd()))
-    looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
-    for folder in looked:
-        if os.path.isfile(os.path.join(folder, PROCESSOR_FILE)):
-            return processor_class.from_pretrained(folder)
-    if config.mm_vision_tower == CLIP_L_336:
-        return CLIPImageProcessorPil(**CLIP_L_336_PROCESSOR)
-    if model_type == "open_clip_vision":
-        size = config.vision_config.image_size
-        return CLIPImageProcessorPil(
-            **{**CLIP_L_336_PROCESSOR, "size": {"shortest_edge": size},
-               "crop_size": {"height": size, "width": size}}
-        )  # fmt: skip
-    raise FileNotFoundError(
-        f"No {PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in {looked}."
-    )
+    @property
+    def image_processor(self):
+        return self.processor.image_processor
 
 
 def load_pretrained(
@@ -133,6 +85,16 @@ def load_pretrained(
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
     if device is not None and quantization is None:
         model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-    image_processor = load_image_processor(checkpoint_dir, model.config)
-    return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor)
+    processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
+    check_processor(processor, model.config, checkpoint_dir)
+    return LoadedModel(model=model, processor=processor)
+
+
+def check_processor(processor: LlavaMiniProcessor, config, checkpoint_dir: str) -> None:
+    """Raise when the processor's image preprocessing is not the model config's."""
+    for field in ("image_aspect_ratio", "resolution_ratio"):
+        if getattr(processor, field) != getattr(config, field):
+            raise ValueError(
+                f"{checkpoint_dir}: the processor's {field}={getattr(processor, field)!r} "
+                f"differs from config.json's {getattr(config, field)!r}; fix processor_config.json."
+            )

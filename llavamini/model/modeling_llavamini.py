@@ -269,6 +269,7 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        images = self._to_vision_device(images)
         if padding_side is None:
             padding_side = "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
         text_embeds = self.embed_tokens(input_ids.clamp(min=0))
@@ -296,6 +297,20 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
             text_embeds, input_ids, attention_mask, labels, vision_tokens, padding_side, max_length
         )
         return spliced if return_vision_mask else spliced[:4]
+
+
+    def _to_vision_device(self, images: Images) -> Images:
+        """`images` (any form `embed_multimodal` takes) on the vision tower's device and in its
+        dtype, as the processor returns float32 pixels on the CPU."""
+        reference = next(self.vision_tower.parameters())
+        if isinstance(images, torch.Tensor):
+            return images.to(reference.device, reference.dtype)
+        return [
+            [v.to(reference.device, reference.dtype) for v in item]
+            if isinstance(item, (list, tuple))
+            else (item.to(reference.device, reference.dtype) if item is not None else None)
+            for item in images
+        ]
 
 
 def visuals_per_sample(images: Images) -> list[list[torch.Tensor]]:
@@ -388,14 +403,19 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
         inputs: torch.Tensor | None = None,
         images: Images | None = None,
         attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.LongTensor:
         """Greedy or sampled generation from a prompt with placeholders; returns only new tokens.
 
-        The prompt (with its images) is embedded once, left-padded, and handed to
-        `GenerationMixin.generate` as `inputs_embeds`; decode steps are plain Llama steps with the
-        KV cache.
+        The prompt ids come as `inputs` or `input_ids` (so `generate(**processor(...))` works),
+        with or without `images`. The prompt (with its images) is embedded once, left-padded,
+        and handed to `GenerationMixin.generate` as `inputs_embeds`; decode steps are plain
+        decoder steps with the KV cache.
         """
+        if inputs is not None and input_ids is not None:
+            raise ValueError("Pass the prompt ids as `inputs` or as `input_ids`, not both.")
+        inputs = input_ids if inputs is None else inputs
         if inputs is None:
             return super().generate(attention_mask=attention_mask, **kwargs)
         if attention_mask is None:

@@ -48,12 +48,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, max_frames: int | None 
     quantization = parser.add_mutually_exclusive_group()
     quantization.add_argument("--load-8bit", action="store_true", help="bitsandbytes 8-bit (GPU)")
     quantization.add_argument("--load-4bit", action="store_true", help="bitsandbytes 4-bit (GPU)")
-    parser.add_argument("--fps", type=float, default=1.0, help="video frames per second of video")
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="video frames per second of video (default: the checkpoint's processor's, 1)",
+    )
     parser.add_argument(
         "--max-frames",
         type=int,
         default=max_frames,
-        help=f"cap on video frames (default: {max_frames or 'no cap'})",
+        help=f"cap on video frames (default: {max_frames or 'the checkpoint processor’s'})",
     )
 
 
@@ -114,7 +119,7 @@ def check_generation_arguments(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --num-beams must be >= 1, got {args.num_beams}")
     if args.max_frames is not None and args.max_frames < 1:
         raise SystemExit(f"error: --max-frames must be >= 1, got {args.max_frames}")
-    if args.fps <= 0:
+    if args.fps is not None and args.fps <= 0:
         raise SystemExit(f"error: --fps must be > 0, got {args.fps}")
 
 
@@ -156,7 +161,7 @@ def load_from_args(args: argparse.Namespace):
         loaded = load_for_chat(args.model_path, args.device, args.dtype, quantization)
     except ModelLoadError as error:
         raise SystemExit(f"error: {error}") from error
-    return loaded, resolve_template(args.conv_mode, loaded.tokenizer)
+    return loaded, resolve_template(args.conv_mode, loaded.processor)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -266,14 +271,14 @@ def handle_command(session, text: str, write) -> str | None:
 
 def attach_from_chat(session, command: str, argument: str, write) -> bool:
     """`/image PATH` or `/video PATH`; reports a bad file and returns False."""
-    from llavamini.inference import is_video
+    from llavamini.data.video import media_kind
 
     # Terminals quote dragged-and-dropped paths.
     path = os.path.expanduser(argument.strip().strip("'\""))
     if not path:
         logger.error("%s needs a file path: %s", command, CHAT_COMMANDS[command])
         return False
-    if (command == "/video") != is_video(path):
+    if (command == "/video") != (media_kind(path) == "video"):
         kind = "a video" if command == "/video" else "an image"
         logger.error("%s expects %s file; %r has the wrong extension.", command, kind, path)
         return False

@@ -33,11 +33,11 @@ class DemoChat:
         loaded: model, tokenizer and image processor.
         template: the chat template.
         defaults: the sliders' starting decoding settings.
-        fps: video frames per second of video.
-        max_frames: cap on video frames.
+        fps: video frames per second of video (None: the checkpoint processor's).
+        max_frames: cap on video frames (None: the checkpoint processor's).
     """
 
-    def __init__(self, loaded, template, defaults=None, fps: float = 1.0, max_frames=180):
+    def __init__(self, loaded, template, defaults=None, fps: float | None = None, max_frames=180):
         from llavamini.serve.session import CHAT_DEFAULTS
 
         self.loaded = loaded

@@ -45,7 +45,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llavamini.conversation import ChatTemplate, default_template_name
+from llavamini.conversation import ChatTemplate
 from llavamini.inference import GenerationSettings
 from llavamini.model.loading import LoadedModel
 from llavamini.serve.session import (
@@ -67,10 +67,10 @@ VIDEO_SUFFIX_BY_MIME = {
     "video/x-msvideo": ".avi",
     "video/x-m4v": ".m4v",
 }
-"""Video types accepted in data URLs, and the file suffix that makes `load_visual` decode them."""
+"""Video types accepted in data URLs, and the suffix of their temporary files."""
 
 IMAGE_SUFFIX = ".image"
-"""Suffix of an uploaded image's temporary file: not a video suffix, and PIL reads by content."""
+"""Suffix of an uploaded image's temporary file (PIL reads by content)."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,11 @@ class ServerConfig:
 
     Attributes:
         model_name: the id in `/v1/models` and in every response.
-        conv_mode: the chat template (None: the checkpoint's default, see `default_template_name`);
+        conv_mode: the chat template (None: the checkpoint processor's conv mode);
             a request's `conv_mode` field overrides it.
         defaults: decoding settings for fields a request leaves out.
-        fps: video frames per second of video.
-        max_frames: cap on video frames per video (None: no cap).
+        fps: video frames per second of video (None: the checkpoint processor's).
+        max_frames: cap on video frames per video (None: the checkpoint processor's).
         allowed_media_dir: the only folder local media paths may point into (None: no local
             paths at all).
         max_media_bytes: largest decoded data URL.
@@ -92,7 +92,7 @@ class ServerConfig:
     model_name: str
     conv_mode: str | None = None
     defaults: GenerationSettings = CHAT_DEFAULTS
-    fps: float = 1.0
+    fps: float | None = None
     max_frames: int | None = 180
     allowed_media_dir: str | None = None
     max_media_bytes: int = 100 * 2**20
@@ -193,7 +193,7 @@ class Plan:
     turns: list[Turn]
 
 
-def plan_request(request: ChatCompletionRequest, config: ServerConfig, tokenizer) -> Plan:
+def plan_request(request: ChatCompletionRequest, config: ServerConfig, processor) -> Plan:
     """Check what the schema cannot and gather what the worker needs; raises `ApiError`."""
     if request.n != 1:
         raise ApiError(400, f"Only n=1 is supported, got n={request.n}.", param="n")
@@ -201,7 +201,7 @@ def plan_request(request: ChatCompletionRequest, config: ServerConfig, tokenizer
         raise ApiError(400, "Custom stop sequences are not supported; omit 'stop'.", param="stop")
     conv_mode = request.conv_mode or config.conv_mode
     try:
-        template = resolve_template(conv_mode, tokenizer)
+        template = resolve_template(conv_mode, processor)
     except KeyError as error:
         raise ApiError(400, error.args[0], param="conv_mode") from error
     system, turns = _split_messages(request.messages)
@@ -389,7 +389,7 @@ class Backend:
     def _attach(self, session, kind: str, url: str, param: str, folder: str) -> None:
         path = media_file(kind, url, param, self.config, folder)
         try:
-            session.attach(path)
+            session.attach(path, kind)
         except FileNotFoundError as error:
             raise ApiError(400, str(error), param=param, code="file_not_found") from error
         except ValueError as error:
@@ -539,7 +539,7 @@ def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse
 def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
     """The FastAPI app answering with `loaded`; its worker thread stops with the app."""
     if config.conv_mode is None:  # resolved once here, not per request
-        config = dataclasses.replace(config, conv_mode=default_template_name(loaded.tokenizer))
+        config = dataclasses.replace(config, conv_mode=loaded.processor.conv_mode)
     backend = Backend(loaded, config)
 
     @asynccontextmanager
@@ -561,7 +561,7 @@ def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
-        plan = plan_request(request, config, loaded.tokenizer)
+        plan = plan_request(request, config, loaded.processor)
         completion_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)

@@ -5,8 +5,10 @@ so history, image placeholders, stop tokens and streaming behave the same everyw
 
 A conversation is a list of `(role, text)` turns plus the pixel tensors of its images and videos,
 in placeholder order. A visual attached with `attach` goes into the *next* user turn as one
-`<image>\\n` placeholder before its text (where the reference puts it), so images can arrive at
-any turn, several per turn, or never (text-only chat).
+`<image>\\n` (or `<video>\\n`) placeholder before its text (where the reference puts it), so
+images can arrive at any turn, several per turn, or never (text-only chat). Media are processed
+once, when attached, and every turn's model inputs are built by the checkpoint's
+`LlavaMiniProcessor`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,10 @@ from dataclasses import dataclass
 import torch
 from transformers import TextStreamer
 
-from llavamini.constants import DEFAULT_IMAGE_TOKEN
-from llavamini.conversation import ChatTemplate, default_template_name, get_template, render
-from llavamini.inference import (
-    GenerationSettings,
-    encode_prompts,
-    generate,
-    load_visual,
-    stop_token_ids,
-)
+from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
+from llavamini.conversation import ChatTemplate, get_template, render
+from llavamini.data.video import media_kind
+from llavamini.inference import GenerationSettings, generate, stop_token_ids
 from llavamini.model.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -37,15 +34,15 @@ CHAT_DEFAULTS = GenerationSettings(max_new_tokens=512)
 """Greedy, up to 512 new tokens: the reference's documented command."""
 
 
-def resolve_template(conv_mode: str | None, tokenizer) -> ChatTemplate:
-    """The template named `conv_mode`, or the checkpoint's default when None.
+def resolve_template(conv_mode: str | None, processor) -> ChatTemplate:
+    """The template named `conv_mode`, or the processor's when None.
 
     Raises `KeyError` listing the known names for an unknown one.
     """
-    name = conv_mode if conv_mode is not None else default_template_name(tokenizer)
+    name = conv_mode if conv_mode is not None else processor.conv_mode
     template = get_template(name)
     if conv_mode is None:
-        logger.info("Conv mode %s (from the tokenizer; --conv-mode overrides it)", name)
+        logger.info("Conv mode %s (the checkpoint's; --conv-mode overrides it)", name)
     return template
 
 
@@ -114,8 +111,9 @@ class ChatSession:
         loaded: model, tokenizer and image processor (`load_pretrained`).
         template: the chat template (`resolve_template`).
         settings: decoding settings for every `ask` (public: change it between turns).
-        fps: video frames taken per second of video (the training and evaluation policy).
-        max_frames: cap on video frames (None: no cap, as the reference's inference).
+        fps: video frames taken per second of video (None: the processor's, the training and
+            evaluation policy).
+        max_frames: cap on video frames (None: the processor's; the reference's has no cap).
     """
 
     def __init__(
@@ -123,14 +121,17 @@ class ChatSession:
         loaded: LoadedModel,
         template: ChatTemplate,
         settings: GenerationSettings = CHAT_DEFAULTS,
-        fps: float = 1.0,
+        fps: float | None = None,
         max_frames: int | None = None,
     ):
         self.loaded = loaded
         self.template = template
         self.settings = settings
-        self.fps = fps
-        self.max_frames = max_frames
+        processor = loaded.processor
+        self.processor = processor.with_video_policy(
+            processor.video_fps if fps is None else fps,
+            processor.video_max_frames if max_frames is None else max_frames,
+        )
         self.messages: list[tuple[str, str]] = []
         """Turns so far, `(role, text)`, user texts with their `<image>` placeholders."""
         self.visuals: list[torch.Tensor] = []
@@ -138,18 +139,14 @@ class ChatSession:
         self.pending: list[torch.Tensor] = []
         """Visuals attached for the next user turn."""
 
-    def attach(self, path: str) -> torch.Tensor:
-        """Load an image or video file (by extension) for the next user turn.
+    def attach(self, path: str, kind: str | None = None) -> torch.Tensor:
+        """Load an image or video file (`kind`, else by extension) for the next user turn.
 
         Raises `FileNotFoundError` or `ValueError` naming the file; nothing is attached then.
         """
-        visual = load_visual(path, self.loaded, fps=self.fps, max_frames=self.max_frames)
+        visual = self.processor.process(kind or media_kind(path), path)
         self.pending.append(visual)
         return visual
-
-    def attach_pixels(self, visual: torch.Tensor) -> None:
-        """Attach an already processed image `(parts, 3, H, W)` or video `(T, parts, 3, H, W)`."""
-        self.pending.append(visual)
 
     def add_turn(self, role: str, text: str) -> None:
         """Append a past turn without generating (to replay a conversation, as the HTTP API
@@ -170,10 +167,8 @@ class ChatSession:
     def prompt(self, text: str) -> tuple[str, list[torch.Tensor]]:
         """The rendered prompt and the visuals that `ask(text)` would send to the model."""
         messages = self.messages + [("user", self._user_text(text))]
-        # Only the tokenizer-template style needs (and accepts) the tokenizer.
-        needs_tokenizer = self.template.style == "chat_template"
-        kwargs = {"tokenizer": self.loaded.tokenizer} if needs_tokenizer else {}
-        return render(self.template, messages, **kwargs), self.visuals + self.pending
+        prompt = render(self.template, messages, tokenizer=self.processor.tokenizer)
+        return prompt, self.visuals + self.pending
 
     def ask(
         self,
@@ -194,15 +189,14 @@ class ChatSession:
         visuals included. Raises `ValueError` for bad input.
         """
         prompt, visuals = self.prompt(text)
-        tokenizer = self.loaded.tokenizer
-        prompt_tokens = encode_prompts(tokenizer, [prompt])[0].shape[1]
+        tokenizer = self.processor.tokenizer
+        inputs = self.processor.model_inputs([prompt], [visuals])
+        prompt_tokens = inputs["input_ids"].shape[1]
         # Transformers streamers do not support beam search; such answers arrive in one piece.
         streaming = self.settings.num_beams == 1
         streamer = _CallbackStreamer(tokenizer, on_text, cancel) if streaming else None
         logger.debug("Prompt (%d tokens, %d visuals): %r", prompt_tokens, len(visuals), prompt)
-        answer = generate(
-            self.loaded, [prompt], [visuals], self.template, self.settings, streamer=streamer
-        )[0]
+        answer = generate(self.loaded, inputs, self.settings, self.template, streamer=streamer)[0]
         if streamer is None:
             if on_text is not None:
                 on_text(answer)
@@ -217,12 +211,17 @@ class ChatSession:
         return Reply(answer, prompt_tokens, new_tokens, "stop" if stopped else "length")
 
     def _user_text(self, text: str) -> str:
-        """`text` after one `<image>\\n` per pending visual; rejects a literal `<image>`, which
-        would ask for a visual that was never attached."""
-        if DEFAULT_IMAGE_TOKEN in text:
-            raise ValueError(
-                f"The message contains {DEFAULT_IMAGE_TOKEN!r}, which marks where an attached "
-                f"image goes: attach images instead (/image PATH in the chat, image_url parts in "
-                f"the API)."
-            )
-        return (DEFAULT_IMAGE_TOKEN + "\n") * len(self.pending) + text
+        """`text` after one `<image>\\n` (`<video>\\n`) per pending image (video); rejects a
+        literal placeholder, which would ask for a visual that was never attached."""
+        for token in (DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN):
+            if token in text:
+                raise ValueError(
+                    f"The message contains {token!r}, which marks where an attached image or "
+                    f"video goes: attach them instead (/image PATH in the chat, image_url parts "
+                    f"in the API)."
+                )
+        placeholders = [
+            DEFAULT_VIDEO_TOKEN if visual.dim() == 5 else DEFAULT_IMAGE_TOKEN
+            for visual in self.pending
+        ]
+        return "".join(token + "\n" for token in placeholders) + text

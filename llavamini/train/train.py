@@ -22,7 +22,7 @@ from llavamini.conversation import get_template
 from llavamini.data.dataset import DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records
 from llavamini.model.checkpoint import resolve_checkpoint_dir
-from llavamini.model.loading import load_image_processor
+from llavamini.model.processing_llavamini import LlavaMiniProcessor, load_image_processor
 from llavamini.train.arguments import parse_args, save_run_config
 from llavamini.train.model_setup import build_model
 from llavamini.train.stages import ADAPTER_FILE, apply_trainable, get_stage, parameter_counts
@@ -141,8 +141,13 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
         deepspeed.init_distributed()
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.model_max_length)
     model = build_model(model_args, data_args, training_args, stage)
-    image_processor = load_image_processor(
-        resolve_checkpoint_dir(model_args.model_name_or_path), model.config
+    processor = LlavaMiniProcessor.from_config(
+        load_image_processor(resolve_checkpoint_dir(model_args.model_name_or_path), model.config),
+        tokenizer,
+        model.config,
+        conv_mode=model_args.version,
+        video_fps=data_args.video_fps,
+        video_max_frames=data_args.video_max_frames,
     )
     if training_args.lora_enable:
         if stage.saves == "adapter":
@@ -163,13 +168,10 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     records = load_records(data_args.data_path, data_args.image_folder, data_args.mixture_seed)
     dataset = SupervisedDataset(
         records=records,
-        tokenizer=tokenizer,
-        image_processor=image_processor,
+        processor=processor,
         template=get_template(model_args.version),
         model_config=model.config,
         max_length=training_args.model_max_length,
-        video_fps=data_args.video_fps,
-        video_max_frames=data_args.video_max_frames,
         on_bad_sample=data_args.on_bad_sample,
     )
     trainer = LlavaMiniTrainer(
@@ -177,10 +179,9 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
         args=training_args,
         train_dataset=dataset,
         data_collator=DataCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
+        processing_class=processor,
         stage=stage,
         modality_lengths=dataset.modality_lengths(),
-        image_processor=image_processor,
     )
     if training_args.max_train_minutes is not None:
         trainer.add_callback(TimeBudget(training_args.max_train_minutes))

@@ -17,13 +17,14 @@ logger = logging.getLogger(__name__)
 
 class LlavaMiniTrainer(Trainer):
     """Args (beyond `Trainer`'s): `stage`, the `Stage` being trained; `modality_lengths`, the
-    dataset's signed lengths for the grouped sampler; `image_processor`, saved with checkpoints."""
+    dataset's signed lengths for the grouped sampler. `processing_class` is the run's
+    `LlavaMiniProcessor`, saved with every full checkpoint (`processor_config.json` and the
+    tokenizer), so `AutoProcessor` loads it."""
 
-    def __init__(self, *args, stage: Stage, modality_lengths: list[int], image_processor, **kwargs):
+    def __init__(self, *args, stage: Stage, modality_lengths: list[int], **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage
         self.modality_lengths = modality_lengths
-        self.image_processor = image_processor
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_modality_length:
@@ -74,8 +75,6 @@ class LlavaMiniTrainer(Trainer):
             self._save_adapter(output_dir, state_dict)
         else:
             super()._save(output_dir, state_dict)
-            if self.args.should_save:
-                self.image_processor.save_pretrained(output_dir)
 
     def _save_adapter(self, output_dir: str, state_dict: dict | None) -> None:
         """Only the trainable weights, as `mm_projector.bin` (reference-compatible), + config."""

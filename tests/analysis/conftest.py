@@ -1,5 +1,8 @@
 """Tiny checkpoints and synthetic questions for the analysis tests, built once per session."""
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -17,6 +20,24 @@ def load(folder: str):
     loaded = load_pretrained(folder, dtype=torch.float32, device="cpu")
     loaded.model.eval()
     return loaded
+
+
+def question_inputs(loaded, data, index: int, image_index: int | None = None):
+    """Synthetic question `index` with the image of question `image_index` (default its own),
+    through the checkpoint's processor: `(input_ids, attention_mask, images)`."""
+    with open(data["val_questions"], encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    folder = os.path.dirname(data["val_questions"])
+    image = os.path.join(folder, rows[index if image_index is None else image_index]["image"])
+    content = [{"type": "image", "path": image}, {"type": "text", "text": rows[index]["text"]}]
+    inputs = loaded.processor.apply_chat_template(
+        [{"role": "user", "content": content}],
+        chat_template="llava_llama_3_1",
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    return inputs["input_ids"], inputs["attention_mask"], inputs["images"]
 
 
 @pytest.fixture(scope="session")

@@ -61,14 +61,12 @@ def test_statistics_normalise_per_token_of_each_group():
 
 def test_each_rows_shares_and_masses_sum_to_one(mini, full, data):
     """On real forwards (LLM and pre-fusion layers), every query row's groups sum to one."""
-    from llavamini.inference import load_visual
-
     template = get_template("llava_llama_3_1")
     sample = read_samples(data["val_questions"])[0]
     for loaded in (mini, full):
         model = loaded.model
         prompt = prompt_tokens(template, loaded.tokenizer, sample.user_message)
-        visual = load_visual(sample.image, loaded)
+        visual = loaded.processor.process_image(sample.image)
         ids = torch.tensor([prompt.input_ids])
         spliced = model.model.embed_multimodal(
             ids, torch.ones_like(ids), None, [[visual]], return_vision_mask=True

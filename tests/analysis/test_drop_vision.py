@@ -14,8 +14,9 @@ from llavamini.analysis.drop_vision import (
     parse_layers,
     prefill_dropping_vision,
 )
-from llavamini.conversation import get_template, render
-from llavamini.inference import encode_prompts, load_visual, stop_token_ids
+from llavamini.conversation import get_template
+from llavamini.inference import stop_token_ids
+from tests.analysis.conftest import question_inputs
 from tests.analysis.test_attention import parse
 from tests.eval.helpers import answer
 
@@ -30,24 +31,19 @@ def _questions(data) -> list[dict]:
 def _spliced(loaded, data, index: int, image_index: int | None = None):
     """`embed_multimodal` output for synthetic question `index` (with the image of question
     `image_index`, default its own)."""
-    rows = _questions(data)
-    row = rows[index]
-    image = rows[index if image_index is None else image_index]["image"]
-    prompt = render(TEMPLATE, [("user", "<image>\n" + row["text"])])
-    input_ids, attention_mask = encode_prompts(loaded.tokenizer, [prompt])
-    visual = load_visual(os.path.join(os.path.dirname(data["val_questions"]), image), loaded)
+    input_ids, attention_mask, images = question_inputs(loaded, data, index, image_index)
     with torch.no_grad():
         return (
             loaded.model.model.embed_multimodal(
                 input_ids,
                 attention_mask,
                 None,
-                [[visual]],
+                images,
                 padding_side="left",
                 return_vision_mask=True,
             ),
             input_ids,
-            [[visual]],
+            images,
         )
 
 

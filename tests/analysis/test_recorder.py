@@ -12,22 +12,13 @@ from llavamini.analysis.recorder import (
     row_chunks,
     visible_keys,
 )
-from llavamini.conversation import get_template, render
-from llavamini.inference import encode_prompts, load_visual
-from tests.analysis.conftest import load
+from llavamini.conversation import get_template
+from tests.analysis.conftest import load, question_inputs
 
 
 def _inputs(loaded, data, index=0):
     """A rendered synthetic question with its image: `(input_ids, attention_mask, images)`."""
-    import json
-
-    with open(data["val_questions"], encoding="utf-8") as file:
-        row = [json.loads(line) for line in file][index]
-    prompt = render(get_template("llava_llama_3_1"), [("user", "<image>\n" + row["text"])])
-    input_ids, attention_mask = encode_prompts(loaded.tokenizer, [prompt])
-    folder = data["val_questions"].rsplit("/", 1)[0]
-    visual = load_visual(f"{folder}/{row['image']}", loaded)
-    return input_ids, attention_mask, [[visual]]
+    return question_inputs(loaded, data, index)
 
 
 def _record_all_rows(model, input_ids, attention_mask, images, **forward):

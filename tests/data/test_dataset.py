@@ -12,6 +12,7 @@ from llavamini.conversation import get_template, render, render_with_spans
 from llavamini.data.dataset import BadSampleError, DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records, read_mixture
 from llavamini.data.tokenization import tokenize_conversation
+from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.tiny import build_tiny_tokenizer, tiny_config, tiny_image_processor
 
 TURNS = [
@@ -120,13 +121,16 @@ def sample(sample_id, question, answer, image=None):
     return record
 
 
-def make_dataset(records, tokenizer, **kwargs):
+def make_dataset(records, tokenizer, video_fps=1.0, **kwargs):
+    config = tiny_config(len(tokenizer), image_size=56)
+    processor = LlavaMiniProcessor.from_config(
+        tiny_image_processor(56), tokenizer, config, video_fps=video_fps
+    )
     defaults = dict(
         records=records,
-        tokenizer=tokenizer,
-        image_processor=tiny_image_processor(56),
+        processor=processor,
         template=get_template("llava_llama_3_1"),
-        model_config=tiny_config(len(tokenizer), image_size=56),
+        model_config=config,
         max_length=256,
     )
     return SupervisedDataset(**{**defaults, **kwargs})

@@ -65,3 +65,30 @@ def test_compact_tiny_tokenizer_is_read_through_its_chat_template():
     assert [text[start:end] for start, end in spans] == ["red<|eot_id|>"]
     with pytest.raises(ValueError, match="chat_format 'chatml'.*compact"):
         build_tiny_tokenizer(chat_format="chatml")
+
+
+def test_jinja_templates_render_byte_for_byte_what_the_python_writers_did():
+    """tests/fixtures/chat_templates.json holds the renders (text and answer spans) of the
+    Python template writers the project used before its templates became Jinja (commit
+    5d25d5a): every conv mode, the default, an empty and another system prompt, one to four
+    turns, several images, text only, an empty conversation, with and without the generation
+    prompt."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from llavamini.conversation import TEMPLATES
+
+    cases = json.loads((Path(__file__).parents[1] / "fixtures" / "chat_templates.json").read_text())
+    tokenizer = build_tiny_tokenizer(chat_format="compact")
+    assert len(cases) == 108 and {c["template"] for c in cases} == set(TEMPLATES)
+    for case in cases:
+        template = TEMPLATES[case["template"]]
+        if case["system"] is not None:
+            template = dataclasses.replace(template, system=case["system"])
+        messages = [tuple(m) for m in case["messages"]]
+        text, spans = render_with_spans(
+            template, messages, case["add_generation_prompt"], tokenizer=tokenizer
+        )
+        assert text == case["text"], case
+        assert [list(span) for span in spans] == case["spans"], case

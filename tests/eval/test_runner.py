@@ -14,7 +14,7 @@ from llavamini.eval.metrics.choice import extract_choice
 from llavamini.eval.runner import RunConfig, run_questions
 from llavamini.eval.tasks import get_task
 from llavamini.eval.tasks.gqa import convert_prediction
-from tests.conftest import ramp_frames, write_video
+from tests.conftest import decode_with_placeholders, ramp_frames, write_video
 from tests.eval.helpers import image_base64, make_image, write_json, write_jsonl
 
 SUFFIX = "Answer the question using a single word or phrase."
@@ -103,7 +103,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(
     calls = []
 
     def dies_on_third_batch(*args, **kwargs):
-        calls.append(len(args[1]))
+        calls.append(len(args[1]["input_ids"]))
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
         return real_generate(*args, **kwargs)
@@ -292,9 +292,11 @@ def test_video_qa_run_uses_the_instruction_and_one_frame_per_second(
     seen = {}
     real_generate = llavamini.inference.generate
 
-    def spy(loaded, prompts, visuals, *args, **kwargs):
-        seen["prompt"], seen["shape"] = prompts[0], tuple(visuals[0][0].shape)
-        return real_generate(loaded, prompts, visuals, *args, **kwargs)
+    def spy(loaded, inputs, *args, **kwargs):
+        ids = inputs["input_ids"][0].tolist()
+        seen["prompt"] = decode_with_placeholders(loaded.tokenizer, ids)
+        seen["shape"] = tuple(inputs["images"][0][0].shape)
+        return real_generate(loaded, inputs, *args, **kwargs)
 
     monkeypatch.setattr(llavamini.inference, "generate", spy)
     answers = str(tmp_path / "answers.jsonl")

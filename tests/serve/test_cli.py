@@ -11,6 +11,7 @@ import pytest
 import llavamini.serve.session as session_module
 from llavamini.eval import run_llava_mini
 from llavamini.serve import cli, server
+from tests.conftest import decode_with_placeholders
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 120
@@ -22,9 +23,11 @@ def generations(monkeypatch):
     calls = []
     real_generate = session_module.generate
 
-    def recording_generate(loaded, prompts, visuals, *args, **kwargs):
-        answers = real_generate(loaded, prompts, visuals, *args, **kwargs)
-        calls.append((prompts[0], len(visuals[0]), answers[0]))
+    def recording_generate(loaded, inputs, *args, **kwargs):
+        answers = real_generate(loaded, inputs, *args, **kwargs)
+        ids = inputs["input_ids"][0].tolist()
+        visuals = inputs["images"][0] if "images" in inputs else []
+        calls.append((decode_with_placeholders(loaded.tokenizer, ids), len(visuals), answers[0]))
         return answers
 
     monkeypatch.setattr(session_module, "generate", recording_generate)

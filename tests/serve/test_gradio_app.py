@@ -17,7 +17,7 @@ SLIDERS = (0.0, 0.7, 4)  # temperature, top p, max new tokens
 
 @pytest.fixture(scope="module")
 def chat(loaded):
-    template = resolve_template(None, loaded.tokenizer)
+    template = resolve_template(None, loaded.processor)
     return DemoChat(loaded, template, GenerationSettings(max_new_tokens=4))
 
 
@@ -42,7 +42,7 @@ def test_chat_streams_and_keeps_history_and_uploads(chat, media_dir):
     updates = turn(chat, "And now?", history, session, video=str(media_dir / "clip.mp4"))
     history, session, *_, error = updates[-1]
     assert error == "" and len(history) == 4 and len(session.visuals) == 2
-    assert session.messages[2][1].startswith("<image>\n")
+    assert session.messages[2][1].startswith("<video>\n")  # its own placeholder, same token
 
     history, session, *_, error = turn(chat, "Text only.", history, session)[-1]
     assert error == "" and len(history) == 6 and len(session.visuals) == 2

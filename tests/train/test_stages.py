@@ -64,15 +64,24 @@ def test_stage2_starts_from_stage1_and_its_checkpoint_answers(assets, stage1, tm
     assert curve[-1] < curve[0] - 0.3, curve
     loaded = LlavaMiniForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.compressor_type == "query"
-    from llavamini.conversation import get_template, render
-    from llavamini.inference import generate, load_visual
+    from transformers import AutoProcessor
+
+    from llavamini.inference import generate
     from llavamini.model.loading import load_pretrained
 
+    assert (tmp_path / "processor_config.json").is_file()  # written by `llavamini train`
+    processor = AutoProcessor.from_pretrained(str(tmp_path))
+    assert processor.conv_mode == trainer.processing_class.conv_mode == "llava_llama_3_1"
     bundle = load_pretrained(str(tmp_path))
-    template = get_template("llava_llama_3_1")
-    prompt = render(template, [("user", "<image>\nHow many shapes are there?")])
-    image = load_visual(assets["captions"].replace("captions.json", "images/000000.png"), bundle)
-    answer = generate(bundle, [prompt], [[image]], template)
+    image = assets["captions"].replace("captions.json", "images/000000.png")
+    content = [{"type": "image", "path": image}, {"type": "text", "text": "How many shapes?"}]
+    inputs = bundle.processor.apply_chat_template(
+        [{"role": "user", "content": content}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    answer = generate(bundle, inputs)
     assert isinstance(answer[0], str)
 
 

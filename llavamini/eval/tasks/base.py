@@ -17,13 +17,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from llavamini.constants import SHORT_ANSWER as SHORT_ANSWER  # the tasks import it from here
 from llavamini.eval.answers import answer_key, record_key
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_ROOT = os.path.join("playground", "data", "eval")
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 OPTION_LETTER = "Answer with the option's letter from the given choices directly."
 OPTION_LETTER_CN = "请直接回答选项字母。"
 
@@ -121,15 +121,19 @@ class Task:
             return None
         return os.path.join(data_root, self.benchmark, relative)
 
-    def user_message(self, question: Question, prompt_prefix: str | None = None) -> str:
-        """The user turn for `question` (see the module docstring)."""
+    def question_text(self, question: Question, prompt_prefix: str | None = None) -> str:
+        """The text of the user turn for `question`: the module docstring's, without the
+        placeholder."""
         prefix = self.prompt_prefix if prompt_prefix is None else prompt_prefix
         text = prefix + question.prompt
         if self.prompt_suffix and not self.suffix_in_file:
             text += "\n" + self.prompt_suffix
-        if question.visual is not None:
-            text = "<image>\n" + text
         return text
+
+    def user_message(self, question: Question, prompt_prefix: str | None = None) -> str:
+        """The user turn for `question` (see the module docstring)."""
+        text = self.question_text(question, prompt_prefix)
+        return text if question.visual is None else "<image>\n" + text
 
 
 def read_json(path: str, what: str):

@@ -24,6 +24,7 @@ import logging
 import os
 from collections import defaultdict
 
+from llavamini.data.video import VIDEO_EXTENSIONS
 from llavamini.eval.metrics.judge import (
     PROMPT_VERSION,
     Judge,
@@ -42,8 +43,6 @@ from llavamini.eval.tasks.base import (
 )
 
 logger = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 
 VIDEO_QA_INSTRUCTION = (
     "Answer the question based on the video. Provide a complete sentence that directly mirrors "

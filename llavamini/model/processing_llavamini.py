@@ -1,0 +1,669 @@
+"""`LlavaMiniProcessor`: messages and media -> the model's inputs, the one preprocessing path.
+
+transformers' calling conventions (as `LlavaProcessor`, `models/llava/processing_llava.py`):
+
+    processor = AutoProcessor.from_pretrained(ckpt)      # after `import llavamini`
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    answers = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)
+
+`inputs` holds `input_ids` `(B, L)` (left-padded by default) with one `IMAGE_TOKEN_INDEX` (-200)
+per image or video, `attention_mask` `(B, L)`, and, when the batch has any media, `images`: per
+sample, the pixel tensors in placeholder order, `(parts, 3, H, W)` for an image and
+`(T, parts, 3, H, W)` for a video (the model's `images` argument).
+
+Three steps, each public, are all there is; `__call__` and `apply_chat_template` compose them:
+
+1. `render`: messages -> prompt strings with the conv mode's Jinja chat template
+   (`llavamini.conversation`); transformers' content parts become `<image>\\n` / `<video>\\n`
+   placeholders, and parts are joined by newlines;
+2. `process_image` / `process_video`: one image or video -> pixel tensor (the reference's
+   preprocessing; the frame policy `video_fps` / `video_max_frames` of training and evaluation);
+3. `model_inputs`: prompt strings + pixel tensors -> the batch (placeholders checked).
+
+Chat, the server, evaluation, analysis and the training dataset all go through these steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import dataclasses
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, CLIPImageProcessorPil
+from transformers.processing_utils import ProcessorMixin
+
+from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX
+from llavamini.conversation import (
+    TEMPLATES,
+    ChatTemplate,
+    default_template_name,
+    get_template,
+    render,
+)
+from llavamini.data.image_processing import load_image, process_images
+from llavamini.data.tokenization import tokenizer_image_token
+from llavamini.data.video import load_video, process_video
+from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.model.configuration_llavamini import CLIP_L_336, find_vision_tower_folder
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_CONFIG_FILE = "processor_config.json"
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+
+CLIP_L_336_PROCESSOR = {
+    "size": {"shortest_edge": 336},
+    "crop_size": {"height": 336, "width": 336},
+    "resample": 3,  # bicubic
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
+"""`preprocessor_config.json` of `openai/clip-vit-large-patch14-336`, so the released checkpoint
+needs nothing from the network."""
+
+IMAGE_PROCESSOR_TYPES = {
+    "clip_vision_model": "CLIPImageProcessor",
+    "siglip_vision_model": "SiglipImageProcessor",
+}
+"""Image processor by vision encoder (open_clip towers use CLIP's preprocessing)."""
+
+SETTINGS = (
+    "conv_mode",
+    "image_aspect_ratio",
+    "resolution_ratio",
+    "video_fps",
+    "video_max_frames",
+    "padding_side",
+)
+"""The processor's own fields, saved in `processor_config.json` beside the image processor's."""
+
+LOADER_OPTIONS = ("_from_auto", "_from_pipeline", "trust_remote_code", "code_revision", "dtype")
+"""Options that `AutoProcessor` and `pipeline` pass to every `from_pretrained`, which do not
+concern this processor."""
+
+Messages = list[dict]
+"""transformers' chat format: `{"role": "system" | "user" | "assistant", "content": str | parts}`
+where a part is `{"type": "text", "text": ...}`, `{"type": "image", "image" | "path" | "url" |
+"base64": ...}`, `{"type": "video", "video" | "path" | "url": ...}` or OpenAI's
+`{"type": "image_url", "image_url": {"url": ...}}`."""
+
+
+def pil_image_processor(name: str, settings: dict | None = None):
+    """The PIL backend of the image processor class `name` ("CLIPImageProcessor" or its Pil
+    name), whatever else is installed: the reference preprocessed with PIL (the torchvision
+    backend differs by up to ~0.015 per pixel)."""
+    pil_name = name if name.endswith("Pil") else name + "Pil"
+    processor_class = getattr(transformers, pil_name, None)
+    if processor_class is None:
+        raise ValueError(f"Unknown image processor {name!r}: transformers has no {pil_name}.")
+    settings = {k: v for k, v in (settings or {}).items() if k != "image_processor_type"}
+    return processor_class(**settings)
+
+
+def load_image_processor(checkpoint_dir: str, config):
+    """The encoder's image processor for a checkpoint without a processor: its own
+    `preprocessor_config.json`, else the vision tower folder's, else the built-in one for CLIP
+    ViT-L/14-336, else (open_clip) CLIP's preprocessing at the tower's image size."""
+    model_type = config.vision_config.model_type
+    default_type = IMAGE_PROCESSOR_TYPES.get(model_type, "CLIPImageProcessor")
+    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir, os.getcwd()))
+    looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
+    for folder in looked:
+        path = os.path.join(folder, IMAGE_PROCESSOR_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                settings = json.load(f)
+            return pil_image_processor(settings.get("image_processor_type", default_type), settings)
+    if config.mm_vision_tower == CLIP_L_336:
+        return CLIPImageProcessorPil(**CLIP_L_336_PROCESSOR)
+    if model_type == "open_clip_vision":
+        size = config.vision_config.image_size
+        return CLIPImageProcessorPil(
+            **{**CLIP_L_336_PROCESSOR, "size": {"shortest_edge": size},
+               "crop_size": {"height": size, "width": size}}
+        )  # fmt: skip
+    raise FileNotFoundError(
+        f"No {IMAGE_PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in "
+        f"{looked}."
+    )
+
+
+class LlavaMiniProcessor(ProcessorMixin):
+    """A CLIP/SigLIP image processor and a tokenizer, with the chat template of a conv mode.
+
+    Args:
+        image_processor: the encoder's (PIL) image processor.
+        tokenizer: the LLM's tokenizer.
+        conv_mode: a `llavamini.conversation.TEMPLATES` name (None: from the tokenizer, see
+            `default_template_name`).
+        image_aspect_ratio, resolution_ratio: the model config's image preprocessing ('pad' or
+            'square'; N x N crops + the global view for N > 1).
+        video_fps, video_max_frames: frames taken per second of video, and their cap (None: no
+            cap, as the reference's inference).
+        padding_side: of the batches `model_inputs` builds ('left' for generation).
+        chat_template: only the conv mode's own (the template follows `conv_mode`).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        conv_mode: str | None = None,
+        image_aspect_ratio: str = "pad",
+        resolution_ratio: int = 1,
+        video_fps: float = 1.0,
+        video_max_frames: int | None = None,
+        padding_side: str = "left",
+        chat_template: str | None = None,
+    ):
+        if conv_mode is None:
+            conv_mode = default_template_name(tokenizer)
+        if conv_mode not in TEMPLATES:
+            raise ValueError(f"conv_mode must be one of {sorted(TEMPLATES)}, got {conv_mode!r}.")
+        if image_aspect_ratio not in ("pad", "square"):
+            raise ValueError(
+                f"image_aspect_ratio must be 'pad' or 'square', got {image_aspect_ratio!r}."
+            )
+        if not isinstance(resolution_ratio, int) or resolution_ratio < 1:
+            raise ValueError(f"resolution_ratio must be an integer >= 1, got {resolution_ratio!r}.")
+        if not video_fps > 0:
+            raise ValueError(f"video_fps must be > 0, got {video_fps!r}.")
+        if video_max_frames is not None and video_max_frames < 1:
+            raise ValueError(f"video_max_frames must be >= 1 or None, got {video_max_frames!r}.")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        own_template = get_template(conv_mode).chat_template(tokenizer)
+        if chat_template is not None and chat_template != own_template:
+            raise ValueError(
+                "LlavaMiniProcessor's chat template follows conv_mode: pass conv_mode (one of "
+                f"{sorted(TEMPLATES)}), or chat_template= to apply_chat_template for one call."
+            )
+        self.conv_mode = conv_mode
+        self.image_aspect_ratio = image_aspect_ratio
+        self.resolution_ratio = resolution_ratio
+        self.video_fps = float(video_fps)
+        self.video_max_frames = video_max_frames
+        self.padding_side = padding_side
+        super().__init__(image_processor, tokenizer, chat_template=own_template)
+
+    @classmethod
+    def from_config(cls, image_processor, tokenizer, config, **settings) -> LlavaMiniProcessor:
+        """A processor with the image preprocessing of a model `config`; `settings` set the
+        other fields."""
+        return cls(
+            image_processor,
+            tokenizer,
+            image_aspect_ratio=config.image_aspect_ratio,
+            resolution_ratio=config.resolution_ratio,
+            **settings,
+        )
+
+    @property
+    def template(self) -> ChatTemplate:
+        return get_template(self.conv_mode)
+
+    def with_video_policy(self, fps: float, max_frames: int | None) -> LlavaMiniProcessor:
+        """A copy that samples videos at `fps`, capped at `max_frames` (None: no cap)."""
+        if not fps > 0:
+            raise ValueError(f"video fps must be > 0, got {fps!r}.")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"video max_frames must be >= 1 or None, got {max_frames!r}.")
+        processor = copy.copy(self)
+        processor.video_fps, processor.video_max_frames = float(fps), max_frames
+        return processor
+
+    # ---- loading and saving ----------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> LlavaMiniProcessor:
+        """The processor of a checkpoint (a folder, or a hub id in the local HF cache).
+
+        Reads `processor_config.json` when the checkpoint has one; else (the released
+        checkpoints) builds the processor from the tokenizer, the image preprocessing of the
+        checkpoint or its vision tower, and the model config, and says so in one line.
+        `kwargs` may set any of `SETTINGS` (`conv_mode="vicuna_v1"`, ...) and the hub options
+        `cache_dir`, `revision`, `local_files_only`, `token`, `subfolder`.
+        """
+        hub_kwargs = {
+            k: kwargs.pop(k)
+            for k in (
+                "cache_dir", "revision", "local_files_only", "token", "subfolder",
+                "force_download", "proxies",
+            )
+            if k in kwargs
+        }
+        for option in LOADER_OPTIONS:
+            kwargs.pop(option, None)
+        unknown = set(kwargs) - set(SETTINGS)
+        if unknown:
+            raise TypeError(
+                f"LlavaMiniProcessor.from_pretrained got unknown arguments {sorted(unknown)}; "
+                f"it takes {list(SETTINGS)}."
+            )
+        checkpoint_dir = resolve_checkpoint_dir(str(pretrained_model_name_or_path), **hub_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+        settings_file = os.path.join(checkpoint_dir, PROCESSOR_CONFIG_FILE)
+        if os.path.isfile(settings_file):
+            with open(settings_file) as f:
+                saved = json.load(f)
+            if "image_processor" not in saved:
+                raise ValueError(f"{settings_file} has no 'image_processor' entry.")
+            image_processor_settings = saved["image_processor"]
+            image_processor = pil_image_processor(
+                image_processor_settings.get("image_processor_type", "CLIPImageProcessor"),
+                image_processor_settings,
+            )
+            settings = {k: saved[k] for k in SETTINGS if k in saved}
+            return cls(image_processor, tokenizer, **{**settings, **kwargs})
+        config = AutoConfig.from_pretrained(checkpoint_dir)
+        config.resolve_vision_config(checkpoint_dir, hub_kwargs.get("cache_dir"))
+        image_processor = load_image_processor(checkpoint_dir, config)
+        processor = cls.from_config(image_processor, tokenizer, config, **kwargs)
+        logger.warning(
+            "%s has no %s: built the processor from its tokenizer and config (conv mode %s); "
+            "processor.save_pretrained(...) writes one.",
+            pretrained_model_name_or_path,
+            PROCESSOR_CONFIG_FILE,
+            processor.conv_mode,
+        )
+        return processor
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Write `processor_config.json` (image processor + `SETTINGS`) and the tokenizer.
+
+        No `chat_template.jinja` is written: the template follows `conv_mode`, and that file
+        would replace the tokenizer's own chat template when the folder is loaded again.
+        """
+        chat_template, self.chat_template = self.chat_template, None
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.chat_template = chat_template
+
+    # ---- 1. rendering ----------------------------------------------------------------------
+
+    def render(
+        self,
+        conversations: Messages | Sequence[Messages],
+        add_generation_prompt: bool = False,
+        chat_template: str | None = None,
+    ) -> tuple[list[str], list[list[tuple[str, object]]]]:
+        """Conversations in transformers' chat format -> (prompt strings, per conversation the
+        `(kind, source)` of its images and videos in placeholder order).
+
+        `chat_template` is a conv mode name or Jinja source for this call (default: the
+        processor's). A leading system message replaces the template's system prompt. Raises
+        `ValueError` naming the message and part that is malformed.
+        """
+        batch = _as_batch(conversations)
+        template = self._resolve_template(chat_template)
+        prompts, media = [], []
+        for number, conversation in enumerate(batch):
+            messages, system, sources = parse_conversation(conversation, number)
+            chosen = template if system is None else dataclasses.replace(template, system=system)
+            prompts.append(render(chosen, messages, add_generation_prompt, self.tokenizer))
+            media.append(sources)
+        return prompts, media
+
+    def _resolve_template(self, chat_template: str | None) -> ChatTemplate:
+        if chat_template is None:
+            return self.template
+        if chat_template in TEMPLATES:
+            return get_template(chat_template)
+        return ChatTemplate("custom", chat_template, "", self.template.stop_strings)
+
+    def apply_chat_template(
+        self,
+        conversation: Messages | Sequence[Messages],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        processor_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """transformers' `apply_chat_template`: the prompt (a string, or a list for a batch of
+        conversations); with `tokenize`, the `input_ids` (or, with `return_dict`, the whole
+        batch of model inputs, media loaded and processed).
+
+        `processor_kwargs` (and the keyword arguments of `model_inputs` given directly:
+        `padding_side`, `add_special_tokens`, `padding`) shape the batch. Raises `TypeError`
+        for options this processor does not support (tools, documents,
+        `continue_final_message`, assistant masks).
+        """
+        options = dict(processor_kwargs or {})
+        for name in ("padding_side", "add_special_tokens", "padding"):
+            if name in kwargs:
+                options[name] = kwargs.pop(name)
+        unsupported = sorted(k for k, v in kwargs.items() if v not in (None, False))
+        if unsupported:
+            raise TypeError(
+                f"LlavaMiniProcessor.apply_chat_template does not support {unsupported}."
+            )
+        options.setdefault("return_tensors", return_tensors)
+        prompts, media = self.render(conversation, add_generation_prompt, chat_template)
+        batched = _is_batch(conversation)
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        visuals = [[self.process(kind, source) for kind, source in sample] for sample in media]
+        inputs = self.model_inputs(prompts, visuals, **options)
+        return inputs if return_dict else inputs["input_ids"]
+
+    def post_process_image_text_to_text(
+        self, generated_outputs, skip_special_tokens: bool = True, **kwargs
+    ) -> list[str]:
+        """Decode token ids (the placeholders of a prompt left out), as the image-text-to-text
+        pipeline asks."""
+        rows = [[int(t) for t in row if int(t) >= 0] for row in generated_outputs]
+        return self.batch_decode(rows, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    # ---- 2. media ----------------------------------------------------------------------------
+
+    def process(self, kind: str, source) -> torch.Tensor:
+        """`process_image` or `process_video` by `kind` ('image' or 'video')."""
+        if kind == "image":
+            return self.process_image(source)
+        if kind == "video":
+            return self.process_video(source)
+        raise ValueError(f"Media kind must be 'image' or 'video', got {kind!r}.")
+
+    def process_image(self, image) -> torch.Tensor:
+        """One image -> `(parts, 3, H, W)` float32 pixels (parts: 1, or N*N crops + global).
+
+        `image`: a PIL image, a file path or `file://` URL, a base64 `data:` URL, or an
+        `(H, W, 3)` uint8 array. Raises `FileNotFoundError` / `ValueError` naming the source.
+        """
+        return process_images([to_pil_image(image)], self.image_processor, self)[0]
+
+    def process_video(self, video) -> torch.Tensor:
+        """One video -> `(T, parts, 3, H, W)` float32 pixels, frames sampled at `video_fps`
+        (capped at `video_max_frames`).
+
+        `video`: a file path or `file://` URL, or decoded frames `(T, H, W, 3)` uint8 (taken as
+        they are, already sampled).
+        """
+        if isinstance(video, os.PathLike):
+            video = os.fspath(video)
+        if isinstance(video, str):
+            frames = load_video(local_path(video), self.video_fps, self.video_max_frames)
+        else:
+            frames = np.asarray(video)
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+                raise ValueError(
+                    f"Video frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} "
+                    f"{frames.shape}."
+                )
+        return process_video(frames, self.image_processor, self)
+
+    # ---- 3. the batch ------------------------------------------------------------------------
+
+    def model_inputs(
+        self,
+        prompts: Sequence[str],
+        visuals: Sequence[Sequence[torch.Tensor]] | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = "pt",
+        add_special_tokens: bool = True,
+        padding: bool | str = True,
+    ) -> BatchFeature:
+        """Rendered prompts and, per prompt, its processed images and videos in placeholder
+        order -> `input_ids`, `attention_mask` (and `images` when there is any media).
+
+        A BOS is prepended when `add_special_tokens` and the prompt does not start with it.
+        Rows are padded to the longest (`padding` True or 'longest'; nothing else is
+        supported). Raises `ValueError` naming the sample whose placeholders and media disagree.
+        """
+        if padding not in (True, "longest"):
+            raise ValueError(f"padding must be True or 'longest', got {padding!r}.")
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt' (or None), got {return_tensors!r}.")
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        visuals = [list(v) for v in visuals] if visuals is not None else [[] for _ in prompts]
+        if len(visuals) != len(prompts):
+            raise ValueError(f"Got media for {len(visuals)} prompts but {len(prompts)} prompts.")
+        rows = []
+        for number, (prompt, sample) in enumerate(zip(prompts, visuals, strict=True)):
+            row = tokenizer_image_token(prompt, self.tokenizer, add_bos=add_special_tokens)
+            if row.count(IMAGE_TOKEN_INDEX) != len(sample):
+                raise ValueError(
+                    f"Sample {number} has {row.count(IMAGE_TOKEN_INDEX)} {DEFAULT_IMAGE_TOKEN}/"
+                    f"{DEFAULT_VIDEO_TOKEN} placeholders but {len(sample)} images and videos."
+                )
+            rows.append(row)
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, mask = [], []
+        for row in rows:
+            padding = width - len(row)
+            if side == "left":
+                ids.append([pad] * padding + row)
+                mask.append([0] * padding + [1] * len(row))
+            else:
+                ids.append(row + [pad] * padding)
+                mask.append([1] * len(row) + [0] * padding)
+        data = {"input_ids": ids, "attention_mask": mask}
+        if any(visuals):
+            data["images"] = visuals
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["images"])
+
+    def __call__(
+        self,
+        images=None,
+        text: str | Sequence[str] | None = None,
+        videos=None,
+        padding_side: str | None = None,
+        return_tensors: str | None = "pt",
+        add_special_tokens: bool = True,
+        padding: bool | str = True,
+        **kwargs,
+    ) -> BatchFeature:
+        """Prompt text(s) with `<image>` / `<video>` placeholders, and their media -> the batch.
+
+        `images` / `videos`: for one text, a list of its media (or one item); for a batch, a
+        list per text, or a flat list shared out in placeholder order. The k-th `<image>` of a
+        text takes its k-th image, the k-th `<video>` its k-th video (see `process_image`,
+        `process_video` for the accepted forms). `padding` is always to the longest text.
+        """
+        if kwargs:
+            raise TypeError(f"LlavaMiniProcessor got unsupported arguments {sorted(kwargs)}.")
+        if text is None:
+            raise ValueError("LlavaMiniProcessor needs text with a placeholder per image/video.")
+        prompts = [text] if isinstance(text, str) else list(text)
+        kinds = [placeholder_kinds(prompt) for prompt in prompts]
+        image_lists = _per_sample(images, [k.count("image") for k in kinds], "images")
+        video_lists = _per_sample(videos, [k.count("video") for k in kinds], "videos")
+        visuals = []
+        for sample_kinds, sample_images, sample_videos in zip(
+            kinds, image_lists, video_lists, strict=True
+        ):
+            images_left, videos_left = iter(sample_images), iter(sample_videos)
+            visuals.append(
+                [
+                    self.process_image(next(images_left))
+                    if kind == "image"
+                    else self.process_video(next(videos_left))
+                    for kind in sample_kinds
+                ]
+            )
+        return self.model_inputs(
+            prompts, visuals, padding_side, return_tensors, add_special_tokens, padding
+        )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "images"]
+
+
+def placeholder_kinds(prompt: str) -> list[str]:
+    """'image' / 'video' for each `<image>` / `<video>` placeholder of `prompt`, in order."""
+    kinds, position = [], 0
+    while True:
+        found = [
+            (prompt.find(token, position), kind)
+            for token, kind in ((DEFAULT_IMAGE_TOKEN, "image"), (DEFAULT_VIDEO_TOKEN, "video"))
+        ]
+        found = [(index, kind) for index, kind in found if index >= 0]
+        if not found:
+            return kinds
+        index, kind = min(found)
+        kinds.append(kind)
+        position = index + 1
+
+
+def _per_sample(media, counts: list[int], name: str) -> list[list]:
+    """`images=` / `videos=` of `__call__` as one list per text, checked against `counts`."""
+    if media is None:
+        media = []
+    elif not isinstance(media, (list, tuple)):
+        media = [media]
+    if media and all(isinstance(item, (list, tuple)) for item in media):
+        if len(media) != len(counts):
+            raise ValueError(f"Got {name} for {len(media)} texts but {len(counts)} texts.")
+        per_sample = [list(item) for item in media]
+    else:  # one flat list, shared out in placeholder order
+        flat, per_sample = list(media), []
+        for count in counts:
+            per_sample.append(flat[:count])
+            flat = flat[count:]
+        per_sample[-1].extend(flat)
+    for number, (items, count) in enumerate(zip(per_sample, counts, strict=True)):
+        if len(items) != count:
+            placeholder = DEFAULT_IMAGE_TOKEN if name == "images" else DEFAULT_VIDEO_TOKEN
+            raise ValueError(
+                f"Text {number} has {count} {placeholder} placeholders but {len(items)} {name}."
+            )
+    return per_sample
+
+
+def _is_batch(conversation) -> bool:
+    return bool(conversation) and isinstance(conversation[0], (list, tuple))
+
+
+def _as_batch(conversation) -> list[Messages]:
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        raise ValueError("A conversation is a non-empty list of messages (or a list of those).")
+    return list(conversation) if _is_batch(conversation) else [conversation]
+
+
+MEDIA_KEYS = {"image": ("image", "path", "url", "base64"), "video": ("video", "path", "url")}
+
+
+def parse_conversation(
+    conversation: Messages, number: int = 0
+) -> tuple[list[tuple[str, str]], str | None, list[tuple[str, object]]]:
+    """One conversation in transformers' chat format -> (`(role, text)` turns with
+    placeholders, the system prompt of a leading system message or None, the `(kind, source)`
+    of its media in order).
+
+    A content string is taken as it is; content parts are joined by newlines, an image part
+    becoming `<image>` and a video part `<video>`.
+    """
+    turns, system, media = [], None, []
+    for index, message in enumerate(conversation):
+        where = f"conversation {number}, message {index}"
+        if not isinstance(message, dict) or "role" not in message:
+            raise ValueError(f"{where}: a message is a dict with 'role' and 'content'.")
+        role, content = message["role"], message.get("content")
+        if role == "system":
+            if index != 0:
+                raise ValueError(f"{where}: a system message may only come first.")
+            system = _content_text(content, where, media, allow_media=False)
+            continue
+        if role not in ("user", "assistant"):
+            raise ValueError(
+                f"{where}: role must be 'system', 'user' or 'assistant', not {role!r}."
+            )
+        turns.append((role, _content_text(content, where, media, allow_media=role == "user")))
+    return turns, system, media
+
+
+def _content_text(content, where: str, media: list, allow_media: bool) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, (list, tuple)):
+        raise ValueError(f"{where}: 'content' must be a string or a list of parts.")
+    pieces = []
+    for number, part in enumerate(content):
+        here = f"{where}, part {number}"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"{here}: a text part needs a string 'text'.")
+            pieces.append(part["text"])
+            continue
+        if kind == "image_url":
+            url = part.get("image_url")
+            part, kind = {"url": url.get("url") if isinstance(url, dict) else url}, "image"
+        if kind not in MEDIA_KEYS:
+            raise ValueError(f"{here}: 'type' must be 'text', 'image', 'image_url' or 'video'.")
+        if not allow_media:
+            raise ValueError(f"{here}: only user messages may hold images and videos.")
+        sources = [part[key] for key in MEDIA_KEYS[kind] if part.get(key) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f"{here}: a {kind} part needs exactly one of {list(MEDIA_KEYS[kind])}."
+            )
+        source = sources[0]
+        if part.get("base64") is not None and not source.startswith("data:"):
+            source = "data:image;base64," + source  # transformers' raw base64 form
+        media.append((kind, source))
+        pieces.append(DEFAULT_IMAGE_TOKEN if kind == "image" else DEFAULT_VIDEO_TOKEN)
+    return "\n".join(pieces)
+
+
+def local_path(source: str) -> str:
+    """A plain path, or the path of a `file://` URL; other URLs raise `ValueError` (media are
+    read locally: nothing is downloaded)."""
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme in ("http", "https"):
+        raise ValueError(
+            f"Remote media are not fetched ({source}): download it and pass the file's path."
+        )
+    return source
+
+
+def to_pil_image(image) -> Image.Image:
+    """A PIL image, path (str or `os.PathLike`), `file://` URL, base64 `data:` URL or
+    `(H, W, 3)` uint8 array -> RGB."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, str):
+        if image.startswith("data:"):
+            return _decode_data_url(image)
+        return load_image(local_path(image))
+    array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"An image array must be (H, W, 3) uint8, got {array.dtype} {array.shape}."
+        )
+    return Image.fromarray(array)
+
+
+def _decode_data_url(url: str) -> Image.Image:
+    header, _, payload = url.partition(",")
+    if not header.endswith(";base64"):
+        raise ValueError(f"An image data URL must be base64 encoded, got {header[:40]!r}.")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
+            return image.convert("RGB")
+    except (binascii.Error, UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot decode the image of a data URL: {error}") from error
