@@ -235,9 +235,12 @@ def run_killable(script: Path, point: str, args: list[str], nproc: int = 1):
     )  # fmt: skip
 
 
-def kill_resume_compare(assets, tmp_path, point: str, extra: tuple = (), nproc: int = 1) -> str:
-    """An uninterrupted run, a run killed at `point`, its resume with `auto`: the losses after
-    the resume point must be the uninterrupted run's. Returns the resume's log."""
+def kill_resume_compare(
+    assets, tmp_path, point: str, extra: tuple = (), nproc: int = 1, after_kill=None
+) -> str:
+    """An uninterrupted run, a run killed at `point` (then checked by `after_kill(output_dir,
+    killed process)`), its resume with `auto`: the losses after the resume point must be the
+    uninterrupted run's. Returns the resume's log."""
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     args = (*SAVE_EVERY_2, *extra)
@@ -250,6 +253,8 @@ def kill_resume_compare(assets, tmp_path, point: str, extra: tuple = (), nproc: 
     if nproc == 1:
         assert killed.returncode == -signal.SIGKILL
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    if after_kill is not None:
+        after_kill(out, killed)
     resume_args = run_args(assets, "tiny.yaml", out, *args, "--resume_from_checkpoint", "auto")
     resumed = run_killable(script, "none", resume_args, nproc)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -272,7 +277,14 @@ def test_sigkill_then_auto_resume_reaches_the_uninterrupted_losses(assets, tmp_p
 @pytest.mark.slow
 def test_sigkill_between_two_ranks_writes_under_deepspeed_zero2(assets, tmp_path):
     """Rank 1 dies while rank 0 has written its ZeRO-2 optimizer shard of step 4."""
+
+    def rank0_wrote_rank1_did_not(out, killed):
+        assert "exitcode  : -9" in killed.stderr, killed.stderr[-3000:]
+        shards = sorted(p.name for p in out.glob(".checkpoint-4.partial/*/global_step4/*optim*"))
+        assert len(shards) == 1 and "rank_0" in shards[0], shards
+
     config = REPO / "configs" / "deepspeed" / "zero2.json"
     log = kill_resume_compare(assets, tmp_path, "between-ranks",
-                              ("--deepspeed", str(config), "--bf16", "true"), nproc=2)  # fmt: skip
+                              ("--deepspeed", str(config), "--bf16", "true"), nproc=2,
+                              after_kill=rank0_wrote_rank1_did_not)  # fmt: skip
     assert ".checkpoint-4.partial (an interrupted save)" in log
