@@ -288,3 +288,41 @@ def test_sigkill_between_two_ranks_writes_under_deepspeed_zero2(assets, tmp_path
                               ("--deepspeed", str(config), "--bf16", "true"), nproc=2,
                               after_kill=rank0_wrote_rank1_did_not)  # fmt: skip
     assert ".checkpoint-4.partial (an interrupted save)" in log
+
+
+def test_final_model_files_are_replaced_all_or_nothing(tmp_path, monkeypatch):
+    """`publish_files`: the new save replaces the old one's files (stale shards included), and
+    a kill midway leaves no `config.json`, never a loadable mixture of the two saves."""
+    from llavamini.train import checkpointing
+
+    def make(folder: Path, files: dict[str, str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+
+    new = {"model-00001-of-00002.safetensors": "new", "model-00002-of-00002.safetensors": "new",
+           "model.safetensors.index.json": "new", "config.json": "new"}  # fmt: skip
+    old = {"model.safetensors": "old", "config.json": "old", "run_config.yaml": "run"}
+    make(tmp_path / "out", old)
+    make(tmp_path / "out" / "checkpoint-2", {"trainer_state.json": "{}"})
+    make(tmp_path / "staged", new)
+    real_replace, calls = os.replace, []
+
+    def killed_after_one(source, target):
+        calls.append(target)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(checkpointing.os, "replace", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.publish_files(str(tmp_path / "staged"), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "config.json").exists()
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    monkeypatch.undo()
+    shutil.rmtree(tmp_path / "staged")
+    make(tmp_path / "staged", new)
+    checkpointing.publish_files(str(tmp_path / "staged"), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([*new, "run_config.yaml", "checkpoint-2"])
+    assert all((tmp_path / "out" / name).read_text() == "new" for name in new)
+    assert not (tmp_path / "staged").exists()
