@@ -106,8 +106,9 @@ def remove_unfinished(run_dir: str) -> None:
         return
     for name in os.listdir(run_dir):
         if UNFINISHED_NAME.match(name):
-            logger.info("Removing %s, left by an interrupted save", os.path.join(run_dir, name))
-            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+            path = os.path.join(run_dir, name)
+            logger.info("Removing %s, left by an interrupted save or removal", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_checkpoint(path: str) -> None:
@@ -173,7 +174,9 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if (match := CHECKPOINT_NAME.match(name)) and os.path.isdir(os.path.join(output_dir, name))
     )
     skipped = [
-        f"{name} (an interrupted save)" for name in sorted(names) if UNFINISHED_NAME.match(name)
+        f"{name} (an interrupted save or removal)"
+        for name in sorted(names)
+        if UNFINISHED_NAME.match(name)
     ]
     chosen = None
     for _, name in reversed(steps):
