@@ -6,8 +6,9 @@ media. Samples are read lazily: media are decoded and text tokenized in `__getit
 
 Bad samples (missing or undecodable media, malformed conversations, labels that cannot be built,
 over-length sequences) raise `BadSampleError` naming the sample and its file. With
-`on_bad_sample="skip"` they are logged, counted and dropped from the batch instead, never
-replaced by another sample.
+`on_bad_sample="skip"` they are logged and become a `SkippedSample`, which the collator drops from
+the batch and names under `SKIPPED_KEY` (so the trainer counts skips made in DataLoader worker
+processes too); a bad sample is never replaced by another sample.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ class BadSampleError(ValueError):
         super().__init__(message)
         self.kind = kind
 
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """What `SupervisedDataset[i]` is for a bad sample under `on_bad_sample="skip"`."""
+
+    name: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.problem}"
+
+
+SKIPPED_KEY = "skipped_samples"
+"""Batch key of the samples the collator left out (`str(SkippedSample)`s); absent if none."""
 
 PROBLEM_KINDS = (
     "missing media",
@@ -172,7 +187,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             lengths.append(words if media_paths(record) else -max(words, 1))
         return lengths
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict | SkippedSample:
         try:
             return self.build(index)
         except BadSampleError as error:
@@ -182,7 +197,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             logger.warning(
                 "Skipping bad sample (%d so far in this process): %s", self.skipped, error
             )
-            return None
+            return SkippedSample(sample_name(self.records[index], index), error.kind)
 
     def build(self, index: int) -> dict:
         """The training example of record `index`; raises `BadSampleError`."""
@@ -221,14 +236,16 @@ class SupervisedDataset(torch.utils.data.Dataset):
 class DataCollator:
     """Right-pads a batch; images are stacked into one `(B, parts, 3, H, W)` tensor when every
     sample has exactly one image of the same shape (the batched path), else passed as a list of
-    per-sample visuals. Samples dropped by `on_bad_sample="skip"` (None) are left out."""
+    per-sample visuals. Samples dropped by `on_bad_sample="skip"` (`SkippedSample`, or None)
+    are left out, and named under `SKIPPED_KEY`."""
 
     pad_token_id: int
 
-    def __call__(self, examples: list[dict | None]) -> dict:
-        examples = [example for example in examples if example is not None]
+    def __call__(self, examples: list[dict | SkippedSample | None]) -> dict:
+        skipped = [str(example) for example in examples if isinstance(example, SkippedSample)]
+        examples = [example for example in examples if isinstance(example, dict)]
         if not examples:
-            return {"empty_batch": True}
+            return {"empty_batch": True, **({SKIPPED_KEY: skipped} if skipped else {})}
         width = max(len(example["input_ids"]) for example in examples)
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), -100, dtype=torch.long)
@@ -242,6 +259,8 @@ class DataCollator:
         visuals = [example["visuals"] for example in examples]
         if any(visuals):
             batch["images"] = stack_if_uniform(visuals)
+        if skipped:
+            batch[SKIPPED_KEY] = skipped
         return batch
 
 

@@ -21,6 +21,8 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 
+from llavamini.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
@@ -165,13 +167,7 @@ def merge_answer_files(inputs: Sequence[str], output: str) -> int:
         raise ValueError(
             f"The answer files {list(inputs)} were produced with different settings: {settings}."
         )
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
+    with atomic_write(output) as file:
         for record in records:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, output)
     return len(records)

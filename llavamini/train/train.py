@@ -7,6 +7,7 @@ Launch on one machine with `python -m llavamini.train ...`, on several GPUs or n
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import sys
@@ -16,14 +17,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, TrainerCallback, set_seed
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
+from llavamini.atomic import atomic_write
 from llavamini.conversation import get_template
 from llavamini.data.dataset import DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.processing_llavamini import LlavaMiniProcessor, load_image_processor
 from llavamini.train.arguments import parse_args, save_run_config
+from llavamini.train.checkpointing import resolve_resume
 from llavamini.train.model_setup import build_model
 from llavamini.train.stages import ADAPTER_FILE, apply_trainable, get_stage, parameter_counts
 from llavamini.train.trainer import LlavaMiniTrainer
@@ -34,6 +36,10 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<unk>")
 """Pad tokens tried in order when the tokenizer has none (Llama-3.1's first, as the reference)."""
 
 RUN_CONFIG_FILE = "run_config.yaml"
+SKIPPED_FILE = "skipped_samples.json"
+"""Written at the end of a run that skipped bad samples: their names and problems."""
+SKIPPED_LOGGED = 20
+"""How many skipped samples the end-of-run warning names (the file has them all)."""
 
 
 def load_tokenizer(path: str, model_max_length: int):
@@ -111,17 +117,6 @@ class TimeBudgetProgress(ProgressCallback):
             self.training_bar.set_postfix(step=state.global_step)
 
 
-def resume_checkpoint(training_args) -> str | None:
-    """`resume_from_checkpoint`: a path, 'auto' (the last checkpoint in output_dir, if any) or
-    None."""
-    value = training_args.resume_from_checkpoint
-    if value == "auto":
-        if os.path.isdir(training_args.output_dir):
-            return get_last_checkpoint(training_args.output_dir)
-        return None
-    return value
-
-
 def train(argv: list[str]) -> LlavaMiniTrainer:
     model_args, data_args, training_args = parse_args(argv)
     set_seed(training_args.seed)
@@ -188,11 +183,28 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
         if not training_args.disable_tqdm:
             trainer.remove_callback(ProgressCallback)
             trainer.add_callback(TimeBudgetProgress(training_args.max_train_minutes))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
     finish(trainer, model_args, data_args, training_args)
-    if dataset.skipped:
-        logger.warning("Skipped %d bad samples in this process.", dataset.skipped)
+    report_skipped(trainer.all_skipped_samples(), training_args)
     return trainer
+
+
+def report_skipped(skipped: list[str], training_args) -> None:
+    """Name the bad samples the run skipped (all ranks, all DataLoader workers, since the run
+    started or resumed): a warning with the first few, `<output_dir>/skipped_samples.json` with
+    all of them."""
+    if not skipped or not training_args.should_save:
+        return
+    path = os.path.join(training_args.output_dir, SKIPPED_FILE)
+    with atomic_write(path) as file:
+        json.dump(skipped, file, indent=1)
+    shown = "; ".join(skipped[:SKIPPED_LOGGED])
+    more = f"; and {len(skipped) - SKIPPED_LOGGED} more" if len(skipped) > SKIPPED_LOGGED else ""
+    logger.warning(
+        "Skipped %d bad samples (on_bad_sample: skip; all listed in %s): %s%s",
+        len(skipped), path, shown, more,
+    )  # fmt: skip
 
 
 def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> None:
@@ -202,7 +214,6 @@ def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> N
     QLoRA adapters are merged into a 16-bit copy of the base (merging into 4/8-bit weights would
     lose precision); the adapter itself is kept in `<output_dir>/adapter`.
     """
-    trainer.save_state()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if training_args.lora_enable and training_args.bits < 16:
         model = merge_into_16bit_base(model, model_args, data_args, training_args, trainer.stage)
@@ -211,7 +222,7 @@ def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> N
         model = model.merge_and_unload()
         trainer.model = model
     model.config.use_cache = True
-    trainer.save_model(training_args.output_dir)
+    trainer.save_final_model(training_args.output_dir)
     if trainer.stage.saves == "adapter" and training_args.should_save:
         logger.info("Stage output: %s", os.path.join(training_args.output_dir, ADAPTER_FILE))
 

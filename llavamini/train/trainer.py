@@ -1,14 +1,29 @@
 """`LlavaMiniTrainer`: the HF Trainer plus the modality sampler, a learning rate for the
-multimodal modules, and stage-aware saving. Nothing else."""
+multimodal modules, stage-aware and crash-safe saving, and the count of skipped bad samples.
+Nothing else."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import torch
+from accelerate.utils import gather_object
 from transformers import Trainer
 
+from llavamini.atomic import atomic_write, fsync_tree
+from llavamini.data.dataset import SKIPPED_KEY
+from llavamini.train.checkpointing import (
+    TRAINER_STATE_FILE,
+    checkpoint_name,
+    mark_complete,
+    publish_checkpoint,
+    publish_files,
+    remove_unfinished,
+    rotate_checkpoints,
+    unfinished_dir,
+)
 from llavamini.train.sampler import ModalityGroupedSampler
 from llavamini.train.stages import ADAPTER_FILE, MULTIMODAL_PREFIXES, Stage, is_trainable
 
@@ -19,12 +34,21 @@ class LlavaMiniTrainer(Trainer):
     """Args (beyond `Trainer`'s): `stage`, the `Stage` being trained; `modality_lengths`, the
     dataset's signed lengths for the grouped sampler. `processing_class` is the run's
     `LlavaMiniProcessor`, saved with every full checkpoint (`processor_config.json` and the
-    tokenizer), so `AutoProcessor` loads it."""
+    tokenizer), so `AutoProcessor` loads it.
+
+    Checkpoints are crash-safe (`llavamini.train.checkpointing`): staged, completed, renamed.
+    `skipped_samples` names the bad samples this process's batches left out (`on_bad_sample:
+    skip`), wherever the DataLoader built them; `all_skipped_samples` gathers every rank's.
+    """
+
+    _staging_dir: str | None = None
+    """While a checkpoint is saved: the hidden folder the Trainer writes it under."""
 
     def __init__(self, *args, stage: Stage, modality_lengths: list[int], **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage
         self.modality_lengths = modality_lengths
+        self.skipped_samples: list[str] = []
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_modality_length:
@@ -62,6 +86,8 @@ class LlavaMiniTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The collator reports the samples it left out; they are no input of the model.
+        self.skipped_samples.extend(inputs.pop(SKIPPED_KEY, ()))
         if inputs.get("empty_batch"):
             # Every sample of this batch was skipped as bad: a zero loss that touches every
             # trainable parameter keeps data-parallel ranks in step.
@@ -87,8 +113,8 @@ class LlavaMiniTrainer(Trainer):
         }
         if not self.args.should_save:
             return
-        os.makedirs(output_dir, exist_ok=True)
-        torch.save(weights, os.path.join(output_dir, ADAPTER_FILE))
+        with atomic_write(os.path.join(output_dir, ADAPTER_FILE), "wb") as file:
+            torch.save(weights, file)
         self.accelerator.unwrap_model(self.model).config.save_pretrained(output_dir)
         logger.info("Saved %d trainable tensors to %s", len(weights), output_dir)
 
@@ -102,3 +128,60 @@ class LlavaMiniTrainer(Trainer):
         if result.unexpected_keys:
             raise ValueError(f"{adapter}: unexpected keys {result.unexpected_keys[:20]}.")
         logger.info("Resumed the trainable weights from %s", adapter)
+
+    def all_skipped_samples(self) -> list[str]:
+        """The skipped samples of every rank (a collective: every rank must call it)."""
+        return gather_object(self.skipped_samples)
+
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_dir is not None:
+            return self._staging_dir
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written by every rank under a hidden staging folder; once
+        all are done, the saving rank marks it complete and renames it to `checkpoint-N`, then
+        rotates old checkpoints (`save_total_limit`). Barriers keep the ranks in step, so no
+        rank writes into a folder being renamed and none reads a checkpoint not yet complete."""
+        run_dir = self._get_output_dir(trial)
+        step = self.state.global_step
+        staging = unfinished_dir(run_dir, step)
+        if self.args.should_save:
+            remove_unfinished(run_dir)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            staged = os.path.join(staging, checkpoint_name(step))
+            final = os.path.join(run_dir, checkpoint_name(step))
+            if self.state.best_model_checkpoint == staged:
+                # The Trainer recorded where it wrote this checkpoint; record where it will be.
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_FILE))
+            mark_complete(staged, step)
+            publish_checkpoint(staged, final)
+            rotate_checkpoints(
+                run_dir, self.args.save_total_limit, keep=(final, self.state.best_model_checkpoint)
+            )
+        self.accelerator.wait_for_everyone()
+
+    def save_final_model(self, output_dir: str) -> None:
+        """`save_model(output_dir)` and `trainer_state.json`, staged in a hidden folder and moved
+        into `output_dir` file by file (`publish_files`: `config.json` last), so `output_dir`
+        never holds a truncated file nor a model mixing two saves. Every rank must call it."""
+        staging = os.path.join(output_dir, ".final.partial")
+        if self.args.should_save and os.path.isdir(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.save_model(staging)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            os.makedirs(staging, exist_ok=True)
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_FILE))
+            fsync_tree(staging)
+            publish_files(staging, output_dir)
+        self.accelerator.wait_for_everyone()

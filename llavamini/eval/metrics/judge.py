@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import httpx
+
+from llavamini.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +180,10 @@ class JudgmentCache:
             return json.load(file)
 
     def put(self, key: str, record: dict) -> None:
-        folder = os.path.dirname(self._path(key))
-        os.makedirs(folder, exist_ok=True)
-        # Write then rename: a killed process never leaves half a cache entry behind.
-        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        # A killed process never leaves half a cache entry behind (a partial entry would be read
+        # back as a broken judgment, or fail the whole scoring).
+        with atomic_write(self._path(key)) as file:
             json.dump(record, file, ensure_ascii=False)
-        os.replace(tmp, self._path(key))
 
 
 class Judge:
