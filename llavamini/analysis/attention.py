@@ -36,7 +36,6 @@ from llavamini.analysis.recorder import (
     DEFAULT_MAX_ELEMENTS,
     AttentionInputs,
     AttentionRecorder,
-    attention_modules,
     recompute_attention,
     row_chunks,
 )
@@ -239,10 +238,10 @@ def generate_answer_ids(loaded, prompt: PromptTokens, visual: torch.Tensor, temp
 
 
 def run_sample(
-    loaded, prompt: PromptTokens, visual: torch.Tensor, collector: AttentionCollector, modules
+    loaded, prompt: PromptTokens, visual: torch.Tensor, collector: AttentionCollector
 ) -> dict:
     """One forward over prompt + answer (all answer tokens but the last, which the model never
-    reads) with the recorder on `modules`; returns the sample's token counts.
+    reads) with the recorder on every attention module; returns the sample's token counts.
 
     The prompt is embedded as generation embeds it (pre-fusion over the prompt only), and the
     answer tokens get their plain embeddings, as in the decode steps of generation.
@@ -252,7 +251,7 @@ def run_sample(
     ids = torch.tensor([prompt.input_ids], device=device)
     answer = torch.tensor([prompt.answer_ids[:-1]], dtype=torch.long, device=device)
     collector.layouts["prefusion"] = lambda length: prefusion_kinds(prompt, length)
-    with AttentionRecorder(modules, collector), torch.no_grad():
+    with AttentionRecorder(model, collector), torch.no_grad():
         spliced = model.model.embed_multimodal(
             ids,
             torch.ones_like(ids),
@@ -296,7 +295,6 @@ def analyze_attention(
 
     model, tokenizer = loaded.model, loaded.tokenizer
     template = get_template(conv_mode)
-    modules = attention_modules(model)
     collector = AttentionCollector(max_elements)
     counts: dict[str, int] = {}
     details = []
@@ -311,7 +309,7 @@ def analyze_attention(
                 template, tokenizer, prompt, sample.user_message, sample.answer, sample.sample_id
             )
         prompt = PromptTokens(prompt.text, prompt.input_ids, prompt.kinds, answer_ids)
-        for name, count in run_sample(loaded, prompt, visual, collector, modules).items():
+        for name, count in run_sample(loaded, prompt, visual, collector).items():
             counts[name] = counts.get(name, 0) + count
         details.append(
             {

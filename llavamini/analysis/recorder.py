@@ -136,18 +136,30 @@ def row_chunks(
 
 
 class AttentionRecorder:
-    """Calls `handler(name, module, inputs)` before each named attention module runs.
+    """Calls `handler(name, module, inputs)` before each attention module of `model` named by
+    `attention_modules(model, parts)` runs.
 
     Use as a context manager; the hooks are removed on exit. Nothing the model computes
-    changes: the hooks only read their inputs.
+    changes: the hooks only read their inputs. While recording, pre-fusion's last layer runs on
+    every row (`PreFusionLayers.skip_unread_rows` off), so that each attention module is called
+    once over the whole sequence (the outputs are the same).
     """
 
-    def __init__(self, modules: dict[str, nn.Module], handler: AttentionHandler):
-        self.modules = modules
+    def __init__(
+        self,
+        model: nn.Module,
+        handler: AttentionHandler,
+        parts: tuple[str, ...] = ("llm", "prefusion"),
+    ):
+        self.modules = attention_modules(model, parts)
+        self.prefusion = model.model.prefusion_layers
         self.handler = handler
         self._handles: list = []
+        self._skipped_unread_rows = self.prefusion.skip_unread_rows
 
     def __enter__(self) -> AttentionRecorder:
+        self._skipped_unread_rows = self.prefusion.skip_unread_rows
+        self.prefusion.skip_unread_rows = False
         for name, module in self.modules.items():
             self._handles.append(
                 module.register_forward_pre_hook(self._hook(name), with_kwargs=True)
@@ -158,6 +170,7 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.prefusion.skip_unread_rows = self._skipped_unread_rows
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:

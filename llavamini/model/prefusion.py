@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedConfig
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.masking_utils import create_causal_mask
 
 
@@ -34,7 +35,8 @@ class PreFusionLayers(nn.ModuleList):
         self.config = config
         self.skip_unread_rows = True
         """Run the last layer's MLP on the read rows only (`forward`'s `unread`); False runs it
-        on every row (the benchmark compares both)."""
+        on every row (the benchmark compares both; the attention recorder needs one attention
+        call over every row). Attaching hooks never changes which path runs."""
 
     def forward(
         self,
@@ -48,8 +50,7 @@ class PreFusionLayers(nn.ModuleList):
         `keep` `(B, S)` bool: which positions take part (None: all of them). The first
         `unread` rows (all kept: the vision context) feed the other rows' attention but their
         own outputs are not returned, so the last layer gives them keys and values only (unless
-        `skip_unread_rows` is False or hooks observe that layer's attention: then it runs on
-        every row).
+        `skip_unread_rows` is False: then it runs on every row).
         """
         if keep is None:
             batch, length = hidden_states.shape[:2]
@@ -80,16 +81,13 @@ class PreFusionLayers(nn.ModuleList):
         )
 
     def _last_layer_can_split(self) -> bool:
-        """False when the split would be wrong or unseen: hooks on the last attention (the
-        analysis recorder; DeepSpeed ZeRO-3 hooks every module, so it also runs every row)
-        expect one call over every row, and a gradient-checkpointed layer drops the KV cache its
-        read rows need (transformers does so in training)."""
+        """False where the split would be wrong: a gradient-checkpointed layer drops the KV
+        cache its read rows need (transformers does so in training), and DeepSpeed ZeRO-3
+        gathers a module's partitioned weights around each call, for one call per forward."""
         if not len(self):
             return False
-        last = self[-1]
-        hooked = bool(last.self_attn._forward_hooks or last.self_attn._forward_pre_hooks)
-        checkpointed = self.training and getattr(last, "gradient_checkpointing", False)
-        return not hooked and not checkpointed
+        checkpointed = self.training and getattr(self[-1], "gradient_checkpointing", False)
+        return not checkpointed and not is_deepspeed_zero3_enabled()
 
     def _last_layer_on_read_rows(
         self,

@@ -9,7 +9,7 @@ import torch
 
 from llavamini.analysis import cli
 from llavamini.analysis.attention import analyze_attention, attention_statistics
-from llavamini.analysis.recorder import AttentionRecorder, attention_modules, recompute_attention
+from llavamini.analysis.recorder import AttentionRecorder, recompute_attention
 from llavamini.analysis.tokens import (
     BEFORE_IMAGE,
     EXCLUDED,
@@ -89,7 +89,7 @@ def test_each_rows_shares_and_masses_sum_to_one(mini, full, data):
             assert (stats.visible_tokens[:, 0] > 0).all()  # text after the image sees it
             checked.append(name)
 
-        with AttentionRecorder(attention_modules(model), handler), torch.no_grad():
+        with AttentionRecorder(model, handler), torch.no_grad():
             model(input_ids=ids, images=[[visual]])
         expected = len(model.model.layers) + len(model.model.prefusion_layers)
         assert len(checked) == expected

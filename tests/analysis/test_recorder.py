@@ -31,7 +31,7 @@ def _record_all_rows(model, input_ids, attention_mask, images, **forward):
         recorded[name] = recompute_attention(module, inputs, rows)[0][0]
         received[name] = inputs
 
-    with AttentionRecorder(attention_modules(model), handler), torch.no_grad():
+    with AttentionRecorder(model, handler), torch.no_grad():
         output = model(input_ids=input_ids, attention_mask=attention_mask, images=images, **forward)
     return recorded, received, output
 
@@ -102,7 +102,7 @@ def test_the_analysis_handler_does_not_change_the_logits(mini, data):
     }
     with torch.no_grad():
         plain = model(input_ids=input_ids, images=images).logits
-        with AttentionRecorder(attention_modules(model), collector):
+        with AttentionRecorder(model, collector):
             hooked = model(input_ids=input_ids, images=images).logits
     assert torch.equal(plain, hooked)
     assert set(collector.totals) == {"llm.0", "llm.1", "prefusion.0"}

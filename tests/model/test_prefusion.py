@@ -66,13 +66,18 @@ def test_only_the_read_rows_go_through_the_last_mlp():
 
     layers = model.model.prefusion_layers
     handles = [layers[i].mlp.register_forward_hook(count(i)) for i in (0, 1)]
+    # A hook on the last attention (a profiler's, say) does not change which path runs.
+    handles.append(layers[1].self_attn.register_forward_pre_hook(lambda module, args: None))
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, images=random_images(2))
+        context = model.model.vision_tower.grid_size**2
+        read = 1 + ids.shape[1]  # one compressed token + the prompt
+        assert rows == {0: context + read, 1: read}
+        layers.skip_unread_rows = False  # the explicit choice: every row
+        model(input_ids=ids, attention_mask=mask, images=random_images(2))
+        assert rows == {0: context + read, 1: context + read}
     for handle in handles:
         handle.remove()
-    context = model.model.vision_tower.grid_size**2
-    read = 1 + ids.shape[1]  # one compressed token + the prompt
-    assert rows == {0: context + read, 1: read}
 
 
 def test_gradient_checkpointing_keeps_the_read_rows_right():
