@@ -6,14 +6,17 @@ caller passes `local_files_only=False` for the checkpoint itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 from safetensors import safe_open
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import cached_file
 
-VISION_TOWER_PREFIX = "model.vision_tower.vision_tower."
-"""Checkpoint prefix of the CLIP tower's `CLIPVisionModel` state dict."""
+VISION_ENCODER_PREFIX = "model.vision_tower.vision_tower."
+"""Checkpoint prefix of the vision encoder's own state dict (the CLIP tower's
+`CLIPVisionModel`), inside the `model.vision_tower.` module."""
 
 
 def resolve_checkpoint_dir(name_or_path: str, **hub_kwargs) -> str:
@@ -42,3 +45,13 @@ def stored_keys(checkpoint_dir: str) -> set[str] | None:
         with safe_open(single, framework="pt") as f:
             return set(f.keys())
     return None
+
+
+def gathered(parameters: list):
+    """A context in which DeepSpeed ZeRO-3-partitioned `parameters` are whole, and what rank 0
+    writes into them is shared with every rank on exit (a no-op without ZeRO-3)."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
+    return contextlib.nullcontext()

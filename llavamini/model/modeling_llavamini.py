@@ -41,7 +41,6 @@ import logging
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel, PreTrainedModel
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llavamini.constants import IMAGE_TOKEN_INDEX
@@ -473,7 +472,8 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
         )
         keys = checkpoint.stored_keys(checkpoint_dir)
         missing = set(info["missing_keys"])
-        tower_keys = {k for k in model.state_dict() if k.startswith(checkpoint.VISION_TOWER_PREFIX)}
+        prefix = checkpoint.VISION_ENCODER_PREFIX
+        tower_keys = {k for k in model.state_dict() if k.startswith(prefix)}
         if keys is not None and keys & tower_keys:
             missing |= tower_keys - keys
         else:
@@ -516,12 +516,7 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
                     f"it once (hf download {mm_vision_tower}) or point mm_vision_tower at a folder."
                 )
             state_dict = read_vision_tower_state_dict(source)
-        if is_deepspeed_zero3_enabled():  # each rank holds a shard: gather, load on rank 0
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(encoder.parameters()), modifier_rank=0):
-                result = encoder.load_state_dict(state_dict, strict=False)
-        else:
+        with checkpoint.gathered(list(encoder.parameters())):  # whole under ZeRO-3 too
             result = encoder.load_state_dict(state_dict, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import torch
 from transformers import AutoConfig
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llavamini.model import family_of
 from llavamini.model.backbones import is_llava_mini
+from llavamini.model.checkpoint import gathered
 from llavamini.model.configuration_llavamini import find_vision_config
 from llavamini.model.loading import QUANTIZATION_SKIP_MODULES, quantization_config
 from llavamini.train.arguments import ARCHITECTURE_DEFAULTS
@@ -188,15 +188,6 @@ def copy_llm_layers_to_prefusion(model) -> None:
             for copy, original in zip(target.parameters(), source.parameters(), strict=True):
                 copy.copy_(original)
     logger.info("Initialised %d pre-fusion layers from the LLM's first layers", len(pairs))
-
-
-def gathered(parameters: list):
-    """A context in which ZeRO-3-partitioned `parameters` are whole (a no-op otherwise)."""
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
-    return contextlib.nullcontext()
 
 
 def load_projector(model, path: str) -> None:
