@@ -27,6 +27,18 @@ SUBCOMMAND_MODULES = (
 """Modules whose `add_parser(subparsers)` adds the subcommands."""
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--device` and `--dtype` (`llavamini.model.loading.ModelSpec`), for every command that
+    loads a model."""
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: best)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights dtype (default: float16 on CUDA, else 'auto', the checkpoint's own)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavamini", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from llavamini.cli import add_device_arguments
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_ROOT = os.path.join("outputs", "analysis")
@@ -48,13 +50,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where the report and figures go (default: outputs/analysis/<model>/<command>)",
     )
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "float16", "bfloat16", "float32"),
-        help="default float16 on GPU, float32 on CPU",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--attn-implementation",
         default=None,
@@ -157,29 +153,16 @@ def output_dir(args: argparse.Namespace, command: str) -> str:
     )
 
 
-def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
-    import torch
+def model_spec(args: argparse.Namespace):
+    """The `ModelSpec` of the model flags."""
+    from llavamini.model.loading import ModelSpec
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    return device, dtype
+    return ModelSpec(args.model_path, args.device, args.dtype, args.attn_implementation)
 
 
 def load_model(args: argparse.Namespace):
     """The checkpoint as a `LoadedModel`, in eval mode, on the chosen device and dtype."""
-    import torch
-
-    from llavamini.model.loading import load_pretrained
-
-    device, dtype = _device_and_dtype(args)
-    loaded = load_pretrained(
-        args.model_path,
-        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-        device=device,
-        attn_implementation=args.attn_implementation,
-    )
-    loaded.model.eval()
-    return loaded
+    return model_spec(args).load()
 
 
 def write_report(report: dict, path: str) -> str:
@@ -224,25 +207,25 @@ def attention_command(args: argparse.Namespace, loaded=None) -> dict:
 def build_run_config(args: argparse.Namespace):
     """The evaluation `RunConfig` behind `analyze drop-vision` (its answers file is set per
     drop layer)."""
-    from llavamini.eval.cli import checkpoint_template
     from llavamini.eval.runner import RunConfig
     from llavamini.eval.tasks import get_task
     from llavamini.eval.tasks.base import DEFAULT_DATA_ROOT
+    from llavamini.model.processing_llavamini import checkpoint_conv_mode
 
     task = get_task(args.task)
     root = args.data_root or DEFAULT_DATA_ROOT
-    device, dtype = _device_and_dtype(args)
+    spec = model_spec(args)
     return RunConfig(
         task=task,
         model_path=args.model_path,
         answers_file="",
         questions_file=args.questions or task.path(root, task.questions),
         visual_folder=args.visual_folder or task.path(root, task.visual_folder),
-        conv_mode=args.conv_mode or checkpoint_template(args.model_path),
+        conv_mode=args.conv_mode or checkpoint_conv_mode(args.model_path),
         max_new_tokens=args.max_new_tokens,
         model_name=_model_name(args.model_path),
-        device=device,
-        dtype=dtype,
+        device=spec.resolved_device,
+        dtype=spec.resolved_dtype,
         attn_implementation=args.attn_implementation,
         num_workers=0,
         limit=args.limit,

@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from llavamini.cli import add_device_arguments
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_ROOT = os.path.join("outputs", "eval")
@@ -97,13 +99,7 @@ def _add_run(commands) -> None:
         help="text put before every question instead of the task's (video QA: "
         "the reference's exact instruction)",
     )
-    run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
-    run.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "float16", "bfloat16", "float32"),
-        help="default float16 on GPU (the reference's), float32 on CPU",
-    )
+    add_device_arguments(run)
     run.add_argument("--attn-implementation", default=None, help="sdpa, eager, flash_attention_2")
     run.add_argument("--num-workers", type=int, default=2, help="threads loading visuals ahead")
     run.add_argument("--limit", type=int, default=None, help="only the first N questions")
@@ -186,32 +182,11 @@ def default_answers_file(model_id: str, task: str, num_chunks: int, chunk_idx: i
     return os.path.join(DEFAULT_OUTPUT_ROOT, model_id, task, name)
 
 
-def _default_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, str]:
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return device, dtype
-
-
-def checkpoint_template(model_path: str, tokenizer=None) -> str:
-    """The conv mode a checkpoint's tokenizer implies (`default_template_name`); `tokenizer` is
-    that checkpoint's, when already loaded."""
-    from llavamini.conversation import default_template_name
-
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        from llavamini.model.checkpoint import resolve_checkpoint_dir
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint_dir(model_path))
-    return default_template_name(tokenizer)
-
-
-def build_run_config(args: argparse.Namespace, tokenizer=None):
+def build_run_config(args: argparse.Namespace, conv_mode: str | None = None):
     """`RunConfig` from parsed `eval run` flags (defaults resolved, prefix file read)."""
     from llavamini.eval.runner import RunConfig
+    from llavamini.model.loading import ModelSpec
+    from llavamini.model.processing_llavamini import checkpoint_conv_mode
 
     task = _task(args.task)
     root = _data_root(args)
@@ -221,7 +196,7 @@ def build_run_config(args: argparse.Namespace, tokenizer=None):
         with open(args.prompt_prefix_file, encoding="utf-8") as file:
             prefix = file.read()
         prefix_source = args.prompt_prefix_file
-    device, dtype = _default_device_and_dtype(args.device, args.dtype)
+    spec = ModelSpec(args.model_path, args.device, args.dtype, args.attn_implementation)
     return RunConfig(
         task=task,
         model_path=args.model_path,
@@ -229,7 +204,7 @@ def build_run_config(args: argparse.Namespace, tokenizer=None):
         or default_answers_file(model_id, task.name, args.num_chunks, args.chunk_idx),
         questions_file=args.questions or task.path(root, task.questions),
         visual_folder=args.visual_folder or task.path(root, task.visual_folder),
-        conv_mode=args.conv_mode or checkpoint_template(args.model_path, tokenizer),
+        conv_mode=args.conv_mode or conv_mode or checkpoint_conv_mode(args.model_path),
         batch_size=args.batch_size,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
@@ -243,8 +218,8 @@ def build_run_config(args: argparse.Namespace, tokenizer=None):
         prompt_prefix=prefix,
         prompt_prefix_source=prefix_source,
         model_name=model_id,
-        device=device,
-        dtype=dtype,
+        device=spec.resolved_device,
+        dtype=spec.resolved_dtype,
         attn_implementation=args.attn_implementation,
         num_workers=args.num_workers,
         limit=args.limit,
@@ -255,7 +230,10 @@ def run_command(args: argparse.Namespace, loaded=None) -> str:
     """`eval run`: answer the questions; returns the answer file."""
     from llavamini.eval.runner import run_questions
 
-    config = build_run_config(args, loaded.tokenizer if loaded is not None else None)
+    try:
+        config = build_run_config(args, loaded.processor.conv_mode if loaded is not None else None)
+    except ValueError as error:  # a flag out of range (--temperature -1, --dtype, ...)
+        raise SystemExit(f"llavamini eval run: error: {error}") from error
     if args.overwrite and os.path.exists(config.answers_file):
         logger.info("--overwrite: removing %s", config.answers_file)
         os.remove(config.answers_file)

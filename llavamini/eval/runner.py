@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from llavamini.eval.answers import AnswerWriter, prepare_for_resume, record_key, run_settings
 from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
+from llavamini.inference import GenerationSettings
+from llavamini.model.loading import ModelSpec
 from llavamini.model.processing_llavamini import parse_conversation
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,15 @@ class RunConfig:
     attn_implementation: str | None = None
     num_workers: int = 2
     limit: int | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        self.generation()  # decoding settings are checked once, here, as for chat and serve
+
+    def generation(self) -> GenerationSettings:
+        """The decoding settings (`max_new_tokens`: the task's default when None)."""
+        return GenerationSettings(**self.settings()["generation"])
 
     @property
     def prefix(self) -> str:
@@ -244,21 +255,9 @@ def answer_record(question: Question, text: str, config: RunConfig, metadata: di
 
 
 def load_model(config: RunConfig):
-    """`LoadedModel` of the checkpoint on the configured device and dtype."""
-    import torch
-
-    from llavamini.model.loading import load_pretrained
-
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
-    loaded = load_pretrained(
-        config.model_path,
-        dtype=dtype,
-        device=device,
-        attn_implementation=config.attn_implementation,
-    )
-    loaded.model.eval()
-    return loaded
+    """`LoadedModel` of the checkpoint on the configured device and dtype, in eval mode."""
+    spec = ModelSpec(config.model_path, config.device, config.dtype, config.attn_implementation)
+    return spec.load()
 
 
 def run_questions(config: RunConfig, loaded=None) -> str:
@@ -272,10 +271,8 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     from tqdm import tqdm
 
     from llavamini.conversation import get_template
-    from llavamini.inference import GenerationSettings, generate
+    from llavamini.inference import generate
 
-    if config.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}.")
     template = get_template(config.conv_mode)
     todo, chunk_size, done = pending_questions(config)
     logger.info(
@@ -295,7 +292,7 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     check_visuals_exist(todo)
     loaded = loaded if loaded is not None else load_model(config)
     settings = config.settings()
-    generation = GenerationSettings(**settings["generation"])
+    generation = config.generation()
     metadata = {
         "settings": settings,
         "batch_size": config.batch_size,

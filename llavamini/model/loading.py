@@ -1,10 +1,12 @@
-"""`load_pretrained`: model and processor of a checkpoint, offline.
+"""`ModelSpec` and `load_pretrained`: model and processor of a checkpoint, offline.
 
 Dispatch is by `config.model_type` (through the Auto classes), never by the folder's name.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +14,8 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
+
+logger = logging.getLogger(__name__)
 
 QUANTIZATION_SKIP_MODULES = (
     "model.vision_tower",
@@ -54,6 +58,103 @@ class LoadedModel:
     @property
     def image_processor(self):
         return self.processor.image_processor
+
+
+DTYPES = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+"""dtype names; 'auto' keeps the dtype stored in the checkpoint's config.json."""
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint cannot be loaded as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which checkpoint to load, where and how: chosen and validated once, the same for chat,
+    serving, evaluation, analysis and the quickstart.
+
+    Attributes:
+        path: checkpoint folder, or a hub id in the local Hugging Face cache.
+        device: 'cuda', 'cuda:1', 'mps', 'cpu', ... (None: the best available, see
+            `resolved_device`).
+        dtype: a `DTYPES` name (None: float16 on CUDA, the reference's inference dtype, else
+            'auto', the checkpoint's own).
+        attn_implementation: 'sdpa' (None: transformers' default), 'eager',
+            'flash_attention_2', ...
+        quantization: None, '8bit' or '4bit' (bitsandbytes on a CUDA GPU; the vision modules
+            and lm_head stay unquantized).
+    """
+
+    path: str
+    device: str | None = None
+    dtype: str | None = None
+    attn_implementation: str | None = None
+    quantization: str | None = None
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype {self.dtype!r}; expected one of {sorted(DTYPES)}.")
+        if self.quantization not in (None, "8bit", "4bit"):
+            raise ValueError(
+                f"Unknown quantization {self.quantization!r}; expected '8bit' or '4bit'."
+            )
+
+    @property
+    def resolved_device(self) -> str:
+        """`device`, or 'cuda' when available, else 'mps', else 'cpu'."""
+        if self.device:
+            return self.device
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+
+    @property
+    def resolved_dtype(self) -> str:
+        if self.dtype is not None:
+            return self.dtype
+        return "float16" if self.resolved_device.startswith("cuda") else "auto"
+
+    def load(self) -> LoadedModel:
+        """The checkpoint in eval mode. Raises `FileNotFoundError` naming a checkpoint that is
+        not there, and `ModelLoadError` with an actionable message for what else fails."""
+        device, dtype = self.resolved_device, self.resolved_dtype
+        logger.info("Loading %s on %s (dtype %s)", self.path, device, dtype)
+        torch_dtype = DTYPES[dtype]
+        if self.quantization is not None:
+            self._check_quantization(device)
+            torch_dtype = torch.float16 if dtype in ("auto", "float32") else torch_dtype
+        try:
+            loaded = load_pretrained(
+                self.path,
+                dtype=torch_dtype,
+                device=device,
+                attn_implementation=self.attn_implementation,
+                quantization=self.quantization,
+            )
+        except FileNotFoundError:
+            raise  # it names the missing path already
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"Cannot load {self.path!r}: {error}") from error
+        loaded.model.eval()
+        return loaded
+
+    def _check_quantization(self, device: str) -> None:
+        flag = f"--load-{self.quantization}"
+        if not device.startswith("cuda") or not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"{flag} quantizes with bitsandbytes, which needs a CUDA GPU, but the device is "
+                f"{device!r}{'' if torch.cuda.is_available() else ' (no CUDA GPU found)'}. "
+                f"Drop {flag} to run unquantized."
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError(f"{flag} needs bitsandbytes: pip install bitsandbytes")
 
 
 def load_pretrained(

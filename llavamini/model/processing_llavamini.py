@@ -140,6 +140,20 @@ def load_image_processor(checkpoint_dir: str, config):
     )
 
 
+def checkpoint_conv_mode(name_or_path: str) -> str:
+    """The conv mode of a checkpoint's processor (a folder, or a hub id in the local HF cache):
+    `processor_config.json`'s, else the one its tokenizer implies (`default_template_name`),
+    without loading the processor."""
+    checkpoint_dir = resolve_checkpoint_dir(name_or_path)
+    settings_file = os.path.join(checkpoint_dir, PROCESSOR_CONFIG_FILE)
+    if os.path.isfile(settings_file):
+        with open(settings_file) as f:
+            conv_mode = json.load(f).get("conv_mode")
+        if conv_mode is not None:
+            return conv_mode
+    return default_template_name(AutoTokenizer.from_pretrained(checkpoint_dir))
+
+
 class LlavaMiniProcessor(ProcessorMixin):
     """A CLIP/SigLIP image processor and a tokenizer, with the chat template of a conv mode.
 

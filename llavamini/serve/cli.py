@@ -16,6 +16,8 @@ import logging
 import os
 import sys
 
+from llavamini.cli import add_device_arguments
+
 logger = logging.getLogger(__name__)
 
 CHAT_COMMANDS = {
@@ -36,15 +38,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, max_frames: int | None 
     parser.add_argument(
         "--conv-mode",
         default=None,
-        help="chat template (default: llava_llama_3_1 for a Llama-3 tokenizer, else vicuna_v1)",
+        help="chat template (default: the checkpoint processor's)",
     )
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: best)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
-        help="weights dtype ('auto': the checkpoint's)",
-    )
+    add_device_arguments(parser)
     quantization = parser.add_mutually_exclusive_group()
     quantization.add_argument("--load-8bit", action="store_true", help="bitsandbytes 8-bit (GPU)")
     quantization.add_argument("--load-4bit", action="store_true", help="bitsandbytes 4-bit (GPU)")
@@ -108,15 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_generation_arguments(args: argparse.Namespace) -> None:
-    """Exit with a message naming the flag when a decoding setting is out of range."""
-    if args.temperature < 0:
-        raise SystemExit(f"error: --temperature must be >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise SystemExit(f"error: --top-p must be in (0, 1], got {args.top_p}")
-    if args.max_new_tokens < 1:
-        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.num_beams < 1:
-        raise SystemExit(f"error: --num-beams must be >= 1, got {args.num_beams}")
+    """Exit with a message naming the flag when a decoding or video setting is out of range."""
+    generation_settings(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise SystemExit(f"error: --max-frames must be >= 1, got {args.max_frames}")
     if args.fps is not None and args.fps <= 0:
@@ -134,21 +123,26 @@ def check_media_file(path: str, flag: str) -> None:
 
 
 def generation_settings(args: argparse.Namespace):
-    """`GenerationSettings` from the decoding flags."""
+    """`GenerationSettings` from the decoding flags (validated there, as for evaluation);
+    exits naming the flags when one is out of range."""
     from llavamini.inference import GenerationSettings
 
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        num_beams=args.num_beams,
-    )
+    try:
+        return GenerationSettings(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+        )
+    except ValueError as error:
+        flags = "--max-new-tokens / --temperature / --top-p / --num-beams"
+        raise SystemExit(f"error: {flags}: {error}") from error
 
 
 def load_from_args(args: argparse.Namespace):
     """`(LoadedModel, ChatTemplate)` from the model flags; exits with a message on failure."""
     from llavamini.conversation import get_template
-    from llavamini.serve.loading import ModelLoadError, load_for_chat
+    from llavamini.model.loading import ModelLoadError, ModelSpec
     from llavamini.serve.session import resolve_template
 
     if args.conv_mode is not None:  # checked before the slow model load
@@ -158,8 +152,9 @@ def load_from_args(args: argparse.Namespace):
             raise SystemExit(f"error: --conv-mode: {error.args[0]}") from error
     quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else None
     try:
-        loaded = load_for_chat(args.model_path, args.device, args.dtype, quantization)
-    except ModelLoadError as error:
+        spec = ModelSpec(args.model_path, args.device, args.dtype, quantization=quantization)
+        loaded = spec.load()
+    except (FileNotFoundError, ValueError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}") from error
     return loaded, resolve_template(args.conv_mode, loaded.processor)
 

@@ -3,6 +3,7 @@
 import pytest
 
 from llavamini.cli import main
+from llavamini.tiny import build_tiny_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,20 @@ def test_quickstart_refuses_bad_sizes_and_budgets(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["quickstart", flag, value])
     assert exit_info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--num-beams", "0"], "num_beams must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_eval_run_checks_generation_settings_before_anything(flags, message, tmp_path, capsys):
+    """The same `GenerationSettings` checks as chat and serve, before any file is read."""
+    checkpoint = build_tiny_checkpoint(str(tmp_path / "ckpt"), image_size=56)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "run", "gqa", "--model-path", checkpoint, *flags])
+    assert message in str(exit_info.value)
