@@ -126,7 +126,22 @@ def _add_score(commands) -> None:
         help="labels file or folder (default: the task's in the data root)",
     )
     score.add_argument("--output", default=None, help="result JSON (default: beside --answers)")
-    judge = score.add_argument_group("LLM judge (video QA)")
+    score.add_argument(
+        "--matcher",
+        default="current",
+        choices=("current", "2025-08", "v0.2"),
+        help="MMBench: VLMEvalKit answer-matching rules (current: main since 2026-06; "
+        "2025-08: before the 'answer is X' rule; v0.2: releases v0.2 and v0.3rc1)",
+    )
+    score.add_argument(
+        "--match-prompt-file",
+        default=None,
+        help="MMBench: JSON with the judge's matching prompt ('template', 'template_cn', "
+        "'options_header'), e.g. VLMEvalKit's own texts",
+    )
+    judge = score.add_argument_group(
+        "LLM judge (video QA; MMBench answers the matcher cannot read, when configured)"
+    )
     judge.add_argument("--judge-base-url", default=None, help="else $LLAVAMINI_JUDGE_BASE_URL")
     judge.add_argument("--judge-model", default=None, help="else $LLAVAMINI_JUDGE_MODEL")
     judge.add_argument(
@@ -298,7 +313,12 @@ def compute_score(args: argparse.Namespace) -> dict:
         questions=args.questions or task.path(root, task.score_questions or task.questions),
         annotations=args.annotations or task.path(root, task.annotations),
         output_prefix=prefix,
-        options={"judge": judge, "allow_judge_failures": args.allow_judge_failures},
+        options={
+            "judge": judge,
+            "allow_judge_failures": args.allow_judge_failures,
+            "matcher": args.matcher,
+            "match_prompt_file": args.match_prompt_file,
+        },
     )
     result = {"task": task.name, "answers": args.answers, "answered": len(answers)}
     result.update(task.score(inputs))

@@ -10,9 +10,11 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from llavamini.eval.cli import add_commands, compute_score
+from llavamini.eval.metrics import judge as judge_module
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "scoring"
 
@@ -34,8 +36,8 @@ def _score(task: str, fixture: str, tmp_path: Path, *flags: str, **files: str) -
     return compute_score(parser.parse_args(arguments))
 
 
-def _expected(fixture: str) -> dict:
-    return json.loads((FIXTURES / fixture / "expected.json").read_text(encoding="utf-8"))
+def _expected(fixture: str, name: str = "expected.json") -> dict:
+    return json.loads((FIXTURES / fixture / name).read_text(encoding="utf-8"))
 
 
 def _items(result: dict) -> dict:
@@ -56,3 +58,81 @@ def test_vqav2_val_equals_vqaeval_after_the_evalai_processor(tmp_path):
     assert result["per_question_type"] == expected["per_question_type"]
     assert _items(result) == expected["items"]
     assert result["scorer"][-1]["repository"] == "GT-Vision-Lab/VQA"
+
+
+@pytest.mark.parametrize(
+    ("matcher", "expected_file"),
+    [
+        ("current", "expected.json"),
+        ("2025-08", "expected_2025-08.json"),
+        ("v0.2", "expected_v0.2.json"),
+    ],
+)
+def test_mmbench_equals_vlmevalkit_circular_eval(tmp_path, matcher, expected_file):
+    result = _score(
+        "mmbench", "mmbench", tmp_path, "--matcher", matcher, annotations="mmbench_dev.tsv"
+    )
+    expected = _expected("mmbench", expected_file)
+    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert result["per_category"] == pytest.approx(expected["per_category"], abs=1e-9)
+    assert result["per_l2_category"] == pytest.approx(expected["per_l2_category"], abs=1e-9)
+    assert _items(result) == expected["items"]
+    assert result["scorer"]["commit"] == expected["official"]["commit"]
+    assert result["judge"] is None
+
+
+def test_mmbench_cn_scores_like_mmbench(tmp_path):
+    result = _score("mmbench_cn", "mmbench", tmp_path, annotations="mmbench_dev.tsv")
+    expected = _expected("mmbench")
+    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert _items(result) == expected["items"]
+
+
+def test_matcher_flag_offers_every_matcher():
+    from llavamini.eval.metrics.choice import MATCHERS
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="eval_command", required=True))
+    for name in MATCHERS:
+        assert parser.parse_args(["score", "mmbench", "--answers", "a", "--matcher", name])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["score", "mmbench", "--answers", "a", "--matcher", "newest"])
+
+
+def _quoted_answer(prompt: str) -> str:
+    """The answer a matching prompt quotes last (our prompts and VLMEvalKit's end alike)."""
+    for start, end in (("Answer: ", "\nYour output: "), ("答案: ", "\n输出: ")):
+        if prompt.endswith(end):
+            return prompt[: -len(end)].rpartition(start)[2]
+    raise AssertionError(f"not a matching prompt: {prompt[-80:]!r}")
+
+
+def test_mmbench_judge_fallback_equals_vlmevalkit_with_the_same_judge(tmp_path, monkeypatch):
+    """VLMEvalKit's LLM fallback and ours, both given a judge that replies from
+    `judge_replies.json` (keyed by the quoted answer), score the fixture alike; a rerun is
+    answered from the cache."""
+    replies = json.loads((FIXTURES / "mmbench" / "judge_replies.json").read_text("utf-8"))
+    asked = []
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["messages"][-1]["content"]
+        asked.append(prompt)
+        reply = replies.get(_quoted_answer(prompt), "Z")
+        return httpx.Response(200, json={"choices": [{"message": {"content": reply}}]})
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        judge_module.httpx,
+        "Client",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(endpoint), **kwargs),
+    )
+    flags = ("--judge-base-url", "http://judge.invalid/v1", "--judge-model", "fake")
+    flags += ("--judge-cache", str(tmp_path / "judge_cache"))
+    result = _score("mmbench", "mmbench", tmp_path, *flags, annotations="mmbench_dev.tsv")
+    expected = _expected("mmbench", "expected_judge.json")
+    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert _items(result) == expected["items"]
+    assert result["judge"]["requests_sent"] == len(asked) > 0
+    again = _score("mmbench", "mmbench", tmp_path / "again", *flags, annotations="mmbench_dev.tsv")
+    assert again["accuracy"] == result["accuracy"]
+    assert again["judge"]["requests_sent"] == 0

@@ -171,21 +171,25 @@ def test_mmbench_missing_rotation_fails_the_question(tmp_path):
     assert result["missing"] == 1
 
 
-def test_mmbench_cn_uses_the_chinese_suffix_and_extracts_chinese_answers(tmp_path):
+def test_mmbench_cn_uses_the_chinese_suffix_and_reads_answers_as_vlmevalkit(tmp_path):
     rows = _rotations(3, "花是什么颜色？", ["红色", "蓝色", "绿色", "黄色"], "D", "颜色")
     tsv = _mmbench_tsv(tmp_path / "dev_cn.tsv", rows)
     task = get_task("mmbench_cn")
     question = task.read_questions(tsv, "")[0]
     assert task.user_message(question).endswith("\nD. 黄色\n请直接回答选项字母。")
     answers = [
-        answer(rows[0]["index"], "答案是D"),
-        answer(rows[1]["index"], "C。"),
-        answer(rows[2]["index"], "花是黄色的"),
-        answer(rows[3]["index"], "选项A"),
+        answer(rows[0]["index"], "D"),
+        answer(rows[1]["index"], "C"),
+        answer(rows[2]["index"], "黄色"),  # the option's text: B in this rotation
+        answer(rows[3]["index"], "A"),
     ]
     result = _score("mmbench_cn", answers, tsv, tsv, tmp_path)
     assert result["accuracy"] == 100.0
     assert result["per_category"] == {"颜色": 100.0}
+    # VLMEvalKit's rules split on spaces and ASCII punctuation only: "答案是D" names no letter.
+    answers[0] = answer(rows[0]["index"], "答案是D")
+    result = _score("mmbench_cn", answers, tsv, tsv, tmp_path)
+    assert result["accuracy"] == 0.0 and result["unparsed_answers"] == 1
 
 
 def test_mmbench_unresolvable_image_reference_names_the_line(tmp_path):

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -231,13 +232,28 @@ class Judge:
             ) from error
 
     def judge(self, question: str, answer: str, prediction: str) -> dict:
-        """`{"pred", "score"}` for one triple, from the cache or the endpoint.
+        """`{"pred", "score"}` for one video-QA triple, from the cache or the endpoint (see
+        `ask` for the errors)."""
+        return self.ask(build_messages(question, answer, prediction), parse_judgment)
+
+    def ask(
+        self,
+        messages: list[dict],
+        parse: Callable[[str], Any],
+        prompt_version: str = PROMPT_VERSION,
+    ) -> Any:
+        """`parse(reply)` for one request, from the cache or the endpoint.
+
+        Args:
+            messages: the chat messages.
+            parse: reply text -> the value to return and cache; raises `MalformedReplyError`
+                for a reply worth retrying.
+            prompt_version: names the prompt, recorded in the cache entry.
 
         Raises:
             JudgeUnreachableError: the endpoint refuses connections (after the retries).
             JudgeError: every attempt timed out, failed or was malformed.
         """
-        messages = build_messages(question, answer, prediction)
         key = cache_key(self.config.model, messages, self.config.temperature)
         cached = self.cache.get(key)
         if cached is not None:
@@ -250,7 +266,7 @@ class Judge:
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
             try:
                 reply = self._post(messages)
-                judgment = parse_judgment(reply)
+                judgment = parse(reply)
             except httpx.ConnectError as error:
                 last_error = error
                 # A refused connection rarely heals in seconds: give up early, loudly.
@@ -264,7 +280,7 @@ class Judge:
             except httpx.TransportError as error:
                 last_error = error
                 continue
-            record = {"model": self.config.model, "prompt_version": PROMPT_VERSION}
+            record = {"model": self.config.model, "prompt_version": prompt_version}
             record.update(messages=messages, reply=reply, judgment=judgment)
             self.cache.put(key, record)
             return judgment
