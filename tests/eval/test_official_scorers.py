@@ -136,3 +136,15 @@ def test_mmbench_judge_fallback_equals_vlmevalkit_with_the_same_judge(tmp_path, 
     again = _score("mmbench", "mmbench", tmp_path / "again", *flags, annotations="mmbench_dev.tsv")
     assert again["accuracy"] == result["accuracy"]
     assert again["judge"]["requests_sent"] == 0
+
+
+def test_pope_equals_llava_eval_pope(tmp_path):
+    result = _score(
+        "pope", "pope", tmp_path, questions="llava_pope_test.jsonl", annotations="coco"
+    )
+    expected = _expected("pope")
+    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    for split, metrics in expected["per_split"].items():
+        for name, value in metrics.items():
+            assert result["per_split"][split][name] == pytest.approx(value, abs=1e-9), name
+    assert _items(result) == expected["items"]
