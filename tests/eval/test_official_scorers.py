@@ -148,3 +148,13 @@ def test_pope_equals_llava_eval_pope(tmp_path):
         for name, value in metrics.items():
             assert result["per_split"][split][name] == pytest.approx(value, abs=1e-9), name
     assert _items(result) == expected["items"]
+
+
+def test_seed_bench_equals_llava_convert_seed(tmp_path):
+    result = _score("seed_bench", "seed_bench", tmp_path, annotations="SEED-Bench.json")
+    expected = _expected("seed_bench")
+    assert result["accuracy"] == pytest.approx(expected["image"], abs=1e-9)
+    assert result["video_accuracy"] == pytest.approx(expected["video"], abs=1e-9)
+    assert result["overall_accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert result["per_question_type"] == pytest.approx(expected["per_question_type"], abs=1e-9)
+    assert _items(result) == expected["items"]

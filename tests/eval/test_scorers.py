@@ -317,15 +317,28 @@ def test_seed_bench_image_video_and_types(tmp_path):
         ],
     }
     annotations = write_json(tmp_path / "SEED-Bench.json", labels)
-    answers = [answer("101", "A"), answer("102", "C."), answer("v1", "D")]  # "C." is not exact
+    # LLaVA's question file numbers the questions (ints); "C." is not an exact match.
+    answers = [answer(101, "A"), answer(102, "C."), answer("v1", "D")]
     result = _score("seed_bench", answers, None, annotations, tmp_path)
     assert result["accuracy"] == pytest.approx(100 / 3, abs=0.01)
     assert result["video_accuracy"] == 100.0
     assert result["overall_accuracy"] == 50.0
     assert result["per_question_type"] == {
         "Action Recognition": 100.0,
-        "Scene Understanding": pytest.approx(33.33),
+        "Scene Understanding": pytest.approx(100 / 3),
     }
+
+
+def test_seed_bench_string_ids_of_numeric_labels_do_not_match(tmp_path):
+    """The official script looks "101" up as 101: an answer filed under "101" is unknown."""
+    labels = {
+        "questions": [
+            {"question_id": "101", "answer": "A", "question_type_id": 1, "data_type": "image"}
+        ]
+    }
+    annotations = write_json(tmp_path / "SEED-Bench.json", labels)
+    with pytest.raises(ValueError, match="not in"):
+        _score("seed_bench", [answer("101", "A")], None, annotations, tmp_path)
 
 
 # ---- ScienceQA -------------------------------------------------------------------------------
