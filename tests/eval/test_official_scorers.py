@@ -158,3 +158,17 @@ def test_seed_bench_equals_llava_convert_seed(tmp_path):
     assert result["overall_accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
     assert result["per_question_type"] == pytest.approx(expected["per_question_type"], abs=1e-9)
     assert _items(result) == expected["items"]
+
+
+def test_scienceqa_equals_llava_eval_science_qa(tmp_path):
+    result = _score(
+        "scienceqa",
+        "scienceqa",
+        tmp_path,
+        questions="llava_test_CQM-A.json",
+        annotations=".",
+    )
+    expected = _expected("scienceqa")
+    assert result["accuracy"] == pytest.approx(expected["img_accuracy"], abs=1e-9)
+    assert result["overall_accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert _items(result) == expected["items"]
