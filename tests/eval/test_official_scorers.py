@@ -172,3 +172,17 @@ def test_scienceqa_equals_llava_eval_science_qa(tmp_path):
     assert result["accuracy"] == pytest.approx(expected["img_accuracy"], abs=1e-9)
     assert result["overall_accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
     assert _items(result) == expected["items"]
+
+
+def test_textvqa_equals_llava_eval_textvqa(tmp_path):
+    result = _score(
+        "textvqa",
+        "textvqa",
+        tmp_path,
+        questions="llava_textvqa_val_v051_ocr.jsonl",
+        annotations="TextVQA_0.5.1_val.json",
+    )
+    expected = _expected("textvqa")
+    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert _items(result) == expected["items"]
+    assert result["missing"] == 1
