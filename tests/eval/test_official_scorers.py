@@ -186,3 +186,20 @@ def test_textvqa_equals_llava_eval_textvqa(tmp_path):
     assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
     assert _items(result) == expected["items"]
     assert result["missing"] == 1
+
+
+def test_mme_equals_the_mme_calculation_tool(tmp_path):
+    result = _score(
+        "mme",
+        "mme",
+        tmp_path,
+        questions="llava_mme.jsonl",
+        annotations="MME_Benchmark_release_version",
+    )
+    expected = _expected("mme")
+    assert result["accuracy"] == pytest.approx(expected["perception"], abs=1e-9)
+    assert result["cognition"] == pytest.approx(expected["cognition"], abs=1e-9)
+    assert result["categories_absent"] == []
+    for category, metrics in expected["per_category"].items():
+        assert result["per_category"][category] == pytest.approx(metrics, abs=1e-9), category
+    assert _items(result) == expected["items"]

@@ -267,6 +267,7 @@ def test_mme_scores_accuracy_and_accuracy_plus(tmp_path):
     root = tmp_path / "MME_Benchmark_release_version"
     (root / "existence").mkdir(parents=True)
     (root / "artwork" / "questions_answers_YN").mkdir(parents=True)
+    (root / "artwork" / "images").mkdir()  # labels in questions_answers_YN/ only then
     (root / "existence" / "001.txt").write_text(
         "Is there a dog in this image? Please answer yes or no.\tYes\n"
         "Is there a cat in this image? Please answer yes or no.\tNo\n"
@@ -283,7 +284,8 @@ def test_mme_scores_accuracy_and_accuracy_plus(tmp_path):
         ("existence/001.png", "Is there a dog in this image? Please answer yes or no.", "Yes"),
         ("existence/001.png", "Is there a cat in this image? Please answer yes or no.", "No"),
         ("existence/002.png", "Is there a car in this image? Please answer yes or no.", "yes."),
-        ("existence/002.png", "Is there a bus in this image? Please answer yes or no.", "Yes"),
+        # Without the yes/no suffix, which the two-space label line gets back.
+        ("existence/002.png", "Is there a bus in this image?", "Yes"),
         ("artwork/10.jpg", "Is this by Monet? Please answer yes or no.", "Not sure"),
         ("artwork/10.jpg", "Is this by Dali? Please answer yes or no.", "Yes"),
     ]
