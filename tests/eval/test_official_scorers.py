@@ -203,3 +203,19 @@ def test_mme_equals_the_mme_calculation_tool(tmp_path):
     for category, metrics in expected["per_category"].items():
         assert result["per_category"][category] == pytest.approx(metrics, abs=1e-9), category
     assert _items(result) == expected["items"]
+
+
+def test_gqa_equals_llava_patched_gqa_eval(tmp_path):
+    result = _score(
+        "gqa",
+        "gqa",
+        tmp_path,
+        questions="llava_gqa_testdev_balanced.jsonl",
+        annotations="testdev_balanced_questions.json",
+    )
+    expected = _expected("gqa")
+    for name in ("accuracy", "binary", "open", "distribution"):
+        assert result[name] == pytest.approx(expected[name], abs=1e-9), name
+    for name in ("per_structural_type", "per_semantic_type", "per_steps", "per_words"):
+        assert result[name] == pytest.approx(expected[name], abs=1e-9), name
+    assert _items(result) == expected["items"]

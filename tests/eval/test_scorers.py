@@ -22,38 +22,36 @@ def _score(task, answers, questions, annotations, tmp_path):
 # ---- GQA -------------------------------------------------------------------------------------
 
 
-def test_gqa_exact_match_types_and_consistency(tmp_path):
+def test_gqa_exact_match_and_types(tmp_path):
+    def question(answer, structural, semantic, balanced=True):
+        return {
+            "question": "Is it red?",
+            "answer": answer,
+            "types": {"structural": structural, "semantic": semantic},
+            "semantic": [{"operation": "select", "argument": "car"}],
+            "groups": {"global": None},
+            "isBalanced": balanced,
+        }
+
     questions = {
-        "q1": {
-            "answer": "yes",
-            "types": {"structural": "verify", "semantic": "attr"},
-            "entailed": ["q2"],
-        },
-        "q2": {
-            "answer": "red",
-            "types": {"structural": "query", "semantic": "attr"},
-            "entailed": [],
-        },
-        "q3": {
-            "answer": "left",
-            "types": {"structural": "choose", "semantic": "rel"},
-            "entailed": ["q1", "q2"],
-        },
-        "q4": {"answer": "no", "types": {"structural": "verify", "semantic": "obj"}},
+        "q1": question("yes", "verify", "attr"),
+        "q2": question("red", "query", "attr"),
+        "q3": question("left", "choose", "rel"),
+        "q4": question("no", "verify", "obj"),
+        "q5": question("no", "verify", "obj", balanced=False),  # not scored
     }
     annotations = write_json(tmp_path / "testdev_balanced_questions.json", questions)
     answers = [
         answer("q1", "Yes."),  # LLaVA's conversion: rstrip('.').lower()
         answer("q2", "Red"),
         answer("q3", "on the left"),  # not an exact match
-    ]  # q4 unanswered
+    ]  # q4, q5 unanswered
     result = _score("gqa", answers, None, annotations, tmp_path)
-    assert result["accuracy"] == 50.0
+    assert result["accuracy"] == 50.0 and result["count"] == 4
     assert result["per_structural_type"] == {"choose": 0.0, "query": 100.0, "verify": 50.0}
-    assert result["binary_vs_open"] == {"binary": 50.0, "open": 50.0}
-    # q1 right with entailed q2 right -> 1.0; q3 wrong is not counted.
-    assert result["consistency"] == 100.0
-    assert result["missing"] == 1
+    # "open" is the structural type "query", whatever the answer.
+    assert result["open"] == 100.0 and result["binary"] == pytest.approx(100 / 3)
+    assert result["missing"] == 2
     with open(result["predictions"]) as file:
         assert json.load(file)[0] == {"questionId": "q1", "prediction": "yes"}
 
