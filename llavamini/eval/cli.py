@@ -133,12 +133,6 @@ def _add_score(commands) -> None:
         help="MMBench: VLMEvalKit answer-matching rules (current: main since 2026-06; "
         "2025-08: before the 'answer is X' rule; v0.2: releases v0.2 and v0.3rc1)",
     )
-    score.add_argument(
-        "--match-prompt-file",
-        default=None,
-        help="MMBench: JSON with the judge's matching prompt ('template', 'template_cn', "
-        "'options_header'), e.g. VLMEvalKit's own texts",
-    )
     judge = score.add_argument_group(
         "LLM judge (video QA; MMBench answers the matcher cannot read, when configured)"
     )
@@ -146,6 +140,13 @@ def _add_score(commands) -> None:
     judge.add_argument("--judge-model", default=None, help="else $LLAVAMINI_JUDGE_MODEL")
     judge.add_argument(
         "--judge-cache", default=None, help="judgment cache folder (default: <answers>.judge_cache)"
+    )
+    judge.add_argument(
+        "--judge-prompt-file",
+        default=None,
+        help="JSON with the judge's messages instead of ours, e.g. the reference's own: video "
+        "QA 'system' and 'user' ({question}, {answer}, {prediction}); MMBench 'template', "
+        "'template_cn' and 'options_header' (positional {} for question, options, answer)",
     )
     judge.add_argument("--judge-workers", type=int, default=8, help="parallel requests")
     judge.add_argument("--judge-retries", type=int, default=5, help="retries per judgment")
@@ -317,7 +318,7 @@ def compute_score(args: argparse.Namespace) -> dict:
             "judge": judge,
             "allow_judge_failures": args.allow_judge_failures,
             "matcher": args.matcher,
-            "match_prompt_file": args.match_prompt_file,
+            "judge_prompt_file": args.judge_prompt_file,
         },
     )
     result = {"task": task.name, "answers": args.answers, "answered": len(answers)}

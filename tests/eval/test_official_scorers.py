@@ -7,6 +7,7 @@ commit and command that produced them. The scorer runs through `llavamini eval s
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -139,9 +140,7 @@ def test_mmbench_judge_fallback_equals_vlmevalkit_with_the_same_judge(tmp_path, 
 
 
 def test_pope_equals_llava_eval_pope(tmp_path):
-    result = _score(
-        "pope", "pope", tmp_path, questions="llava_pope_test.jsonl", annotations="coco"
-    )
+    result = _score("pope", "pope", tmp_path, questions="llava_pope_test.jsonl", annotations="coco")
     expected = _expected("pope")
     assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
     for split, metrics in expected["per_split"].items():
@@ -219,3 +218,39 @@ def test_gqa_equals_llava_patched_gqa_eval(tmp_path):
     for name in ("per_structural_type", "per_semantic_type", "per_steps", "per_words"):
         assert result[name] == pytest.approx(expected[name], abs=1e-9), name
     assert _items(result) == expected["items"]
+
+
+@pytest.mark.parametrize("task", ["msvd_qa", "msrvtt_qa", "activitynet_qa"])
+def test_video_qa_tallies_judgments_as_the_reference_eval_video_qa(tmp_path, monkeypatch, task):
+    """The reference script and our scorer, both given a judge that replies from
+    `judge_replies.json` (keyed by the prediction), count alike."""
+    replies = json.loads((FIXTURES / "msvd_qa" / "judge_replies.json").read_text("utf-8"))
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        user = json.loads(request.content)["messages"][-1]["content"]
+        prediction = re.search(r"Predicted answer: (.*?)\n\n", user, re.S | re.I).group(1)
+        content = replies[prediction]
+        return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        judge_module.httpx,
+        "Client",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(endpoint), **kwargs),
+    )
+    flags = ("--judge-base-url", "http://judge.invalid/v1", "--judge-model", "fake")
+    flags += ("--judge-retries", "1", "--judge-backoff", "0", "--allow-judge-failures")
+    result = _score(
+        task, "msvd_qa", tmp_path, *flags, questions="test_q.json", annotations="test_a.json"
+    )
+    expected = _expected("msvd_qa")
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+    assert result["score"] == pytest.approx(expected["score"], abs=1e-9)
+    assert (result["yes"], result["no"], result["judged"]) == (
+        expected["yes"],
+        expected["no"],
+        expected["judged"],
+    )
+    # An unreadable score adds nothing to the reference's sum, as a score of 0 would.
+    items = {k: {"pred": v["pred"], "score": v["score"] or 0} for k, v in _items(result).items()}
+    assert items == expected["items"]

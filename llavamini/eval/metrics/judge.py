@@ -2,7 +2,11 @@
 
 The judge reads a question, the correct answer and a prediction, and replies with a Python-style
 dict `{'pred': 'yes' | 'no', 'score': 0..5}` (the Video-ChatGPT protocol the paper used with
-gpt-3.5-turbo). Settings come from flags or the environment:
+gpt-3.5-turbo). Replies are read as the reference's `llavamini/eval/video/eval_video_qa.py`
+reads them (`REFERENCE_VIDEO_QA`): the whole reply must be a Python literal (`ast.literal_eval`),
+else it is asked again; `judgment_outcome` then turns it into the reference's tallies. The
+messages are our own wording (`VideoQAPrompt`); `--judge-prompt-file` supplies others, e.g. the
+reference's own, for a parity run. Settings come from flags or the environment:
 
 - `LLAVAMINI_JUDGE_BASE_URL` (else `OPENAI_BASE_URL`): e.g. `https://api.openai.com/v1` or a
   local vLLM server `http://127.0.0.1:8000/v1`; the client POSTs to `<base>/chat/completions`.
@@ -23,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -36,26 +39,54 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
-PROMPT_VERSION = "llavamini-video-qa-judge-v1"
-"""Names the judge messages below; recorded with every result and cached judgment."""
+PROMPT_VERSION = "llavamini-video-qa-judge-v2"
+"""Names the default judge messages and the reply reading; recorded with every result and
+part of every cache key."""
 
 CONNECT_RETRIES = 2
 """Attempts after a refused connection before the endpoint is declared unreachable."""
 
-SYSTEM_PROMPT = (
-    "You grade answers to questions about videos. You receive a question, the correct answer "
-    "and a predicted answer. Decide whether the prediction means the same as the correct "
-    "answer. Judge the meaning, not the wording: synonyms and paraphrases match; a wrong or "
-    "contradicting detail, or an answer that misses the point, does not."
-)
-USER_TEMPLATE = (
-    "Question: {question}\n"
-    "Correct answer: {answer}\n"
-    "Predicted answer: {prediction}\n\n"
-    "Reply with one Python dictionary and nothing else, for example {{'pred': 'yes', 'score': 4}}. "
-    "'pred' is 'yes' if the prediction matches the correct answer and 'no' otherwise; 'score' is "
-    "an integer from 0 (no match) to 5 (a perfect match)."
-)
+REFERENCE_VIDEO_QA = {
+    "repository": "ictnlp/LLaVA-Mini",
+    "file": "llavamini/eval/video/eval_video_qa.py",
+    "commit": "47da1137f7b503be685ab5faa9f64a88b102e786",
+}
+
+
+@dataclass(frozen=True)
+class VideoQAPrompt:
+    """The judge's messages: `system`, and `user` with `{question}`, `{answer}` and
+    `{prediction}` fields; `version` names them in results and cache keys."""
+
+    system: str = (
+        "You grade answers to questions about videos. You receive a question, the correct "
+        "answer and a predicted answer. Decide whether the prediction means the same as the "
+        "correct answer. Judge the meaning, not the wording: synonyms and paraphrases match; a "
+        "wrong or contradicting detail, or an answer that misses the point, does not."
+    )
+    user: str = (
+        "Question: {question}\n"
+        "Correct answer: {answer}\n"
+        "Predicted answer: {prediction}\n\n"
+        "Reply with one Python dictionary and nothing else, for example "
+        "{{'pred': 'yes', 'score': 4}}. 'pred' is 'yes' if the prediction matches the correct "
+        "answer and 'no' otherwise; 'score' is an integer from 0 (no match) to 5 (a perfect "
+        "match)."
+    )
+    version: str = PROMPT_VERSION
+
+
+def load_video_qa_prompt(path: str | None) -> VideoQAPrompt:
+    """`VideoQAPrompt` from a JSON file with `system` and `user` (the default when None)."""
+    if path is None:
+        return VideoQAPrompt()
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    missing = [key for key in ("system", "user") if key not in data]
+    if missing:
+        raise ValueError(f"{path}: a video-QA judge prompt file needs the keys {missing}.")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+    return VideoQAPrompt(data["system"], data["user"], f"file:{digest[:16]}")
 
 
 class JudgeError(RuntimeError):
@@ -122,45 +153,52 @@ def config_from_env(
     return JudgeConfig(base_url.rstrip("/"), model, api_key or None, cache_dir, **options)
 
 
-def build_messages(question: str, answer: str, prediction: str) -> list[dict]:
+def build_messages(
+    question: str, answer: str, prediction: str, prompt: VideoQAPrompt | None = None
+) -> list[dict]:
     """The chat messages of one judgment."""
-    user = USER_TEMPLATE.format(question=question, answer=answer, prediction=prediction)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    prompt = prompt or VideoQAPrompt()
+    user = prompt.user.format(question=question, answer=answer, prediction=prediction)
+    return [{"role": "system", "content": prompt.system}, {"role": "user", "content": user}]
 
 
-def cache_key(model: str, messages: list[dict], temperature: float) -> str:
-    """SHA-256 of everything that determines a judgment."""
+def cache_key(model: str, messages: list[dict], temperature: float, version: str = "") -> str:
+    """SHA-256 of everything that determines a cached value (`version`: how replies are read)."""
     blob = json.dumps(
-        {"model": model, "messages": messages, "temperature": temperature}, sort_keys=True
+        {"model": model, "messages": messages, "temperature": temperature, "version": version},
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def parse_judgment(reply: str) -> dict:
-    """`"{'pred': 'yes', 'score': 4}"` (JSON or Python literal, maybe inside prose) ->
-    `{"pred": "yes", "score": 4}`; raises `MalformedReplyError` saying what is wrong."""
-    match = re.search(r"\{.*?\}", reply, re.DOTALL)
-    if match is None:
-        raise MalformedReplyError(f"no {{...}} dictionary in the reply {reply[:200]!r}")
+def parse_judgment(reply: str) -> str:
+    """The reply, if the reference would keep it: it must be one Python literal as a whole
+    (`ast.literal_eval`; no prose around it). Raises `MalformedReplyError` otherwise."""
     try:
-        value = ast.literal_eval(match.group(0))
-    except (ValueError, SyntaxError):
-        try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError as error:
-            raise MalformedReplyError(f"unparsable dictionary {match.group(0)!r}") from error
-    if not isinstance(value, dict) or "pred" not in value or "score" not in value:
-        raise MalformedReplyError(f"expected keys 'pred' and 'score', got {match.group(0)!r}")
-    pred = str(value["pred"]).strip().lower()
-    if pred not in ("yes", "no"):
-        raise MalformedReplyError(f"'pred' must be 'yes' or 'no', got {value['pred']!r}")
+        ast.literal_eval(reply)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
+        raise MalformedReplyError(f"not a Python literal: {reply[:200]!r}") from error
+    return reply
+
+
+def judgment_outcome(reply: str) -> dict:
+    """What the reference's tally takes from a kept reply: `score` = int(reply['score']) and
+    `pred` = "yes" if "yes" is in the lower-cased reply['pred'], else "no" if "no" is, else
+    None. Where the reference's tally fails part-way (no such key, not a number, not a
+    dict), the parts it had not reached yet are None; the reply still counts towards the
+    mean score's denominator, as there."""
+    value = ast.literal_eval(reply)
+    outcome: dict = {"pred": None, "score": None}
     try:
-        score = int(value["score"])
-    except (TypeError, ValueError) as error:
-        raise MalformedReplyError(f"'score' must be an integer, got {value['score']!r}") from error
-    if not 0 <= score <= 5:
-        raise MalformedReplyError(f"'score' must be in 0..5, got {score}")
-    return {"pred": pred, "score": score}
+        outcome["score"] = int(value["score"])
+        pred = value["pred"].lower()
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError, OverflowError):
+        return outcome
+    if "yes" in pred:
+        outcome["pred"] = "yes"
+    elif "no" in pred:
+        outcome["pred"] = "no"
+    return outcome
 
 
 class JudgmentCache:
@@ -192,8 +230,14 @@ class JudgmentCache:
 class Judge:
     """Asks the judge (or its cache) about (question, answer, prediction) triples."""
 
-    def __init__(self, config: JudgeConfig, client: httpx.Client | None = None):
+    def __init__(
+        self,
+        config: JudgeConfig,
+        client: httpx.Client | None = None,
+        prompt: VideoQAPrompt | None = None,
+    ):
         self.config = config
+        self.prompt = prompt or VideoQAPrompt()
         self.cache = JudgmentCache(config.cache_dir)
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.client = client or httpx.Client(timeout=config.timeout_s, headers=headers)
@@ -232,9 +276,11 @@ class Judge:
             ) from error
 
     def judge(self, question: str, answer: str, prediction: str) -> dict:
-        """`{"pred", "score"}` for one video-QA triple, from the cache or the endpoint (see
+        """`judgment_outcome` of one video-QA triple, from the cache or the endpoint (see
         `ask` for the errors)."""
-        return self.ask(build_messages(question, answer, prediction), parse_judgment)
+        messages = build_messages(question, answer, prediction, self.prompt)
+        reply = self.ask(messages, parse_judgment, prompt_version=self.prompt.version)
+        return judgment_outcome(reply)
 
     def ask(
         self,
@@ -254,7 +300,7 @@ class Judge:
             JudgeUnreachableError: the endpoint refuses connections (after the retries).
             JudgeError: every attempt timed out, failed or was malformed.
         """
-        key = cache_key(self.config.model, messages, self.config.temperature)
+        key = cache_key(self.config.model, messages, self.config.temperature, prompt_version)
         cached = self.cache.get(key)
         if cached is not None:
             with self._lock:

@@ -312,7 +312,7 @@ def score(inputs: ScoreInputs) -> dict:
         )
     warn_missing(len(table) - len(by_id), len(table))
     judge = _make_judge(inputs)
-    prompt = load_match_prompt(inputs.options.get("match_prompt_file"))
+    prompt = load_match_prompt(inputs.options.get("judge_prompt_file"))
     try:
         hits = {index: _group_hit(groups[index], judge, prompt, matcher) for index in mains}
     finally:
