@@ -254,3 +254,10 @@ def test_video_qa_tallies_judgments_as_the_reference_eval_video_qa(tmp_path, mon
     # An unreadable score adds nothing to the reference's sum, as a score of 0 would.
     items = {k: {"pred": v["pred"], "score": v["score"] or 0} for k, v in _items(result).items()}
     assert items == expected["items"]
+
+
+def test_vqav2_test_dev_submission_equals_llava_convert_vqav2(tmp_path):
+    result = _score("vqav2", "vqav2", tmp_path, questions="llava_vqav2_mscoco_test2015.jsonl")
+    expected = _expected("vqav2", "expected_submission.json")
+    assert json.loads(Path(result["submission"]).read_text(encoding="utf-8")) == expected
+    assert result["accuracy"] is None
