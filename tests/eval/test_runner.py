@@ -197,8 +197,10 @@ def test_cli_sharded_run_merge_and_score(
     # Labels: the model's own (converted) answer is gold for q0 and q1 only.
     labels = {
         f"q{i}": {
+            "question": QUESTIONS[i % len(QUESTIONS)],
             "answer": convert_prediction(texts[f"q{i}"]) if i < 2 else "~never~",
             "types": {"structural": "query", "semantic": "attr"},
+            "semantic": [{"operation": "select", "argument": "square"}],
         }
         for i in range(5)
     }

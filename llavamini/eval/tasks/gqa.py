@@ -122,7 +122,7 @@ def score(inputs: ScoreInputs) -> dict:
     result = {
         "accuracy": _mean_percent(scores["accuracy"]),
         "metric": "exact match (%) of text.rstrip('.').lower() with the gold answer",
-        "scorer": GQA_EVAL,
+        "scorer": [GQA_EVAL],
         "binary": _mean_percent(scores["binary"]),
         "open": _mean_percent(scores["open"]),
         "distribution": chi_square(gold_counts, predicted_counts) / 100 if gold_counts else None,

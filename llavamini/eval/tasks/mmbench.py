@@ -331,7 +331,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": _mean_percent(list(hits.values())),
         "metric": "CircularEval accuracy (%): a question counts if all its rotations are right",
-        "scorer": matcher.scorer,
+        "scorer": [matcher.scorer],
         "per_category": {k: _mean_percent(v) for k, v in sorted(per_category.items())},
         "per_l2_category": {k: _mean_percent(v) for k, v in sorted(per_l2.items())},
         "single_pass_accuracy": _mean_percent(single_pass),

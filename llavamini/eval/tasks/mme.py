@@ -153,7 +153,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": perception,
         "metric": "MME perception score (sum of 10 category scores, max 2000; not a percentage)",
-        "scorer": MME_CALCULATION,
+        "scorer": [MME_CALCULATION],
         "perception": perception,
         "cognition": cognition,
         "per_category": per_category,

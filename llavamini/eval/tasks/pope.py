@@ -128,7 +128,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": None if None in f1s else sum(f1s) / len(f1s),
         "metric": "F1 (%) with 'yes' positive, averaged over the POPE splits",
-        "scorer": LLAVA_EVAL_POPE,
+        "scorer": [LLAVA_EVAL_POPE],
         "mean_accuracy": None if None in accuracies else sum(accuracies) / len(accuracies),
         "per_split": per_split,
         "missing": missing,

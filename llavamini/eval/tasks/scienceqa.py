@@ -100,7 +100,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": _percent(with_image),
         "metric": "accuracy (%) on test problems with an image (SciQA-IMG)",
-        "scorer": LLAVA_EVAL_SCIENCE_QA,
+        "scorer": [LLAVA_EVAL_SCIENCE_QA],
         "overall_accuracy": _percent(everything),
         "per_subject": {k: _percent(v) for k, v in sorted(per_subject.items())},
         "count": len(everything),

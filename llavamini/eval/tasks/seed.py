@@ -86,7 +86,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": _percent(sum(image), len(image)),
         "metric": "image accuracy (%), exact match of the answer text with the letter",
-        "scorer": LLAVA_CONVERT_SEED,
+        "scorer": [LLAVA_CONVERT_SEED],
         "video_accuracy": _percent(sum(video), len(video)),
         "overall_accuracy": _percent(sum(everything), len(everything)),
         "per_question_type": {

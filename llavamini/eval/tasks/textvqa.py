@@ -80,7 +80,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": 100.0 * (sum(scores) / len(scores)) if scores else None,
         "metric": "TextVQA soft accuracy (%) over the answers, EvalAI normalisation",
-        "scorer": LLAVA_EVAL_TEXTVQA,
+        "scorer": [LLAVA_EVAL_TEXTVQA],
         "count": len(scores),
         "missing": len(questions) - len(answered),
         "items": write_json(inputs.output_prefix + ".items.json", items),

@@ -170,7 +170,7 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": 100 * (yes / (yes + no)) if yes + no else None,
         "metric": "judge accuracy (%): yes / (yes + no)",
-        "scorer": REFERENCE_VIDEO_QA,
+        "scorer": [REFERENCE_VIDEO_QA],
         "score": score_sum / len(kept) if kept else None,
         "per_question_word": {k: 100 * sum(v) / len(v) for k, v in sorted(per_word.items())},
         "yes": yes,
