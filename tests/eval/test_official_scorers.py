@@ -45,20 +45,93 @@ def _items(result: dict) -> dict:
     return json.loads(Path(result["items"]).read_text(encoding="utf-8"))
 
 
-def test_vqav2_val_equals_vqaeval_after_the_evalai_processor(tmp_path):
-    result = _score(
-        "vqav2_val",
-        "vqav2_val",
-        tmp_path,
-        questions="questions.json",
-        annotations="annotations.json",
+def _assert_close(actual, expected, where: str) -> None:
+    """Numbers within 1e-9, nested dicts key by key, anything else equal."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) >= set(expected), where
+        for key, value in expected.items():
+            _assert_close(actual[key], value, f"{where}.{key}")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, abs=1e-9), where
+    else:
+        assert actual == expected, where
+
+
+def _fake_judge(monkeypatch, reply_to) -> list[str]:
+    """Route the judge client to an in-process endpoint answering `reply_to(user message)`;
+    returns the list the user messages it receives are appended to."""
+    asked = []
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        user = json.loads(request.content)["messages"][-1]["content"]
+        asked.append(user)
+        content = reply_to(user)
+        return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        judge_module.httpx,
+        "Client",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(endpoint), **kwargs),
     )
-    expected = _expected("vqav2_val")
-    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
-    assert result["per_answer_type"] == expected["per_answer_type"]
-    assert result["per_question_type"] == expected["per_question_type"]
+    return asked
+
+
+OFFICIAL_NUMBERS = {
+    # task: (fixture, input files, {result key: expected.json key})
+    "vqav2_val": (
+        "vqav2_val",
+        {"questions": "questions.json", "annotations": "annotations.json"},
+        {"accuracy": "overall", "per_answer_type": "per_answer_type"}
+        | {"per_question_type": "per_question_type"},
+    ),
+    "pope": (
+        "pope",
+        {"questions": "llava_pope_test.jsonl", "annotations": "coco"},
+        {"accuracy": "overall", "per_split": "per_split"},
+    ),
+    "seed_bench": (
+        "seed_bench",
+        {"annotations": "SEED-Bench.json"},
+        {"accuracy": "image", "video_accuracy": "video", "overall_accuracy": "overall"}
+        | {"per_question_type": "per_question_type"},
+    ),
+    "scienceqa": (
+        "scienceqa",
+        {"questions": "llava_test_CQM-A.json", "annotations": "."},
+        {"accuracy": "img_accuracy", "overall_accuracy": "overall"},
+    ),
+    "textvqa": (
+        "textvqa",
+        {"questions": "llava_textvqa_val_v051_ocr.jsonl", "annotations": "TextVQA_0.5.1_val.json"},
+        {"accuracy": "overall"},
+    ),
+    "mme": (
+        "mme",
+        {"questions": "llava_mme.jsonl", "annotations": "MME_Benchmark_release_version"},
+        {"accuracy": "perception", "cognition": "cognition", "per_category": "per_category"},
+    ),
+    "gqa": (
+        "gqa",
+        {"questions": "llava_gqa_testdev_balanced.jsonl"}
+        | {"annotations": "testdev_balanced_questions.json"},
+        {"accuracy": "accuracy", "binary": "binary", "open": "open"}
+        | {"distribution": "distribution", "per_structural_type": "per_structural_type"}
+        | {"per_semantic_type": "per_semantic_type", "per_steps": "per_steps"}
+        | {"per_words": "per_words"},
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL_NUMBERS))
+def test_scorer_equals_the_official_code(tmp_path, task):
+    fixture, files, keys = OFFICIAL_NUMBERS[task]
+    result = _score(task, fixture, tmp_path, **files)
+    expected = _expected(fixture)
+    for result_key, expected_key in keys.items():
+        _assert_close(result[result_key], expected[expected_key], result_key)
     assert _items(result) == expected["items"]
-    assert result["scorer"][-1]["repository"] == "GT-Vision-Lab/VQA"
+    assert result["scorer"] and all("commit" in code for code in result["scorer"])
 
 
 @pytest.mark.parametrize(
@@ -113,20 +186,7 @@ def test_mmbench_judge_fallback_equals_vlmevalkit_with_the_same_judge(tmp_path, 
     `judge_replies.json` (keyed by the quoted answer), score the fixture alike; a rerun is
     answered from the cache."""
     replies = json.loads((FIXTURES / "mmbench" / "judge_replies.json").read_text("utf-8"))
-    asked = []
-
-    def endpoint(request: httpx.Request) -> httpx.Response:
-        prompt = json.loads(request.content)["messages"][-1]["content"]
-        asked.append(prompt)
-        reply = replies.get(_quoted_answer(prompt), "Z")
-        return httpx.Response(200, json={"choices": [{"message": {"content": reply}}]})
-
-    real_client = httpx.Client
-    monkeypatch.setattr(
-        judge_module.httpx,
-        "Client",
-        lambda **kwargs: real_client(transport=httpx.MockTransport(endpoint), **kwargs),
-    )
+    asked = _fake_judge(monkeypatch, lambda prompt: replies.get(_quoted_answer(prompt), "Z"))
     flags = ("--judge-base-url", "http://judge.invalid/v1", "--judge-model", "fake")
     flags += ("--judge-cache", str(tmp_path / "judge_cache"))
     result = _score("mmbench", "mmbench", tmp_path, *flags, annotations="mmbench_dev.tsv")
@@ -139,105 +199,13 @@ def test_mmbench_judge_fallback_equals_vlmevalkit_with_the_same_judge(tmp_path, 
     assert again["judge"]["requests_sent"] == 0
 
 
-def test_pope_equals_llava_eval_pope(tmp_path):
-    result = _score("pope", "pope", tmp_path, questions="llava_pope_test.jsonl", annotations="coco")
-    expected = _expected("pope")
-    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
-    for split, metrics in expected["per_split"].items():
-        for name, value in metrics.items():
-            assert result["per_split"][split][name] == pytest.approx(value, abs=1e-9), name
-    assert _items(result) == expected["items"]
-
-
-def test_seed_bench_equals_llava_convert_seed(tmp_path):
-    result = _score("seed_bench", "seed_bench", tmp_path, annotations="SEED-Bench.json")
-    expected = _expected("seed_bench")
-    assert result["accuracy"] == pytest.approx(expected["image"], abs=1e-9)
-    assert result["video_accuracy"] == pytest.approx(expected["video"], abs=1e-9)
-    assert result["overall_accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
-    assert result["per_question_type"] == pytest.approx(expected["per_question_type"], abs=1e-9)
-    assert _items(result) == expected["items"]
-
-
-def test_scienceqa_equals_llava_eval_science_qa(tmp_path):
-    result = _score(
-        "scienceqa",
-        "scienceqa",
-        tmp_path,
-        questions="llava_test_CQM-A.json",
-        annotations=".",
-    )
-    expected = _expected("scienceqa")
-    assert result["accuracy"] == pytest.approx(expected["img_accuracy"], abs=1e-9)
-    assert result["overall_accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
-    assert _items(result) == expected["items"]
-
-
-def test_textvqa_equals_llava_eval_textvqa(tmp_path):
-    result = _score(
-        "textvqa",
-        "textvqa",
-        tmp_path,
-        questions="llava_textvqa_val_v051_ocr.jsonl",
-        annotations="TextVQA_0.5.1_val.json",
-    )
-    expected = _expected("textvqa")
-    assert result["accuracy"] == pytest.approx(expected["overall"], abs=1e-9)
-    assert _items(result) == expected["items"]
-    assert result["missing"] == 1
-
-
-def test_mme_equals_the_mme_calculation_tool(tmp_path):
-    result = _score(
-        "mme",
-        "mme",
-        tmp_path,
-        questions="llava_mme.jsonl",
-        annotations="MME_Benchmark_release_version",
-    )
-    expected = _expected("mme")
-    assert result["accuracy"] == pytest.approx(expected["perception"], abs=1e-9)
-    assert result["cognition"] == pytest.approx(expected["cognition"], abs=1e-9)
-    assert result["categories_absent"] == []
-    for category, metrics in expected["per_category"].items():
-        assert result["per_category"][category] == pytest.approx(metrics, abs=1e-9), category
-    assert _items(result) == expected["items"]
-
-
-def test_gqa_equals_llava_patched_gqa_eval(tmp_path):
-    result = _score(
-        "gqa",
-        "gqa",
-        tmp_path,
-        questions="llava_gqa_testdev_balanced.jsonl",
-        annotations="testdev_balanced_questions.json",
-    )
-    expected = _expected("gqa")
-    for name in ("accuracy", "binary", "open", "distribution"):
-        assert result[name] == pytest.approx(expected[name], abs=1e-9), name
-    for name in ("per_structural_type", "per_semantic_type", "per_steps", "per_words"):
-        assert result[name] == pytest.approx(expected[name], abs=1e-9), name
-    assert _items(result) == expected["items"]
-
-
 @pytest.mark.parametrize("task", ["msvd_qa", "msrvtt_qa", "activitynet_qa"])
 def test_video_qa_tallies_judgments_as_the_reference_eval_video_qa(tmp_path, monkeypatch, task):
     """The reference script and our scorer, both given a judge that replies from
     `judge_replies.json` (keyed by the prediction), count alike."""
     replies = json.loads((FIXTURES / "msvd_qa" / "judge_replies.json").read_text("utf-8"))
-
-    def endpoint(request: httpx.Request) -> httpx.Response:
-        user = json.loads(request.content)["messages"][-1]["content"]
-        prediction = re.search(r"Predicted answer: (.*?)\n\n", user, re.S | re.I).group(1)
-        content = replies[prediction]
-        return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
-
-    real_client = httpx.Client
-    monkeypatch.setattr(
-        judge_module.httpx,
-        "Client",
-        lambda **kwargs: real_client(transport=httpx.MockTransport(endpoint), **kwargs),
-    )
+    quoted = re.compile(r"Predicted answer: (.*?)\n\n", re.S | re.I)
+    _fake_judge(monkeypatch, lambda user: replies[quoted.search(user).group(1)])
     flags = ("--judge-base-url", "http://judge.invalid/v1", "--judge-model", "fake")
     flags += ("--judge-retries", "1", "--judge-backoff", "0", "--allow-judge-failures")
     result = _score(
