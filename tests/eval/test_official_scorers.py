@@ -152,6 +152,7 @@ def test_mmbench_equals_vlmevalkit_circular_eval(tmp_path, matcher, expected_fil
     assert result["per_l2_category"] == pytest.approx(expected["per_l2_category"], abs=1e-9)
     assert _items(result) == expected["items"]
     assert result["scorer"][0]["commit"] == expected["official"]["commit"]
+    assert result["per_split"] == pytest.approx({"dev": expected["overall"]}, abs=1e-9)
     assert result["judge"] is None
 
 

@@ -10,6 +10,7 @@ from llavamini.eval.metrics.vqa import (
     leave_one_out_accuracy,
     normalize_answer,
     normalize_for_submission,
+    round_half_away,
     textvqa_accuracy,
     vqa_accuracy,
 )
@@ -97,6 +98,13 @@ def test_vqa_accuracy_compares_agreeing_humans_verbatim():
     assert vqa_accuracy("2", ["Two"] * 10) == 0.0
     assert vqa_accuracy("Two", ["2"] * 10) == 0.0
     assert vqa_accuracy(normalize_for_submission("Two"), ["2"] * 10) == 1.0
+
+
+def test_percentages_round_as_python_2_did():
+    """vqaEval.py's round(): exact halves go away from zero; binary values below a half stay."""
+    assert round_half_away(0.125) == 0.13  # Python 3's round gives 0.12
+    assert round_half_away(2.675) == 2.67  # 2.675 is 2.67499999... in binary
+    assert round_half_away(100 * 2 / 3) == 66.67
 
 
 def test_textvqa_accuracy_normalises_both_sides():

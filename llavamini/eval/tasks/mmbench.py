@@ -318,10 +318,11 @@ def score(inputs: ScoreInputs) -> dict:
     finally:
         if judge is not None:
             judge.close()
-    per_category, per_l2 = defaultdict(list), defaultdict(list)
+    per_category, per_l2, per_split = defaultdict(list), defaultdict(list), defaultdict(list)
     for index, line in mains.items():
         per_category[line.get("category", "unknown")].append(hits[index])
         per_l2[line.get("l2-category", "unknown")].append(hits[index])
+        per_split[line.get("split", "none")].append(hits[index])
     single_pass = [groups[index][0].letter == groups[index][0].answer for index in mains]
     predictions = {qid: record["text"] for qid, record in by_id.items()}
     submission = _write_submission(
@@ -334,6 +335,8 @@ def score(inputs: ScoreInputs) -> dict:
         "scorer": [matcher.scorer],
         "per_category": {k: _mean_percent(v) for k, v in sorted(per_category.items())},
         "per_l2_category": {k: _mean_percent(v) for k, v in sorted(per_l2.items())},
+        # VLMEvalKit reports every number per split; `accuracy` pools the splits.
+        "per_split": {k: _mean_percent(v) for k, v in sorted(per_split.items())},
         "single_pass_accuracy": _mean_percent(single_pass),
         "questions": len(hits),
         "rows": len(table),
