@@ -16,6 +16,7 @@ import pytest
 
 from llavamini.eval.cli import add_commands, compute_score
 from llavamini.eval.metrics import judge as judge_module
+from llavamini.eval.metrics.judge import JudgeError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "scoring"
 
@@ -230,3 +231,24 @@ def test_vqav2_test_dev_submission_equals_llava_convert_vqav2(tmp_path):
     expected = _expected("vqav2", "expected_submission.json")
     assert json.loads(Path(result["submission"]).read_text(encoding="utf-8")) == expected
     assert result["accuracy"] is None
+
+
+def test_mmbench_half_configured_judge_is_an_error(tmp_path):
+    with pytest.raises(JudgeError, match="LLAVAMINI_JUDGE_BASE_URL"):
+        _score("mmbench", "mmbench", tmp_path, "--judge-model", "x", annotations="mmbench_dev.tsv")
+
+
+def test_mmbench_judge_failures_stop_unless_allowed(tmp_path, monkeypatch):
+    def timeout(self, messages):
+        raise httpx.TimeoutException("slow")
+
+    monkeypatch.setattr(judge_module.Judge, "_post", timeout)
+    flags = ("--judge-base-url", "http://judge.invalid/v1", "--judge-model", "fake")
+    flags += ("--judge-retries", "0")
+    with pytest.raises(JudgeError, match="1 attempts"):
+        _score("mmbench", "mmbench", tmp_path, *flags, annotations="mmbench_dev.tsv")
+    allowed = flags + ("--allow-judge-failures",)
+    result = _score("mmbench", "mmbench", tmp_path / "b", *allowed, annotations="mmbench_dev.tsv")
+    assert result["judge"]["judge_failed"] > 0
+    # Every row the judge could not match is wrong, as without a judge.
+    assert result["accuracy"] == pytest.approx(_expected("mmbench")["overall"], abs=1e-9)

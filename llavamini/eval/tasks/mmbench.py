@@ -31,14 +31,20 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import string
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 
-from llavamini.eval.metrics.choice import DEFAULT_MATCHER, get_matcher, infer_choice
-from llavamini.eval.metrics.judge import Judge, JudgeError, config_from_env
+from llavamini.eval.metrics.choice import DEFAULT_MATCHER, Matcher, get_matcher, infer_choice
+from llavamini.eval.metrics.judge import (
+    Judge,
+    JudgeError,
+    JudgeUnreachableError,
+    config_from_env,
+)
 from llavamini.eval.tasks.base import (
     OPTION_LETTER,
     OPTION_LETTER_CN,
@@ -237,16 +243,37 @@ def _has_chinese(text: str) -> bool:
     return re.search("[\u4e00-\u9fff]", text) is not None
 
 
-def _ask_judge(judge: Judge, prompt: MatchPrompt, row: _Row, matcher) -> str | None:
-    """The letter the judge matches `row`'s answer to (read with the same rules), or None."""
-    options = prompt.options_header + "".join(f"{k}. {v}\n" for k, v in row.choices.items())
-    template = prompt.template_cn if _has_chinese(row.question) else prompt.template
-    messages = [{"role": "user", "content": template.format(row.question, options, row.prediction)}]
-    reply = judge.ask(messages, str, prompt_version=prompt.version)
-    return infer_choice(reply, row.choices, matcher)
+@dataclass
+class _Fallback:
+    """The LLM fallback's judge and settings, and the judgments that failed."""
+
+    judge: Judge
+    prompt: MatchPrompt
+    matcher: Matcher
+    allow_failures: bool
+    failed: int = 0
+
+    def letter(self, row: _Row) -> str | None:
+        """The letter the judge matches `row`'s answer to (read with the same rules), or
+        None; a judgment that keeps failing raises `JudgeError` unless failures are allowed
+        (then the row is wrong, as VLMEvalKit's random pick mostly is)."""
+        prompt = self.prompt
+        options = prompt.options_header + "".join(f"{k}. {v}\n" for k, v in row.choices.items())
+        template = prompt.template_cn if _has_chinese(row.question) else prompt.template
+        content = template.format(row.question, options, row.prediction)
+        try:
+            reply = self.judge.ask([{"role": "user", "content": content}], str, prompt.version)
+        except JudgeUnreachableError:
+            raise
+        except JudgeError:
+            if not self.allow_failures:
+                raise
+            self.failed += 1
+            return None
+        return infer_choice(reply, row.choices, self.matcher)
 
 
-def _group_hit(rows: list[_Row], judge: Judge | None, prompt: MatchPrompt, matcher) -> bool:
+def _group_hit(rows: list[_Row], fallback: _Fallback | None) -> bool:
     """VLMEvalKit's circular group: wrong at the first row read as a wrong letter; right when
     every row is read right; otherwise the unread rows go to the judge in order (wrong
     without one)."""
@@ -255,23 +282,24 @@ def _group_hit(rows: list[_Row], judge: Judge | None, prompt: MatchPrompt, match
             return False
     if all(row.letter == row.answer for row in rows):
         return True
-    if judge is None:
+    if fallback is None:
         return False
     for row in rows:
-        if row.letter is None and _ask_judge(judge, prompt, row, matcher) != row.answer:
+        if row.letter is None and fallback.letter(row) != row.answer:
             return False
     return True
 
 
 def _make_judge(inputs: ScoreInputs) -> Judge | None:
-    """The configured judge for the LLM fallback, or None when none is configured."""
+    """The configured judge for the LLM fallback, or None when neither an endpoint nor a
+    model is configured (flags or environment); half a configuration raises `JudgeError`."""
     settings = dict(inputs.options.get("judge", {}))
     settings.setdefault("cache_dir", inputs.output_prefix + ".judge_cache")
-    try:
-        config = config_from_env(**settings)
-    except JudgeError:
+    names = ("LLAVAMINI_JUDGE_BASE_URL", "OPENAI_BASE_URL", "LLAVAMINI_JUDGE_MODEL")
+    configured = settings.get("base_url") or settings.get("model")
+    if not configured and not any(os.environ.get(name) for name in names):
         return None
-    return Judge(config)
+    return Judge(config_from_env(**settings))
 
 
 def score(inputs: ScoreInputs) -> dict:
@@ -288,8 +316,8 @@ def score(inputs: ScoreInputs) -> dict:
             f"{len(unknown)} answered indices are not in {path} (first: {unknown[0]})."
         )
     rows, groups, mains = [], defaultdict(list), {}
-    for number, line in enumerate(table, start=2):
-        require(line, ("index", "answer", "question"), f"{path}, row {number}")
+    for line in table:
+        require(line, ("index", "answer", "question"), f"{path}, index {line['index']}")
         record = by_id.get(str(int(line["index"])))
         row = _Row(
             int(line["index"]),
@@ -313,8 +341,12 @@ def score(inputs: ScoreInputs) -> dict:
     warn_missing(len(table) - len(by_id), len(table))
     judge = _make_judge(inputs)
     prompt = load_match_prompt(inputs.options.get("judge_prompt_file"))
+    fallback = None
+    if judge is not None:
+        allow = inputs.options.get("allow_judge_failures", False)
+        fallback = _Fallback(judge, prompt, matcher, allow)
     try:
-        hits = {index: _group_hit(groups[index], judge, prompt, matcher) for index in mains}
+        hits = {index: _group_hit(groups[index], fallback) for index in mains}
     finally:
         if judge is not None:
             judge.close()
@@ -342,7 +374,7 @@ def score(inputs: ScoreInputs) -> dict:
         "rows": len(table),
         "missing": len(table) - len(by_id),
         "unparsed_answers": sum(row.letter is None for row in rows),
-        "judge": _judge_summary(judge, prompt),
+        "judge": _judge_summary(fallback),
         "items": write_json(inputs.output_prefix + ".items.json", items),
         "submission": submission,
     }
@@ -353,9 +385,10 @@ def _mean_percent(hits: list[bool]) -> float | None:
     return 100.0 * sum(hits) / len(hits) if hits else None
 
 
-def _judge_summary(judge: Judge | None, prompt: MatchPrompt) -> dict | None:
-    if judge is None:
+def _judge_summary(fallback: _Fallback | None) -> dict | None:
+    if fallback is None:
         return None
+    judge, prompt = fallback.judge, fallback.prompt
     return {
         "model": judge.config.model,
         "base_url": judge.config.base_url,
@@ -364,6 +397,7 @@ def _judge_summary(judge: Judge | None, prompt: MatchPrompt) -> dict | None:
         "requests_sent": judge.requests_sent,
         "cache_hits": judge.cache_hits,
         "cache_dir": judge.config.cache_dir,
+        "judge_failed": fallback.failed,
     }
 
 
