@@ -1,4 +1,5 @@
-"""An LLM judge for open-ended video QA, through any OpenAI-compatible chat endpoint.
+"""An LLM judge for open-ended video QA (and MMBench's fallback matcher), through any
+OpenAI-compatible chat endpoint.
 
 The judge reads a question, the correct answer and a prediction, and replies with a Python-style
 dict `{'pred': 'yes' | 'no', 'score': 0..5}` (the Video-ChatGPT protocol the paper used with
@@ -14,10 +15,12 @@ reference's own, for a parity run. Settings come from flags or the environment:
   with every result).
 - `LLAVAMINI_JUDGE_API_KEY` (else `OPENAI_API_KEY`): sent as a Bearer token when set.
 
-Every parsed judgment is cached on disk, one JSON file per request, named by the SHA-256 of the
-model, the messages and the temperature, so rerunning a scoring costs no request. Requests run in
-parallel threads; timeouts, HTTP 429/5xx and malformed replies are retried with exponential
-back-off; an endpoint that refuses connections stops everything with a `JudgeUnreachableError`.
+Every kept reply is cached on disk, one JSON file per request, named by the SHA-256 of the
+model, the messages, the temperature and the prompt version, so rerunning a scoring costs no
+request (`Judge.ask` serves any prompt and reply reader; `Judge.judge` is the video-QA one).
+Requests run in parallel threads; timeouts, HTTP 429/5xx and malformed replies are retried with
+exponential back-off; an endpoint that refuses connections stops everything with a
+`JudgeUnreachableError`.
 """
 
 from __future__ import annotations
