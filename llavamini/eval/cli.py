@@ -122,11 +122,27 @@ def _add_score(commands) -> None:
         help="labels file or folder (default: the task's in the data root)",
     )
     score.add_argument("--output", default=None, help="result JSON (default: beside --answers)")
-    judge = score.add_argument_group("LLM judge (video QA)")
+    score.add_argument(
+        "--matcher",
+        default="current",
+        choices=("current", "2025-08", "v0.2"),
+        help="MMBench: VLMEvalKit answer-matching rules (current: main since 2026-06; "
+        "2025-08: before the 'answer is X' rule; v0.2: releases v0.2 and v0.3rc1)",
+    )
+    judge = score.add_argument_group(
+        "LLM judge (video QA; MMBench answers the matcher cannot read, when configured)"
+    )
     judge.add_argument("--judge-base-url", default=None, help="else $LLAVAMINI_JUDGE_BASE_URL")
     judge.add_argument("--judge-model", default=None, help="else $LLAVAMINI_JUDGE_MODEL")
     judge.add_argument(
         "--judge-cache", default=None, help="judgment cache folder (default: <answers>.judge_cache)"
+    )
+    judge.add_argument(
+        "--judge-prompt-file",
+        default=None,
+        help="JSON with the judge's messages instead of ours, e.g. the reference's own: video "
+        "QA 'system' and 'user' ({question}, {answer}, {prediction}); MMBench 'template', "
+        "'template_cn' and 'options_header' (positional {} for question, options, answer)",
     )
     judge.add_argument("--judge-workers", type=int, default=8, help="parallel requests")
     judge.add_argument("--judge-retries", type=int, default=5, help="retries per judgment")
@@ -276,7 +292,12 @@ def compute_score(args: argparse.Namespace) -> dict:
         questions=args.questions or task.path(root, task.score_questions or task.questions),
         annotations=args.annotations or task.path(root, task.annotations),
         output_prefix=prefix,
-        options={"judge": judge, "allow_judge_failures": args.allow_judge_failures},
+        options={
+            "judge": judge,
+            "allow_judge_failures": args.allow_judge_failures,
+            "matcher": args.matcher,
+            "judge_prompt_file": args.judge_prompt_file,
+        },
     )
     result = {"task": task.name, "answers": args.answers, "answered": len(answers)}
     result.update(task.score(inputs))

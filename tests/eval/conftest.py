@@ -19,3 +19,11 @@ def tiny_loaded(tiny_checkpoint):
     loaded = load_pretrained(tiny_checkpoint, dtype="float32", device="cpu")
     loaded.model.eval()
     return loaded
+
+
+@pytest.fixture(autouse=True)
+def no_judge_from_the_environment(monkeypatch):
+    """Scorers use a judge configured in the environment (MMBench's fallback): tests set
+    theirs explicitly."""
+    for name in ("LLAVAMINI_JUDGE_BASE_URL", "OPENAI_BASE_URL", "LLAVAMINI_JUDGE_MODEL"):
+        monkeypatch.delenv(name, raising=False)

@@ -1,60 +1,55 @@
-"""Option extraction from free-text multiple-choice answers."""
+"""VLMEvalKit's answer-matching rules, per matcher version (expectations computed with
+VLMEvalKit's `can_infer` at each version's commit)."""
 
 import pytest
 
-from llavamini.eval.metrics.choice import extract_choice
+from llavamini.eval.metrics.choice import MATCHERS, get_matcher, infer_choice
 
 OPTIONS = {"A": "a cat", "B": "a dog", "C": "a black cat", "D": "nothing"}
-OPTIONS_CN = {"A": "红色", "B": "蓝色", "C": "绿色", "D": "黄色"}
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    ("text", "current", "old"),
     [
-        ("B", "B"),
-        ("b", "B"),
-        ("B.", "B"),
-        (" (B) ", "B"),
-        ("[C]", "C"),
-        ("(B) a dog", "B"),
-        ("B. a dog", "B"),
-        ("D: nothing at all", "D"),
-        ("The answer is B", "B"),
-        ("The answer is (C).", "C"),
-        ("Answer: D", "D"),
-        ("the correct option is A", "A"),
-        ("a dog", "B"),  # the option's own text
-        ("There is a black cat on the sofa.", "C"),  # the longer matching option wins
-        ("I think D is right.", "D"),
-        ("A cat sits on the mat.", "A"),  # option text, and "A" here is the article
-        ("A bird", None),  # the article, and no option's text
-        ("It could be A or B", None),  # two letters
-        ("a cat or a dog", None),  # two options' texts
-        ("", None),
-        ("E", None),  # not an option
+        ("B", "B", "B"),
+        ("(B) a dog", "B", "B"),
+        ("B. a dog", "B", "B"),
+        ("[C]", "C", "C"),
+        ("b", None, None),  # a lower-case letter is not a letter token
+        ("A or B", None, None),  # two letters, and no single option text
+        ("Z", "Z", "Z"),
+        ("Sorry, I can't help with images of people yet.", "Z", "Z"),
+        ("a dog", "B", "B"),  # the option's own text
+        ("a black cat", "C", "C"),  # "a cat" is not a substring of it
+        ("The correct answer is **B**. A is a cat.", "B", "A"),  # 'answer is X' rule, else text
+        ("the answer is a dog", "A", "B"),  # 'answer is a' reads as A since 2026-06
+        ("B is right because the picture shows a dog on a sofa", "B", "B"),  # by text, then
+        ("", None, None),
     ],
 )
-def test_extract_choice_english(text, expected):
-    assert extract_choice(text, OPTIONS) == expected
+def test_infer_choice_per_version(text, current, old):
+    assert infer_choice(text, OPTIONS, "current") == current
+    assert infer_choice(text, OPTIONS, "v0.2") == old
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("B", "B"),
-        ("B。", "B"),
-        ("答案是C", "C"),
-        ("答案：（A）", "A"),
-        ("选项D", "D"),
-        ("蓝色", "B"),
-        ("图中的花是黄色的。", "D"),
-        ("红色或者绿色", None),
-    ],
-)
-def test_extract_choice_chinese(text, expected):
-    assert extract_choice(text, OPTIONS_CN) == expected
+def test_text_rule_ignores_long_answers_since_2025_08():
+    long_answer = "After looking at the whole picture carefully, I see a dog there."
+    assert infer_choice(long_answer, OPTIONS, "2025-08") is None
+    assert infer_choice(long_answer, OPTIONS, "v0.2") == "B"
 
 
-def test_extract_choice_only_considers_given_letters():
-    assert extract_choice("C", {"A": "yes", "B": "no"}) is None
-    assert extract_choice("The answer is C", {"A": "yes", "B": "no"}) is None
+def test_letter_rule_wants_the_letter_near_the_end_since_2025_08():
+    text = "B is what I would pick, given what the picture shows"
+    assert infer_choice(text, OPTIONS, "2025-08") is None
+    assert infer_choice(text, OPTIONS, "v0.2") == "B"
+
+
+def test_api_failures_skip_the_letter_rules_only():
+    assert infer_choice("Failed to obtain answer via API: B", OPTIONS, "current") is None
+    assert infer_choice("Failed to obtain answer via API a dog", OPTIONS, "current") == "B"
+
+
+def test_matchers_are_named_and_unknown_names_are_refused():
+    assert set(MATCHERS) == {"current", "2025-08", "v0.2"}
+    with pytest.raises(ValueError, match="known: current"):
+        get_matcher("newest")

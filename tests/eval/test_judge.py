@@ -18,6 +18,7 @@ from llavamini.eval.metrics.judge import (
     JudgeUnreachableError,
     MalformedReplyError,
     config_from_env,
+    judgment_outcome,
     parse_judgment,
 )
 from tests.eval.helpers import answer, write_json, write_jsonl
@@ -82,7 +83,7 @@ class FakeJudgeServer:
             return 200, "I think the prediction is quite good."
         if answer_text.lower() in prediction.lower():
             return 200, "{'pred': 'yes', 'score': 4}"
-        return 200, "Sure: {'pred': 'no', 'score': 1}"
+        return 200, "{'pred': 'no', 'score': 1}"
 
     def close(self):
         self.httpd.shutdown()
@@ -102,18 +103,23 @@ def _config(url, tmp_path, model=MODEL, **overrides):
     return JudgeConfig(url, model, "secret", str(tmp_path / "cache"), **options)
 
 
-def test_parse_judgment_accepts_python_and_json_dicts_in_prose():
-    assert parse_judgment("{'pred': 'yes', 'score': 5}") == {"pred": "yes", "score": 5}
-    assert parse_judgment('Result: {"pred": "No", "score": "2"}.') == {"pred": "no", "score": 2}
-    for bad in (
-        "yes, 4",
-        "{'pred': 'maybe', 'score': 3}",
-        "{'pred': 'yes', 'score': 9}",
-        "{'pred': 'yes'}",
-        "{'pred': 'yes', 'score': 'high'}",
-    ):
+def test_replies_are_read_as_the_reference_reads_them():
+    """Kept only when the whole reply is a Python literal; then tallied field by field."""
+    for bad in ("yes, 4", 'Result: {"pred": "No", "score": "2"}.', "{'pred': 'yes',"):
         with pytest.raises(MalformedReplyError):
             parse_judgment(bad)
+    cases = {
+        "{'pred': 'yes', 'score': 5}": {"pred": "yes", "score": 5},
+        ' {"pred": "No", "score": "2"}': {"pred": "no", "score": 2},
+        "{'pred': 'Yes.', 'score': 4.8}": {"pred": "yes", "score": 4},
+        "{'pred': 'not sure', 'score': 3}": {"pred": "no", "score": 3},  # "no" in "not"
+        "{'pred': 'maybe', 'score': 9}": {"pred": None, "score": 9},
+        "{'pred': 'yes', 'score': 'high'}": {"pred": None, "score": None},
+        "{'score': 2}": {"pred": None, "score": 2},
+        "[1, 2]": {"pred": None, "score": None},
+    }
+    for reply, outcome in cases.items():
+        assert judgment_outcome(parse_judgment(reply)) == outcome, reply
 
 
 def test_judge_retries_timeouts_busy_and_malformed_replies(judge_server, tmp_path):
@@ -202,7 +208,7 @@ def _msvd_files(tmp_path):
         answer("v_0", "The man is riding a horse SLOW.", questions[0]["question"]),
         answer("v_1", "A woman is riding GARBAGE.", questions[1]["question"]),
         answer("v_2", "The dog is running.", questions[2]["question"]),
-    ]  # v_3 unanswered: counts as "no"
+    ]  # v_3 unanswered: not judged, not counted
     return write_jsonl(folder / "answers.jsonl", answers)
 
 
@@ -236,17 +242,17 @@ def test_msvd_score_end_to_end_then_from_the_cache(judge_server, tmp_path, capsy
     result = args.func(args)
     printed = json.loads(capsys.readouterr().out)
     assert printed == result
-    assert (result["yes"], result["no"], result["missing"]) == (2, 2, 1)
-    assert result["accuracy"] == 50.0
-    assert result["score"] == pytest.approx((4 + 1 + 4 + 0) / 4)
+    assert (result["yes"], result["no"], result["missing"]) == (2, 1, 1)
+    assert result["accuracy"] == pytest.approx(200 / 3)
+    assert result["score"] == pytest.approx((4 + 1 + 4) / 3)
     assert result["judge"]["model"] == MODEL
     assert result["judge"]["requests_sent"] == 5  # 3 judgments, 2 of them retried once
     with open(result["output"]) as file:
-        assert json.load(file)["accuracy"] == 50.0
+        assert json.load(file)["accuracy"] == result["accuracy"]
 
     requests_before = len(judge_server.requests)
     rerun = args.func(_score_args(argv))
-    assert rerun["accuracy"] == 50.0
+    assert rerun["accuracy"] == result["accuracy"]
     assert rerun["judge"]["requests_sent"] == 0 and rerun["judge"]["cache_hits"] == 3
     assert len(judge_server.requests) == requests_before
 

@@ -10,10 +10,11 @@ import pytest
 import llavamini.inference
 from llavamini.eval.answers import read_answers
 from llavamini.eval.cli import add_commands
-from llavamini.eval.metrics.choice import extract_choice
+from llavamini.eval.metrics.choice import infer_choice
 from llavamini.eval.runner import RunConfig, run_questions
 from llavamini.eval.tasks import get_task
 from llavamini.eval.tasks.gqa import convert_prediction
+from llavamini.eval.tasks.mmbench import prediction_text
 from tests.conftest import decode_with_placeholders, ramp_frames, write_video
 from tests.eval.helpers import image_base64, make_image, write_json, write_jsonl
 
@@ -196,8 +197,10 @@ def test_cli_sharded_run_merge_and_score(
     # Labels: the model's own (converted) answer is gold for q0 and q1 only.
     labels = {
         f"q{i}": {
+            "question": QUESTIONS[i % len(QUESTIONS)],
             "answer": convert_prediction(texts[f"q{i}"]) if i < 2 else "~never~",
             "types": {"structural": "query", "semantic": "attr"},
+            "semantic": [{"operation": "select", "argument": "square"}],
         }
         for i in range(5)
     }
@@ -265,7 +268,8 @@ def test_cli_mmbench_run_with_inline_images_and_score(tiny_loaded, tmp_path):
     result = _parse(["score", "mmbench", "--answers", answers, "--data-root", str(tmp_path)])
     result = result.func(result)
     letters = [
-        extract_choice(r["text"], dict(zip("AB", r["options"], strict=True))) for r in records
+        infer_choice(prediction_text(r), dict(zip("AB", r["options"], strict=True)))
+        for r in records
     ]
     right = [letter == row["answer"] for letter, row in zip(letters, rows, strict=True)]
     assert result["unparsed_answers"] == letters.count(None)

@@ -22,38 +22,36 @@ def _score(task, answers, questions, annotations, tmp_path):
 # ---- GQA -------------------------------------------------------------------------------------
 
 
-def test_gqa_exact_match_types_and_consistency(tmp_path):
+def test_gqa_exact_match_and_types(tmp_path):
+    def question(answer, structural, semantic, balanced=True):
+        return {
+            "question": "Is it red?",
+            "answer": answer,
+            "types": {"structural": structural, "semantic": semantic},
+            "semantic": [{"operation": "select", "argument": "car"}],
+            "groups": {"global": None},
+            "isBalanced": balanced,
+        }
+
     questions = {
-        "q1": {
-            "answer": "yes",
-            "types": {"structural": "verify", "semantic": "attr"},
-            "entailed": ["q2"],
-        },
-        "q2": {
-            "answer": "red",
-            "types": {"structural": "query", "semantic": "attr"},
-            "entailed": [],
-        },
-        "q3": {
-            "answer": "left",
-            "types": {"structural": "choose", "semantic": "rel"},
-            "entailed": ["q1", "q2"],
-        },
-        "q4": {"answer": "no", "types": {"structural": "verify", "semantic": "obj"}},
+        "q1": question("yes", "verify", "attr"),
+        "q2": question("red", "query", "attr"),
+        "q3": question("left", "choose", "rel"),
+        "q4": question("no", "verify", "obj"),
+        "q5": question("no", "verify", "obj", balanced=False),  # not scored
     }
     annotations = write_json(tmp_path / "testdev_balanced_questions.json", questions)
     answers = [
         answer("q1", "Yes."),  # LLaVA's conversion: rstrip('.').lower()
         answer("q2", "Red"),
         answer("q3", "on the left"),  # not an exact match
-    ]  # q4 unanswered
+    ]  # q4, q5 unanswered
     result = _score("gqa", answers, None, annotations, tmp_path)
-    assert result["accuracy"] == 50.0
+    assert result["accuracy"] == 50.0 and result["count"] == 4
     assert result["per_structural_type"] == {"choose": 0.0, "query": 100.0, "verify": 50.0}
-    assert result["binary_vs_open"] == {"binary": 50.0, "open": 50.0}
-    # q1 right with entailed q2 right -> 1.0; q3 wrong is not counted.
-    assert result["consistency"] == 100.0
-    assert result["missing"] == 1
+    # "open" is the structural type "query", whatever the answer.
+    assert result["open"] == 100.0 and result["binary"] == pytest.approx(100 / 3)
+    assert result["missing"] == 2
     with open(result["predictions"]) as file:
         assert json.load(file)[0] == {"questionId": "q1", "prediction": "yes"}
 
@@ -171,21 +169,25 @@ def test_mmbench_missing_rotation_fails_the_question(tmp_path):
     assert result["missing"] == 1
 
 
-def test_mmbench_cn_uses_the_chinese_suffix_and_extracts_chinese_answers(tmp_path):
+def test_mmbench_cn_uses_the_chinese_suffix_and_reads_answers_as_vlmevalkit(tmp_path):
     rows = _rotations(3, "花是什么颜色？", ["红色", "蓝色", "绿色", "黄色"], "D", "颜色")
     tsv = _mmbench_tsv(tmp_path / "dev_cn.tsv", rows)
     task = get_task("mmbench_cn")
     question = task.read_questions(tsv, "")[0]
     assert task.user_message(question).endswith("\nD. 黄色\n请直接回答选项字母。")
     answers = [
-        answer(rows[0]["index"], "答案是D"),
-        answer(rows[1]["index"], "C。"),
-        answer(rows[2]["index"], "花是黄色的"),
-        answer(rows[3]["index"], "选项A"),
+        answer(rows[0]["index"], "D"),
+        answer(rows[1]["index"], "C"),
+        answer(rows[2]["index"], "黄色"),  # the option's text: B in this rotation
+        answer(rows[3]["index"], "A"),
     ]
     result = _score("mmbench_cn", answers, tsv, tsv, tmp_path)
     assert result["accuracy"] == 100.0
     assert result["per_category"] == {"颜色": 100.0}
+    # VLMEvalKit's rules split on spaces and ASCII punctuation only: "答案是D" names no letter.
+    answers[0] = answer(rows[0]["index"], "答案是D")
+    result = _score("mmbench_cn", answers, tsv, tsv, tmp_path)
+    assert result["accuracy"] == 0.0 and result["unparsed_answers"] == 1
 
 
 def test_mmbench_unresolvable_image_reference_names_the_line(tmp_path):
@@ -263,6 +265,7 @@ def test_mme_scores_accuracy_and_accuracy_plus(tmp_path):
     root = tmp_path / "MME_Benchmark_release_version"
     (root / "existence").mkdir(parents=True)
     (root / "artwork" / "questions_answers_YN").mkdir(parents=True)
+    (root / "artwork" / "images").mkdir()  # labels in questions_answers_YN/ only then
     (root / "existence" / "001.txt").write_text(
         "Is there a dog in this image? Please answer yes or no.\tYes\n"
         "Is there a cat in this image? Please answer yes or no.\tNo\n"
@@ -279,7 +282,8 @@ def test_mme_scores_accuracy_and_accuracy_plus(tmp_path):
         ("existence/001.png", "Is there a dog in this image? Please answer yes or no.", "Yes"),
         ("existence/001.png", "Is there a cat in this image? Please answer yes or no.", "No"),
         ("existence/002.png", "Is there a car in this image? Please answer yes or no.", "yes."),
-        ("existence/002.png", "Is there a bus in this image? Please answer yes or no.", "Yes"),
+        # Without the yes/no suffix, which the two-space label line gets back.
+        ("existence/002.png", "Is there a bus in this image?", "Yes"),
         ("artwork/10.jpg", "Is this by Monet? Please answer yes or no.", "Not sure"),
         ("artwork/10.jpg", "Is this by Dali? Please answer yes or no.", "Yes"),
     ]
@@ -313,15 +317,28 @@ def test_seed_bench_image_video_and_types(tmp_path):
         ],
     }
     annotations = write_json(tmp_path / "SEED-Bench.json", labels)
-    answers = [answer("101", "A"), answer("102", "C."), answer("v1", "D")]  # "C." is not exact
+    # LLaVA's question file numbers the questions (ints); "C." is not an exact match.
+    answers = [answer(101, "A"), answer(102, "C."), answer("v1", "D")]
     result = _score("seed_bench", answers, None, annotations, tmp_path)
     assert result["accuracy"] == pytest.approx(100 / 3, abs=0.01)
     assert result["video_accuracy"] == 100.0
     assert result["overall_accuracy"] == 50.0
     assert result["per_question_type"] == {
         "Action Recognition": 100.0,
-        "Scene Understanding": pytest.approx(33.33),
+        "Scene Understanding": pytest.approx(100 / 3),
     }
+
+
+def test_seed_bench_string_ids_of_numeric_labels_do_not_match(tmp_path):
+    """The official script looks "101" up as 101: an answer filed under "101" is unknown."""
+    labels = {
+        "questions": [
+            {"question_id": "101", "answer": "A", "question_type_id": 1, "data_type": "image"}
+        ]
+    }
+    annotations = write_json(tmp_path / "SEED-Bench.json", labels)
+    with pytest.raises(ValueError, match="not in"):
+        _score("seed_bench", [answer("101", "A")], None, annotations, tmp_path)
 
 
 # ---- ScienceQA -------------------------------------------------------------------------------

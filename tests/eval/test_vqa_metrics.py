@@ -10,6 +10,7 @@ from llavamini.eval.metrics.vqa import (
     leave_one_out_accuracy,
     normalize_answer,
     normalize_for_submission,
+    round_half_away,
     textvqa_accuracy,
     vqa_accuracy,
 )
@@ -40,10 +41,12 @@ def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 
 
-def test_contraction_table_covers_partial_apostrophes_only_for_listed_words():
-    assert CONTRACTIONS["couldntve"] == "couldn't've"
+def test_contraction_table_is_the_official_one():
+    """One apostrophe missing is restored, two are not; the backwards entry is kept."""
     assert CONTRACTIONS["couldn'tve"] == "couldn't've"
     assert CONTRACTIONS["couldnt've"] == "couldn't've"
+    assert "couldntve" not in CONTRACTIONS
+    assert CONTRACTIONS["somebody'd"] == "somebodyd"
     for word in ("wed", "well", "ill", "lets", "shed", "hell"):
         assert word not in CONTRACTIONS
 
@@ -68,7 +71,8 @@ def _brute_force_accuracy(answer_text, humans):
 def test_leave_one_out_accuracy_matches_the_definition(agreeing):
     humans = ["dog"] * agreeing + [f"other{i}" for i in range(10 - agreeing)]
     expected = _brute_force_accuracy("dog", humans)
-    assert leave_one_out_accuracy("dog", humans) == pytest.approx(expected)
+    records = [{"answer": human, "answer_id": i} for i, human in enumerate(humans)]
+    assert leave_one_out_accuracy("dog", records) == pytest.approx(expected)
 
 
 def test_partial_agreement_gives_the_known_vqa_credits():
@@ -82,17 +86,25 @@ def test_partial_agreement_gives_the_known_vqa_credits():
     ]
 
 
-def test_vqa_accuracy_normalises_prediction_and_disagreeing_humans():
-    # Annotators disagree, so their punctuation is processed ("t-shirt" -> "t shirt").
+def test_vqa_accuracy_processes_both_sides_when_humans_disagree():
+    # Annotators disagree, so both sides are processed ("t-shirt" -> "t shirt").
     humans = ["t-shirt"] * 4 + ["shirt"] * 6
     assert vqa_accuracy("T-shirt.", humans) == 1.0
-    assert vqa_accuracy("Two", ["2"] * 10) == 1.0
     assert vqa_accuracy("a dog", ["dog"] * 3 + ["cat"] * 7) == pytest.approx(0.9)
 
 
 def test_vqa_accuracy_compares_agreeing_humans_verbatim():
-    """The official tool skips processing when all 10 agree: "Two" there never matches."""
+    """The official tool skips processing when all 10 agree, on both sides."""
     assert vqa_accuracy("2", ["Two"] * 10) == 0.0
+    assert vqa_accuracy("Two", ["2"] * 10) == 0.0
+    assert vqa_accuracy(normalize_for_submission("Two"), ["2"] * 10) == 1.0
+
+
+def test_percentages_round_as_python_2_did():
+    """vqaEval.py's round(): exact halves go away from zero; binary values below a half stay."""
+    assert round_half_away(0.125) == 0.13  # Python 3's round gives 0.12
+    assert round_half_away(2.675) == 2.67  # 2.675 is 2.67499999... in binary
+    assert round_half_away(100 * 2 / 3) == 66.67
 
 
 def test_textvqa_accuracy_normalises_both_sides():
@@ -167,6 +179,7 @@ def test_vqav2_val_score_per_answer_type(tmp_path):
         assert json.load(file) == [
             {"question_id": 1, "answer": "2"},
             {"question_id": 2, "answer": "yes"},
+            {"question_id": 3, "answer": ""},
         ]
 
 

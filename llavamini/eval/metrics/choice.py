@@ -1,119 +1,168 @@
-"""Which option a free-text answer to a multiple-choice question picks (MMBench).
+"""Which option a free-text answer picks: VLMEvalKit's rule-based matching (MMBench).
 
-`extract_choice(text, options)` tries, in order, rules from the most to the least explicit and
-returns the first letter found, or None when the answer names no option or several:
+`infer_choice(answer, choices, matcher)` reproduces VLMEvalKit's `can_infer`
+(`vlmeval/utils/matching_util.py`): the option-letter rules first, then the option-text rule.
+It returns an option letter, "Z" (the answer refuses, or names the letter Z: VLMEvalKit's
+"none of the options", always wrong), or None (the rules cannot tell; VLMEvalKit then asks its
+LLM judge, or counts the answer wrong when it has none).
 
-1. the whole answer is a letter: "B", "b", "B.", "(B)", "B)", "[B]", "B。";
-2. the answer starts with a letter and a separator: "B. cat", "(B) cat", "B: cat", "B) cat";
-3. a phrase names it: "The answer is B", "Answer: (C)", "the correct option is D",
-   "答案是B", "选项C", "选择 A";
-4. the option's own text: the answer equals one option's text, or contains exactly one option's
-   text as a whole word (an option whose text lies inside another matched option's text yields);
-5. exactly one distinct standalone capital option letter appears ("I think B is right"); an
-   "A" that starts a sentence and is followed by a lower-case word is the article, not a letter.
+Letter rules (`can_infer_option`), on the answer with the characters `.()[],:;!*#{}` turned
+into spaces and split on whitespace into tokens:
+
+1. an answer containing "Failed to obtain answer via API" matches no letter;
+2. an answer containing one of `REFUSALS` is "Z";
+3. if exactly one option letter occurs as a token, that letter; since 2025-08 only when its
+   first occurrence is among the last four tokens ("B is wrong, the answer is cat" is not B);
+4. if no option letter occurs as a token but "Z" does: "Z";
+5. since 2026-06: "answer is X" anywhere, case-insensitive, X in A-D and an option ("The
+   correct answer is **B**", also "the answer is a dog", which VLMEvalKit reads as A).
+
+Text rule (`can_infer_text`): the lower-cased answer contains exactly one option's lower-cased
+text; since 2025-08 only for answers at most twice as long as all option texts together.
+
+Option letters are the option columns with a value, in letter order (a rule that scans
+options returns the first in that order).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-_OPEN = r"[\(\[（【]"
-_CLOSE = r"[\)\]）】]"
-_STOP = r"[.:：。．,，!！]"
 
-_BARE_LETTER = re.compile(rf"{_OPEN}?\s*([A-Za-z])\s*{_CLOSE}?\s*{_STOP}?")
-_LEADING_LETTER = re.compile(rf"{_OPEN}?([A-Z])(?:{_CLOSE}|{_STOP})")
-_ANSWER_PHRASES = (
-    re.compile(
-        r"(?i:\b(?:answer|option|choice)\s*(?:is|would\s+be|should\s+be|will\s+be)?\s*[:：]?\s*)"
-        rf"{_OPEN}?([A-Z])(?![A-Za-z])"
-    ),
-    re.compile(
-        rf"(?:答案|选项|选择|应选|选)\s*(?:是|为|应该是|应为)?\s*[:：]?\s*{_OPEN}?([A-Z])(?![A-Za-z])"
-    ),
+@dataclass(frozen=True)
+class Matcher:
+    """One version of VLMEvalKit's matching rules.
+
+    Attributes:
+        name: the `--matcher` value.
+        commit: the VLMEvalKit commit whose rules these are (the newest with them).
+        describes: which VLMEvalKit versions use these rules.
+        letter_near_end: rule 3 wants the letter among the last four tokens.
+        text_length_cap: the text rule ignores answers longer than twice the options' text.
+        answer_is: rule 5 is on.
+    """
+
+    name: str
+    commit: str
+    describes: str
+    letter_near_end: bool
+    text_length_cap: bool
+    answer_is: bool
+
+    @property
+    def scorer(self) -> dict:
+        """The official code these rules reproduce, for the score JSON."""
+        return {
+            "repository": "open-compass/VLMEvalKit",
+            "file": "vlmeval/utils/matching_util.py, vlmeval/dataset/utils/multiple_choice.py",
+            "commit": self.commit,
+            "matcher": self.name,
+            "versions": self.describes,
+        }
+
+
+MATCHERS = {
+    matcher.name: matcher
+    for matcher in (
+        Matcher(
+            "current",
+            "e8e78f05f3080fe28154f2130321f17951c3be94",
+            "main since a67ace5 (2026-06-17, 'answer is X' rule)",
+            letter_near_end=True,
+            text_length_cap=True,
+            answer_is=True,
+        ),
+        Matcher(
+            "2025-08",
+            "590f052a96c47b1b52ca0d6ce7fa110e47a945f5",
+            "main from c337155 (2025-08-04) to before a67ace5 (2026-06-17)",
+            letter_near_end=True,
+            text_length_cap=True,
+            answer_is=False,
+        ),
+        Matcher(
+            "v0.2",
+            "8eb37bb96bc508bd016000318548854fdfa1bd30",
+            "releases v0.2 and v0.3rc1, main before c337155 (2025-08-04)",
+            letter_near_end=False,
+            text_length_cap=False,
+            answer_is=False,
+        ),
+    )
+}
+DEFAULT_MATCHER = "current"
+
+API_FAILURE = "Failed to obtain answer via API"
+REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
 )
-_LONE_LETTER = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")
-_ARTICLE_A = re.compile(r"A\s+[a-z]")
-_SENTENCE_START = re.compile(r"(?:^|[.!?。！？]\s*)$")
+"""Phrases that make VLMEvalKit read an answer as "Z" (no option)."""
+
+_BLANKED = ".()[],:;!*#{}"
+_ANSWER_IS = re.compile(r"answer\s+is\s+\**([abcd])", re.IGNORECASE)
+_LAST_TOKENS = 4
 
 
-def _normalise(text: str) -> str:
-    """Lower case, whitespace collapsed, trailing sentence punctuation dropped."""
-    return re.sub(r"\s+", " ", text).strip().lower().rstrip(".。!！ ")
+def get_matcher(name: str) -> Matcher:
+    """The rules called `name`; `ValueError` listing the known ones otherwise."""
+    if name not in MATCHERS:
+        raise ValueError(f"Unknown matcher {name!r}; known: {', '.join(MATCHERS)}.")
+    return MATCHERS[name]
 
 
-def _bare_letter(text: str, options: Mapping[str, str]) -> str | None:
-    match = _BARE_LETTER.fullmatch(text)
-    if match and match.group(1).upper() in options:
-        return match.group(1).upper()
+def _tokens(answer: str) -> list[str]:
+    for char in _BLANKED:
+        answer = answer.replace(char, " ")
+    return answer.split()
+
+
+def infer_letter(answer: str, letters: list[str], matcher: Matcher) -> str | None:
+    """The letter rules (module docstring, rules 1-5); None when they do not decide."""
+    if API_FAILURE in answer:
+        return None
+    if any(phrase in answer for phrase in REFUSALS):
+        return "Z"
+    tokens = _tokens(answer)
+    named = [letter for letter in letters if letter in tokens]
+    if len(named) == 1:
+        position = tokens.index(named[0])
+        if not matcher.letter_near_end or position >= len(tokens) - _LAST_TOKENS:
+            return named[0]
+    elif not named and "Z" in tokens:
+        return "Z"
+    if matcher.answer_is:
+        match = _ANSWER_IS.search(answer)
+        if match and match.group(1).upper() in letters:
+            return match.group(1).upper()
     return None
 
 
-def _leading_letter(text: str, options: Mapping[str, str]) -> str | None:
-    match = _LEADING_LETTER.match(text)
-    if match and match.group(1) in options:
-        return match.group(1)
-    return None
-
-
-def _answer_phrase(text: str, options: Mapping[str, str]) -> str | None:
-    for pattern in _ANSWER_PHRASES:
-        for match in pattern.finditer(text):
-            if match.group(1) in options:
-                return match.group(1)
-    return None
-
-
-def _contains_word(haystack: str, needle: str) -> bool:
-    """`needle` occurs in `haystack` not glued to ASCII letters or digits on either side."""
-    pattern = rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])"
-    return re.search(pattern, haystack) is not None
-
-
-def _option_text(text: str, options: Mapping[str, str]) -> str | None:
-    answer = _normalise(text)
-    texts = {letter: _normalise(option) for letter, option in options.items() if option.strip()}
-    exact = [letter for letter, option in texts.items() if option == answer]
-    if len(exact) == 1:
-        return exact[0]
-    found = [letter for letter, option in texts.items() if _contains_word(answer, option)]
-    # "black cat" and "cat" both occur in "a black cat": the longer, more specific one wins.
-    found = [
-        letter
-        for letter in found
-        if not any(other != letter and texts[letter] in texts[other] for other in found)
-    ]
+def infer_text(answer: str, choices: Mapping[str, str], matcher: Matcher) -> str | None:
+    """The option-text rule; None unless exactly one option's text occurs in the answer."""
+    answer = answer.lower()
+    if matcher.text_length_cap and len(answer) > 2 * sum(len(text) for text in choices.values()):
+        return None
+    found = [letter for letter, text in choices.items() if text.lower() in answer]
     return found[0] if len(found) == 1 else None
 
 
-def _lone_letter(text: str, options: Mapping[str, str]) -> str | None:
-    letters = set()
-    for match in _LONE_LETTER.finditer(text):
-        letter = match.group(1)
-        at_sentence_start = _SENTENCE_START.search(text[: match.start()]) is not None
-        if letter == "A" and at_sentence_start and _ARTICLE_A.match(text, match.start()):
-            continue
-        if letter in options:
-            letters.add(letter)
-    return letters.pop() if len(letters) == 1 else None
-
-
-_RULES = (_bare_letter, _leading_letter, _answer_phrase, _option_text, _lone_letter)
-
-
-def extract_choice(text: str, options: Mapping[str, str]) -> str | None:
-    """The option letter `text` picks, or None.
+def infer_choice(
+    answer: str, choices: Mapping[str, str], matcher: Matcher | str = DEFAULT_MATCHER
+) -> str | None:
+    """The letter `answer` picks, "Z" for none, or None when the rules cannot tell.
 
     Args:
-        text: the model's answer.
-        options: option letter ("A", "B", ...) -> option text.
+        answer: the model's answer, as VLMEvalKit reads it (see `mmbench.prediction_text`).
+        choices: option letter -> option text, in letter order, options without a value
+            left out.
+        matcher: a `Matcher` or its name.
     """
-    text = text.strip()
-    if not text:
-        return None
-    for rule in _RULES:
-        letter = rule(text, options)
-        if letter is not None:
-            return letter
-    return None
+    if isinstance(matcher, str):
+        matcher = get_matcher(matcher)
+    letter = infer_letter(answer, list(choices), matcher)
+    return letter if letter is not None else infer_text(answer, choices, matcher)

@@ -1,8 +1,13 @@
-"""An LLM judge for open-ended video QA, through any OpenAI-compatible chat endpoint.
+"""An LLM judge for open-ended video QA (and MMBench's fallback matcher), through any
+OpenAI-compatible chat endpoint.
 
 The judge reads a question, the correct answer and a prediction, and replies with a Python-style
 dict `{'pred': 'yes' | 'no', 'score': 0..5}` (the Video-ChatGPT protocol the paper used with
-gpt-3.5-turbo). Settings come from flags or the environment:
+gpt-3.5-turbo). Replies are read as the reference's `llavamini/eval/video/eval_video_qa.py`
+reads them (`REFERENCE_VIDEO_QA`): the whole reply must be a Python literal (`ast.literal_eval`),
+else it is asked again; `judgment_outcome` then turns it into the reference's tallies. The
+messages are our own wording (`VideoQAPrompt`); `--judge-prompt-file` supplies others, e.g. the
+reference's own, for a parity run. Settings come from flags or the environment:
 
 - `LLAVAMINI_JUDGE_BASE_URL` (else `OPENAI_BASE_URL`): e.g. `https://api.openai.com/v1` or a
   local vLLM server `http://127.0.0.1:8000/v1`; the client POSTs to `<base>/chat/completions`.
@@ -10,10 +15,12 @@ gpt-3.5-turbo). Settings come from flags or the environment:
   with every result).
 - `LLAVAMINI_JUDGE_API_KEY` (else `OPENAI_API_KEY`): sent as a Bearer token when set.
 
-Every parsed judgment is cached on disk, one JSON file per request, named by the SHA-256 of the
-model, the messages and the temperature, so rerunning a scoring costs no request. Requests run in
-parallel threads; timeouts, HTTP 429/5xx and malformed replies are retried with exponential
-back-off; an endpoint that refuses connections stops everything with a `JudgeUnreachableError`.
+Every kept reply is cached on disk, one JSON file per request, named by the SHA-256 of the
+model, the messages, the temperature and the prompt version, so rerunning a scoring costs no
+request (`Judge.ask` serves any prompt and reply reader; `Judge.judge` is the video-QA one).
+Requests run in parallel threads; timeouts, HTTP 429/5xx and malformed replies are retried with
+exponential back-off; an endpoint that refuses connections stops everything with a
+`JudgeUnreachableError`.
 """
 
 from __future__ import annotations
@@ -23,12 +30,12 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -36,26 +43,54 @@ from llavamini.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
-PROMPT_VERSION = "llavamini-video-qa-judge-v1"
-"""Names the judge messages below; recorded with every result and cached judgment."""
+PROMPT_VERSION = "llavamini-video-qa-judge-v2"
+"""Names the default judge messages and the reply reading; recorded with every result and
+part of every cache key."""
 
 CONNECT_RETRIES = 2
 """Attempts after a refused connection before the endpoint is declared unreachable."""
 
-SYSTEM_PROMPT = (
-    "You grade answers to questions about videos. You receive a question, the correct answer "
-    "and a predicted answer. Decide whether the prediction means the same as the correct "
-    "answer. Judge the meaning, not the wording: synonyms and paraphrases match; a wrong or "
-    "contradicting detail, or an answer that misses the point, does not."
-)
-USER_TEMPLATE = (
-    "Question: {question}\n"
-    "Correct answer: {answer}\n"
-    "Predicted answer: {prediction}\n\n"
-    "Reply with one Python dictionary and nothing else, for example {{'pred': 'yes', 'score': 4}}. "
-    "'pred' is 'yes' if the prediction matches the correct answer and 'no' otherwise; 'score' is "
-    "an integer from 0 (no match) to 5 (a perfect match)."
-)
+REFERENCE_VIDEO_QA = {
+    "repository": "ictnlp/LLaVA-Mini",
+    "file": "llavamini/eval/video/eval_video_qa.py",
+    "commit": "47da1137f7b503be685ab5faa9f64a88b102e786",
+}
+
+
+@dataclass(frozen=True)
+class VideoQAPrompt:
+    """The judge's messages: `system`, and `user` with `{question}`, `{answer}` and
+    `{prediction}` fields; `version` names them in results and cache keys."""
+
+    system: str = (
+        "You grade answers to questions about videos. You receive a question, the correct "
+        "answer and a predicted answer. Decide whether the prediction means the same as the "
+        "correct answer. Judge the meaning, not the wording: synonyms and paraphrases match; a "
+        "wrong or contradicting detail, or an answer that misses the point, does not."
+    )
+    user: str = (
+        "Question: {question}\n"
+        "Correct answer: {answer}\n"
+        "Predicted answer: {prediction}\n\n"
+        "Reply with one Python dictionary and nothing else, for example "
+        "{{'pred': 'yes', 'score': 4}}. 'pred' is 'yes' if the prediction matches the correct "
+        "answer and 'no' otherwise; 'score' is an integer from 0 (no match) to 5 (a perfect "
+        "match)."
+    )
+    version: str = PROMPT_VERSION
+
+
+def load_video_qa_prompt(path: str | None) -> VideoQAPrompt:
+    """`VideoQAPrompt` from a JSON file with `system` and `user` (the default when None)."""
+    if path is None:
+        return VideoQAPrompt()
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    missing = [key for key in ("system", "user") if key not in data]
+    if missing:
+        raise ValueError(f"{path}: a video-QA judge prompt file needs the keys {missing}.")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+    return VideoQAPrompt(data["system"], data["user"], f"file:{digest[:16]}")
 
 
 class JudgeError(RuntimeError):
@@ -122,45 +157,52 @@ def config_from_env(
     return JudgeConfig(base_url.rstrip("/"), model, api_key or None, cache_dir, **options)
 
 
-def build_messages(question: str, answer: str, prediction: str) -> list[dict]:
+def build_messages(
+    question: str, answer: str, prediction: str, prompt: VideoQAPrompt | None = None
+) -> list[dict]:
     """The chat messages of one judgment."""
-    user = USER_TEMPLATE.format(question=question, answer=answer, prediction=prediction)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    prompt = prompt or VideoQAPrompt()
+    user = prompt.user.format(question=question, answer=answer, prediction=prediction)
+    return [{"role": "system", "content": prompt.system}, {"role": "user", "content": user}]
 
 
-def cache_key(model: str, messages: list[dict], temperature: float) -> str:
-    """SHA-256 of everything that determines a judgment."""
+def cache_key(model: str, messages: list[dict], temperature: float, version: str = "") -> str:
+    """SHA-256 of everything that determines a cached value (`version`: how replies are read)."""
     blob = json.dumps(
-        {"model": model, "messages": messages, "temperature": temperature}, sort_keys=True
+        {"model": model, "messages": messages, "temperature": temperature, "version": version},
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def parse_judgment(reply: str) -> dict:
-    """`"{'pred': 'yes', 'score': 4}"` (JSON or Python literal, maybe inside prose) ->
-    `{"pred": "yes", "score": 4}`; raises `MalformedReplyError` saying what is wrong."""
-    match = re.search(r"\{.*?\}", reply, re.DOTALL)
-    if match is None:
-        raise MalformedReplyError(f"no {{...}} dictionary in the reply {reply[:200]!r}")
+def parse_judgment(reply: str) -> str:
+    """The reply, if the reference would keep it: it must be one Python literal as a whole
+    (`ast.literal_eval`; no prose around it). Raises `MalformedReplyError` otherwise."""
     try:
-        value = ast.literal_eval(match.group(0))
-    except (ValueError, SyntaxError):
-        try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError as error:
-            raise MalformedReplyError(f"unparsable dictionary {match.group(0)!r}") from error
-    if not isinstance(value, dict) or "pred" not in value or "score" not in value:
-        raise MalformedReplyError(f"expected keys 'pred' and 'score', got {match.group(0)!r}")
-    pred = str(value["pred"]).strip().lower()
-    if pred not in ("yes", "no"):
-        raise MalformedReplyError(f"'pred' must be 'yes' or 'no', got {value['pred']!r}")
+        ast.literal_eval(reply)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
+        raise MalformedReplyError(f"not a Python literal: {reply[:200]!r}") from error
+    return reply
+
+
+def judgment_outcome(reply: str) -> dict:
+    """What the reference's tally takes from a kept reply: `score` = int(reply['score']) and
+    `pred` = "yes" if "yes" is in the lower-cased reply['pred'], else "no" if "no" is, else
+    None. Where the reference's tally fails part-way (no such key, not a number, not a
+    dict), the parts it had not reached yet are None; the reply still counts towards the
+    mean score's denominator, as there."""
+    value = ast.literal_eval(reply)
+    outcome: dict = {"pred": None, "score": None}
     try:
-        score = int(value["score"])
-    except (TypeError, ValueError) as error:
-        raise MalformedReplyError(f"'score' must be an integer, got {value['score']!r}") from error
-    if not 0 <= score <= 5:
-        raise MalformedReplyError(f"'score' must be in 0..5, got {score}")
-    return {"pred": pred, "score": score}
+        outcome["score"] = int(value["score"])
+        pred = value["pred"].lower()
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError, OverflowError):
+        return outcome
+    if "yes" in pred:
+        outcome["pred"] = "yes"
+    elif "no" in pred:
+        outcome["pred"] = "no"
+    return outcome
 
 
 class JudgmentCache:
@@ -189,8 +231,14 @@ class JudgmentCache:
 class Judge:
     """Asks the judge (or its cache) about (question, answer, prediction) triples."""
 
-    def __init__(self, config: JudgeConfig, client: httpx.Client | None = None):
+    def __init__(
+        self,
+        config: JudgeConfig,
+        client: httpx.Client | None = None,
+        prompt: VideoQAPrompt | None = None,
+    ):
         self.config = config
+        self.prompt = prompt or VideoQAPrompt()
         self.cache = JudgmentCache(config.cache_dir)
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.client = client or httpx.Client(timeout=config.timeout_s, headers=headers)
@@ -229,14 +277,31 @@ class Judge:
             ) from error
 
     def judge(self, question: str, answer: str, prediction: str) -> dict:
-        """`{"pred", "score"}` for one triple, from the cache or the endpoint.
+        """`judgment_outcome` of one video-QA triple, from the cache or the endpoint (see
+        `ask` for the errors)."""
+        messages = build_messages(question, answer, prediction, self.prompt)
+        reply = self.ask(messages, parse_judgment, prompt_version=self.prompt.version)
+        return judgment_outcome(reply)
+
+    def ask(
+        self,
+        messages: list[dict],
+        parse: Callable[[str], Any],
+        prompt_version: str = PROMPT_VERSION,
+    ) -> Any:
+        """`parse(reply)` for one request, from the cache or the endpoint.
+
+        Args:
+            messages: the chat messages.
+            parse: reply text -> the value to return and cache; raises `MalformedReplyError`
+                for a reply worth retrying.
+            prompt_version: names the prompt, recorded in the cache entry.
 
         Raises:
             JudgeUnreachableError: the endpoint refuses connections (after the retries).
             JudgeError: every attempt timed out, failed or was malformed.
         """
-        messages = build_messages(question, answer, prediction)
-        key = cache_key(self.config.model, messages, self.config.temperature)
+        key = cache_key(self.config.model, messages, self.config.temperature, prompt_version)
         cached = self.cache.get(key)
         if cached is not None:
             with self._lock:
@@ -248,7 +313,7 @@ class Judge:
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
             try:
                 reply = self._post(messages)
-                judgment = parse_judgment(reply)
+                judgment = parse(reply)
             except httpx.ConnectError as error:
                 last_error = error
                 # A refused connection rarely heals in seconds: give up early, loudly.
@@ -262,7 +327,7 @@ class Judge:
             except httpx.TransportError as error:
                 last_error = error
                 continue
-            record = {"model": self.config.model, "prompt_version": PROMPT_VERSION}
+            record = {"model": self.config.model, "prompt_version": prompt_version}
             record.update(messages=messages, reply=reply, judgment=judgment)
             self.cache.put(key, record)
             return judgment

@@ -1,13 +1,16 @@
-"""GQA test-dev balanced: exact-match accuracy from the official questions JSON alone.
+"""GQA test-dev balanced, scored as LLaVA's patched GQA `eval.py` scores it.
 
 Questions: LLaVA's `llava_gqa_testdev_balanced.jsonl` (short-answer suffix in the file), images
-in `gqa/data/images`. Scoring needs only `testdev_balanced_questions.json` from the GQA release
-(not the scene graphs or choices files that the official `eval.py` also wants, which the
-release lacks): a prediction is LLaVA's conversion of the answer, `text.rstrip('.').lower()`,
-and it is right when it equals the gold answer. Reported beside the accuracy: per structural
-type (verify, query, choose, logical, compare), per semantic type (obj, attr, cat, rel, global),
-binary (yes/no) vs open questions, and consistency (over the entailed questions in the file, as
-the official script computes it). The official-format predictions file is written too.
+in `gqa/data/images`. Scoring needs only `testdev_balanced_questions.json` from the GQA release:
+LLaVA patches the official `eval.py` (`GQA_EVAL`) to run without the scene graphs and choices
+files the release lacks, so validity, plausibility, consistency and grounding are not computed.
+A prediction is LLaVA's conversion of the answer (`convert_gqa_for_eval.py`:
+`text.rstrip('.').lower()`), right when it equals the gold answer. Over the balanced questions
+(`isBalanced`), as percentages, unrounded: accuracy; "binary" and "open" (open = structural
+type "query"); per structural type, per semantic type, per reasoning-steps number and per
+question length in words; and the distribution score (chi-square / 100, lower is better).
+The official script stops when a prediction is missing; here an unanswered question is wrong
+(and counted in `missing`). The official-format predictions file is written too.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from llavamini.eval.tasks.base import (
     SHORT_ANSWER,
     ScoreInputs,
     Task,
-    answers_by_id,
-    percent,
     read_json,
     read_llava_questions,
     require,
@@ -27,66 +28,111 @@ from llavamini.eval.tasks.base import (
     write_json,
 )
 
+GQA_EVAL = {
+    "repository": "haotian-liu/LLaVA",
+    "file": "scripts/convert_gqa_for_eval.py; GQA eval.py as patched by LLaVA "
+    "(gist db6eddc2a984b4cbcc8a7f26fd523187, linked from docs/Evaluation.md)",
+    "commit": "c121f0432da27facab705978f83c4ada465e46fd",
+}
+
 
 def convert_prediction(text: str) -> str:
     """LLaVA's `convert_gqa_for_eval`: trailing periods off, lower case."""
     return text.rstrip(".").lower()
 
 
-def _consistency(questions: dict, correct: dict[str, bool]) -> float | None:
-    """Mean, over correctly answered questions with entailed questions in the set, of the
-    fraction of those entailed questions answered correctly."""
-    scores = []
-    for qid, question in questions.items():
-        if not correct.get(qid):
-            continue
-        entailed = [e for e in question.get("entailed", []) if e != qid and e in questions]
-        if entailed:
-            scores.append(sum(correct[e] for e in entailed) / len(entailed))
-    return percent(sum(scores), len(scores))
+def steps_number(question: dict) -> int:
+    """Reasoning steps of a question, as `eval.py` counts them: its semantic program's
+    operations, leaving out those whose "operation: argument" text contains "exist",
+    "query: name" or "choose name"."""
+    skipped = ("exist", "query: name", "choose name")
+    return sum(
+        1
+        for step in question["semantic"]
+        if not any(word in f"{step['operation']}: {step['argument']}" for word in skipped)
+    )
+
+
+def chi_square(gold: dict, predicted: dict) -> float:
+    """`eval.py`'s distribution score before its division by 100: per global group, the
+    chi-square of the predicted against the gold answer counts, weighted by the group's size."""
+    total_score, total_count = 0, 0
+    for group, counts in gold.items():
+        score, count = 0, 0
+        for answer, expected in counts.items():
+            observed = predicted[group].get(answer, 0)
+            score += (float(observed - expected) ** 2) / expected
+            count += expected
+        total_score += score * count
+        total_count += count
+    return float(total_score) / total_count
+
+
+def _mean_percent(values: list[float]) -> float:
+    """`eval.py`'s `avg(l) * 100` (0 for an empty list)."""
+    return float(sum(values)) / len(values) * 100 if values else 0
 
 
 def score(inputs: ScoreInputs) -> dict:
-    """Accuracy over every question of the official questions JSON (missing answers wrong)."""
+    """LLaVA's GQA `eval.py` over the balanced questions of the official questions JSON."""
     questions = read_json(inputs.annotations, "GQA questions JSON (testdev_balanced_questions)")
     if not isinstance(questions, dict):
         raise ValueError(f"{inputs.annotations}: expected {{question_id: question}}.")
-    by_id = answers_by_id(inputs.answers)
+    by_id = {record["question_id"]: record for record in inputs.answers}
     unknown = [qid for qid in by_id if qid not in questions]
     if unknown:
         raise ValueError(
             f"{len(unknown)} answered question ids are not in {inputs.annotations} "
             f"(first: {unknown[0]!r}): wrong --annotations file?"
         )
-    correct, predictions = {}, []
-    groups: dict[str, dict[str, list[bool]]] = {
+    predictions, items = [], {}
+    scores: dict[str, list[float]] = {"accuracy": [], "binary": [], "open": []}
+    groups: dict[str, dict] = {
         "per_structural_type": defaultdict(list),
         "per_semantic_type": defaultdict(list),
-        "binary_vs_open": defaultdict(list),
+        "per_steps": defaultdict(list),
+        "per_words": defaultdict(list),
     }
+    gold_counts = defaultdict(lambda: defaultdict(int))
+    predicted_counts = defaultdict(lambda: defaultdict(int))
     for qid, question in questions.items():
-        require(question, ("answer",), f"{inputs.annotations}[{qid}]")
+        require(
+            question, ("answer", "question", "types", "semantic"), f"{inputs.annotations}[{qid}]"
+        )
         record = by_id.get(qid)
         prediction = convert_prediction(record["text"]) if record else None
         if record is not None:
             predictions.append({"questionId": qid, "prediction": prediction})
-        correct[qid] = prediction == question["answer"]
-        types = question.get("types", {})
-        groups["per_structural_type"][types.get("structural", "unknown")].append(correct[qid])
-        groups["per_semantic_type"][types.get("semantic", "unknown")].append(correct[qid])
-        kind = "binary" if question["answer"] in ("yes", "no") else "open"
-        groups["binary_vs_open"][kind].append(correct[qid])
+        right = float(prediction == question["answer"])
+        items[qid] = int(right)
+        if not question.get("isBalanced", True):
+            continue
+        scores["accuracy"].append(right)
+        structural = question["types"]["structural"]
+        scores["open" if structural == "query" else "binary"].append(right)
+        groups["per_structural_type"][structural].append(right)
+        groups["per_semantic_type"][question["types"]["semantic"]].append(right)
+        groups["per_steps"][steps_number(question)].append(right)
+        groups["per_words"][len(question["question"].split())].append(right)
+        global_group = question.get("groups", {}).get("global")
+        if global_group is not None:
+            gold_counts[global_group][question["answer"]] += 1
+            predicted_counts[global_group][prediction] += 1
     warn_missing(len(questions) - len(by_id), len(questions))
     result = {
-        "accuracy": percent(sum(correct.values()), len(correct)),
+        "accuracy": _mean_percent(scores["accuracy"]),
         "metric": "exact match (%) of text.rstrip('.').lower() with the gold answer",
+        "scorer": [GQA_EVAL],
+        "binary": _mean_percent(scores["binary"]),
+        "open": _mean_percent(scores["open"]),
+        "distribution": chi_square(gold_counts, predicted_counts) / 100 if gold_counts else None,
     }
     for name, group in groups.items():
-        result[name] = {k: percent(sum(v), len(v)) for k, v in sorted(group.items())}
+        result[name] = {str(k): _mean_percent(v) for k, v in sorted(group.items())}
     result.update(
-        consistency=_consistency(questions, correct),
-        count=len(correct),
+        count=len(scores["accuracy"]),
         missing=len(questions) - len(by_id),
+        items=write_json(inputs.output_prefix + ".items.json", items),
         predictions=write_json(
             inputs.output_prefix + ".testdev_balanced_predictions.json", predictions
         ),

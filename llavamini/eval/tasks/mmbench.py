@@ -9,22 +9,42 @@ asked once, as the reference's `model_vqa_mmbench.py --single-pred-prompt` does:
 "Answer with the option's letter from the given choices directly." (Chinese TSV:
 "请直接回答选项字母。"; the reference's CN script forgot `--lang cn` and used the English one).
 
-Scoring extracts the chosen letter from free text (`metrics.choice.extract_choice`) and reports
-CircularEval accuracy (a question counts only if every rotation is right), per category and
-per l2-category, the single-pass accuracy on the original rows (index < 1,000,000), the number
-of answers naming no option, and writes the submission TSV (the question TSV without hint,
+Scoring reproduces VLMEvalKit's MMBench evaluation (`ImageMCQDataset.evaluate` with
+`mcq_circular_eval`), the protocol the field reports: rows are read as VLMEvalKit reads its
+prediction file (pandas: cells such as "", "None", "NA" or "null" are empty, so an option with
+such a text does not exist and such an answer reads "nan"); each answer's letter comes from
+the rule-based matcher (`metrics.choice`, `--matcher`); a question (the row with index < 1e6)
+counts only if every row of its group (same index modulo 1e6) is matched to its right letter;
+rows whose question has no original row are not scored. When the rules cannot read some
+answers of an otherwise right group and a judge is configured, the judge is asked to match
+them (VLMEvalKit's LLM fallback); without a judge such a group is wrong (VLMEvalKit's
+`exact_matching`). Reported: CircularEval accuracy, per category and per l2-category, the
+single-pass accuracy of the original rows, answers the rules could not read, per-question
+hits in `<prefix>.items.json`, and the submission TSV (the question TSV without hint,
 category, source, image, comment, l2-category, plus a `prediction` column).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
+import os
+import re
+import string
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 
-from llavamini.eval.metrics.choice import extract_choice
+from llavamini.eval.metrics.choice import DEFAULT_MATCHER, Matcher, get_matcher, infer_choice
+from llavamini.eval.metrics.judge import (
+    Judge,
+    JudgeError,
+    JudgeUnreachableError,
+    config_from_env,
+)
 from llavamini.eval.tasks.base import (
     OPTION_LETTER,
     OPTION_LETTER_CN,
@@ -33,9 +53,9 @@ from llavamini.eval.tasks.base import (
     ScoreInputs,
     Task,
     answers_by_id,
-    percent,
     require,
     warn_missing,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,6 +65,12 @@ CIRCULAR_STRIDE = 1_000_000
 
 OPTION_COLUMNS = "ABCDEFGHI"
 SUBMISSION_DROPPED = ("hint", "category", "source", "image", "comment", "l2-category")
+
+PANDAS_NA = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN")
+    + ("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+)
+"""Cell texts pandas reads as missing by default (`pandas._libs.parsers.STR_NA_VALUES`)."""
 
 
 def _raise_csv_field_limit() -> None:
@@ -69,12 +95,13 @@ def read_tsv(path: str) -> list[dict]:
 
 
 def is_none(value) -> bool:
-    """Empty cells as pandas writes and reads them: None, '', 'nan', 'none'."""
+    """An empty cell as LLaVA's `model_vqa_mmbench.py` reads the TSV (pandas' missing cells,
+    and 'nan' / 'none' in any case) for the prompt's hint and options."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    return str(value).strip().lower() in ("", "nan", "none")
+    return value in PANDAS_NA or str(value).lower() in ("nan", "none")
 
 
 def row_options(row: dict) -> list[str]:
@@ -138,62 +165,239 @@ def _write_submission(rows: list[dict], predictions: dict[str, str], path: str) 
     return path
 
 
+def is_empty_cell(cell: str | None) -> bool:
+    """Whether pandas reads this TSV or xlsx cell as missing (its default NA strings)."""
+    return cell is None or cell in PANDAS_NA
+
+
+def row_choices(row: dict) -> dict[str, str]:
+    """Option letter -> text as VLMEvalKit's `build_choices` sees them: every column named
+    by one capital letter whose cell is not empty, in letter order."""
+    return {
+        letter: row[letter]
+        for letter in string.ascii_uppercase
+        if letter in row and not is_empty_cell(row[letter])
+    }
+
+
+def prediction_text(record: dict | None) -> str:
+    """The answer as VLMEvalKit reads it back from its prediction file: an empty or NA-like
+    answer (and a missing one) is the string "nan"."""
+    text = record["text"] if record is not None else ""
+    return "nan" if is_empty_cell(text) else text
+
+
+@dataclass
+class _Row:
+    """One TSV row being scored."""
+
+    index: int
+    answer: str
+    question: str
+    choices: dict[str, str]
+    prediction: str
+    letter: str | None = None
+
+
+@dataclass(frozen=True)
+class MatchPrompt:
+    """The judge prompt of the LLM fallback: `template.format(question, options, answer)`
+    (positional), `template_cn` for questions with Chinese characters, and `options_header`
+    put before the "A. text" option lines."""
+
+    template: str = (
+        "Match an answer to a multiple-choice question with one of the options. Reply with "
+        "the letter of the option whose meaning is closest to the answer, or Z if the answer "
+        "means none of them. Reply with one capital letter only.\n"
+        "Question: {}\n{}Answer: {}\nYour output: "
+    )
+    template_cn: str = (
+        "请把一道单选题的回答与选项对应起来。输出与回答意思最接近的选项字母；"
+        "如果回答与所有选项的意思都不同，输出 Z。只输出一个大写字母。\n"
+        "问题: {}\n{}答案: {}\n输出: "
+    )
+    options_header: str = ""
+    version: str = "llavamini-mcq-match-v1"
+
+
+def load_match_prompt(path: str | None) -> MatchPrompt:
+    """`MatchPrompt` from a JSON file with `template`, optional `template_cn` and
+    `options_header` (e.g. VLMEvalKit's own texts, for an exact parity run); the default
+    prompt when `path` is None."""
+    if path is None:
+        return MatchPrompt()
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    if "template" not in data:
+        raise ValueError(f"{path}: a match prompt file needs a 'template' key.")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+    return MatchPrompt(
+        template=data["template"],
+        template_cn=data.get("template_cn", data["template"]),
+        options_header=data.get("options_header", ""),
+        version=f"file:{digest[:16]}",
+    )
+
+
+def _has_chinese(text: str) -> bool:
+    return re.search("[\u4e00-\u9fff]", text) is not None
+
+
+@dataclass
+class _Fallback:
+    """The LLM fallback's judge and settings, and the judgments that failed."""
+
+    judge: Judge
+    prompt: MatchPrompt
+    matcher: Matcher
+    allow_failures: bool
+    failed: int = 0
+
+    def letter(self, row: _Row) -> str | None:
+        """The letter the judge matches `row`'s answer to (read with the same rules), or
+        None; a judgment that keeps failing raises `JudgeError` unless failures are allowed
+        (then the row is wrong, as VLMEvalKit's random pick mostly is)."""
+        prompt = self.prompt
+        options = prompt.options_header + "".join(f"{k}. {v}\n" for k, v in row.choices.items())
+        template = prompt.template_cn if _has_chinese(row.question) else prompt.template
+        content = template.format(row.question, options, row.prediction)
+        try:
+            reply = self.judge.ask([{"role": "user", "content": content}], str, prompt.version)
+        except JudgeUnreachableError:
+            raise
+        except JudgeError:
+            if not self.allow_failures:
+                raise
+            self.failed += 1
+            return None
+        return infer_choice(reply, row.choices, self.matcher)
+
+
+def _group_hit(rows: list[_Row], fallback: _Fallback | None) -> bool:
+    """VLMEvalKit's circular group: wrong at the first row read as a wrong letter; right when
+    every row is read right; otherwise the unread rows go to the judge in order (wrong
+    without one)."""
+    for row in rows:
+        if row.letter is not None and row.letter != row.answer:
+            return False
+    if all(row.letter == row.answer for row in rows):
+        return True
+    if fallback is None:
+        return False
+    for row in rows:
+        if row.letter is None and fallback.letter(row) != row.answer:
+            return False
+    return True
+
+
+def _make_judge(inputs: ScoreInputs) -> Judge | None:
+    """The configured judge for the LLM fallback, or None when neither an endpoint nor a
+    model is configured (flags or environment); half a configuration raises `JudgeError`."""
+    settings = dict(inputs.options.get("judge", {}))
+    settings.setdefault("cache_dir", inputs.output_prefix + ".judge_cache")
+    names = ("LLAVAMINI_JUDGE_BASE_URL", "OPENAI_BASE_URL", "LLAVAMINI_JUDGE_MODEL")
+    configured = settings.get("base_url") or settings.get("model")
+    if not configured and not any(os.environ.get(name) for name in names):
+        return None
+    return Judge(config_from_env(**settings))
+
+
 def score(inputs: ScoreInputs) -> dict:
-    """CircularEval accuracy, per category, single-pass accuracy, submission file."""
+    """VLMEvalKit's CircularEval (see the module docstring)."""
     path = inputs.annotations or inputs.questions
-    rows = read_tsv(path)
+    matcher = get_matcher(inputs.options.get("matcher", DEFAULT_MATCHER))
+    in_file_order = read_tsv(path)
+    table = sorted(in_file_order, key=lambda row: int(row["index"]))
     by_id = answers_by_id(inputs.answers)
-    known = {str(int(row["index"])) for row in rows}
+    known = {str(int(row["index"])) for row in table}
     unknown = [qid for qid in by_id if qid not in known]
     if unknown:
         raise ValueError(
             f"{len(unknown)} answered indices are not in {path} (first: {unknown[0]})."
         )
-    groups: dict[int, list[bool]] = defaultdict(list)
-    category, l2_category = {}, {}
-    single_pass, unparsed = [], 0
-    for number, row in enumerate(rows, start=2):
-        require(row, ("index", "answer", "category"), f"{path}, line {number}")
-        index = int(row["index"])
-        record = by_id.get(str(index))
-        right = False
-        if record is not None:
-            options = dict(zip(OPTION_COLUMNS, row_options(row), strict=False))
-            letter = extract_choice(record["text"], options)
-            unparsed += letter is None
-            right = letter == row["answer"].strip()
-        group = index % CIRCULAR_STRIDE
-        groups[group].append(right)
-        category.setdefault(group, row["category"])
-        l2_category.setdefault(group, row.get("l2-category", "unknown"))
-        if index < CIRCULAR_STRIDE:
-            single_pass.append(right)
-    if all(len(results) == 1 for results in groups.values()):
+    rows, groups, mains = [], defaultdict(list), {}
+    for line in table:
+        require(line, ("index", "answer", "question"), f"{path}, index {line['index']}")
+        record = by_id.get(str(int(line["index"])))
+        row = _Row(
+            int(line["index"]),
+            line["answer"],
+            line["question"],
+            row_choices(line),
+            prediction_text(record),
+        )
+        row.letter = infer_choice(row.prediction, row.choices, matcher)
+        rows.append(row)
+        groups[row.index % CIRCULAR_STRIDE].append(row)
+        if row.index < CIRCULAR_STRIDE:
+            mains[row.index] = line
+    if all(len(groups[index]) == 1 for index in mains):
         logger.warning(
             "%s has no circular copies (no index differs by a multiple of %d): CircularEval "
             "equals single-pass accuracy here.",
             path,
             CIRCULAR_STRIDE,
         )
-    warn_missing(len(rows) - len(by_id), len(rows))
-    passed = {group: all(results) for group, results in groups.items()}
-    per_category, per_l2 = defaultdict(list), defaultdict(list)
-    for group, ok in passed.items():
-        per_category[category[group]].append(ok)
-        per_l2[l2_category[group]].append(ok)
+    warn_missing(len(table) - len(by_id), len(table))
+    judge = _make_judge(inputs)
+    prompt = load_match_prompt(inputs.options.get("judge_prompt_file"))
+    fallback = None
+    if judge is not None:
+        allow = inputs.options.get("allow_judge_failures", False)
+        fallback = _Fallback(judge, prompt, matcher, allow)
+    try:
+        hits = {index: _group_hit(groups[index], fallback) for index in mains}
+    finally:
+        if judge is not None:
+            judge.close()
+    per_category, per_l2, per_split = defaultdict(list), defaultdict(list), defaultdict(list)
+    for index, line in mains.items():
+        per_category[line.get("category", "unknown")].append(hits[index])
+        per_l2[line.get("l2-category", "unknown")].append(hits[index])
+        per_split[line.get("split", "none")].append(hits[index])
+    single_pass = [groups[index][0].letter == groups[index][0].answer for index in mains]
     predictions = {qid: record["text"] for qid, record in by_id.items()}
-    submission = _write_submission(rows, predictions, inputs.output_prefix + ".submission.tsv")
+    submission = _write_submission(
+        in_file_order, predictions, inputs.output_prefix + ".submission.tsv"
+    )
+    items = {str(index): int(hit) for index, hit in hits.items()}
     return {
-        "accuracy": percent(sum(passed.values()), len(passed)),
+        "accuracy": _mean_percent(list(hits.values())),
         "metric": "CircularEval accuracy (%): a question counts if all its rotations are right",
-        "per_category": {k: percent(sum(v), len(v)) for k, v in sorted(per_category.items())},
-        "per_l2_category": {k: percent(sum(v), len(v)) for k, v in sorted(per_l2.items())},
-        "single_pass_accuracy": percent(sum(single_pass), len(single_pass)),
-        "questions": len(passed),
-        "rows": len(rows),
-        "missing": len(rows) - len(by_id),
-        "unparsed_answers": unparsed,
+        "scorer": [matcher.scorer],
+        "per_category": {k: _mean_percent(v) for k, v in sorted(per_category.items())},
+        "per_l2_category": {k: _mean_percent(v) for k, v in sorted(per_l2.items())},
+        # VLMEvalKit reports every number per split; `accuracy` pools the splits.
+        "per_split": {k: _mean_percent(v) for k, v in sorted(per_split.items())},
+        "single_pass_accuracy": _mean_percent(single_pass),
+        "questions": len(hits),
+        "rows": len(table),
+        "missing": len(table) - len(by_id),
+        "unparsed_answers": sum(row.letter is None for row in rows),
+        "judge": _judge_summary(fallback),
+        "items": write_json(inputs.output_prefix + ".items.json", items),
         "submission": submission,
+    }
+
+
+def _mean_percent(hits: list[bool]) -> float | None:
+    """100 * the mean, unrounded (VLMEvalKit reports the plain mean)."""
+    return 100.0 * sum(hits) / len(hits) if hits else None
+
+
+def _judge_summary(fallback: _Fallback | None) -> dict | None:
+    if fallback is None:
+        return None
+    judge, prompt = fallback.judge, fallback.prompt
+    return {
+        "model": judge.config.model,
+        "base_url": judge.config.base_url,
+        "temperature": judge.config.temperature,
+        "prompt_version": prompt.version,
+        "requests_sent": judge.requests_sent,
+        "cache_hits": judge.cache_hits,
+        "cache_dir": judge.config.cache_dir,
+        "judge_failed": fallback.failed,
     }
 
 

@@ -6,17 +6,22 @@ per image, so answers are told apart by their prompt), images and labels in
 `question<TAB>Yes|No` line per question, in the category folder or in its
 `questions_answers_YN/`).
 
-A prediction is parsed as MME's `calculation.py` does: lower-cased; "yes"/"no" as is, else
-"yes" or "no" if found in its first four characters, else "other" (wrong). Per category:
-accuracy over questions, accuracy+ over images (both questions right), score = acc + acc+
-(max 200). Perception = sum over its 10 categories (max 2000): the paper's MME number;
-cognition = sum over its 4 (max 800).
+Scoring reproduces LLaVA's `convert_answer_to_mme.py` followed by the MME tool's
+`calculation.py` (`MME_CALCULATION`): each answer's label is found by category, label file
+(the image name up to its first dot, + ".txt") and question (suffix rules in
+`label_key_question`); a prediction is parsed as `calculation.py` does: lower-cased;
+"yes"/"no" as is, else "yes" or "no" if found in its first four characters, else "other"
+(wrong). Per category: accuracy over questions, accuracy+ over images (both questions right),
+score = acc + acc+ (max 200), unrounded. Perception = sum over its 10 categories (max 2000):
+the paper's MME number; cognition = sum over its 4 (max 800). `calculation.py` pairs each
+category's answers two by two in file order and needs every category; here the two questions
+of an image are grouped by its question_id, and absent categories are listed in
+`categories_absent` (the same numbers for a complete answer file in question order).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 
 from llavamini.eval.tasks.base import (
@@ -25,6 +30,7 @@ from llavamini.eval.tasks.base import (
     Task,
     answers_by_key,
     read_llava_questions,
+    write_json,
 )
 
 PERCEPTION = (
@@ -42,16 +48,34 @@ PERCEPTION = (
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 YES_NO_SUFFIX = "Please answer yes or no."
 
+MME_CALCULATION = {
+    "repository": "BradyFU/Awesome-Multimodal-Large-Language-Models",
+    "file": "tools/eval_tool.zip: eval_tool/calculation.py (after LLaVA's eval.zip "
+    "MME/convert_answer_to_mme.py)",
+    "commit": "1c1d69e138b57cf8b0400427927bfb8ed4285458",
+}
 
-def normalise_question(text: str) -> str:
-    """The question without answer-format suffixes, whitespace collapsed (labels and question
-    files differ in such details, e.g. two spaces before the yes/no suffix)."""
-    text = text.replace(SHORT_ANSWER, "").replace(YES_NO_SUFFIX, "")
-    return re.sub(r"\s+", " ", text).strip()
+
+def label_key_question(prompt: str, labels: dict, category: str, label_file: str) -> str:
+    """The label file's question for an answer's prompt, found as LLaVA's
+    `convert_answer_to_mme.py` finds it: the short-answer suffix removed (then stripped); if the
+    yes/no suffix is absent, it is appended after one space, or after two when that is how the
+    label file has it."""
+    if SHORT_ANSWER in prompt:
+        prompt = prompt.replace(SHORT_ANSWER, "").strip()
+    if YES_NO_SUFFIX not in prompt:
+        prompt = prompt + " " + YES_NO_SUFFIX
+        if (category, label_file, prompt) not in labels:
+            prompt = prompt.replace(" " + YES_NO_SUFFIX, "  " + YES_NO_SUFFIX)
+    return prompt
 
 
 def read_labels(root: str) -> dict[tuple[str, str, str], str]:
-    """(category, image stem, normalised question) -> "yes" / "no"."""
+    """(category, label file name, question) -> "yes" / "no" (lower-cased label).
+
+    A category's labels are in its `questions_answers_YN/` when it has an `images/` folder,
+    else beside the images; each line is `question<TAB>answer`.
+    """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"MME folder not found: {root}")
     labels = {}
@@ -59,21 +83,18 @@ def read_labels(root: str) -> dict[tuple[str, str, str], str]:
         folder = os.path.join(root, category)
         if not os.path.isdir(folder):
             continue
-        qa_folder = os.path.join(folder, "questions_answers_YN")
-        qa_folder = qa_folder if os.path.isdir(qa_folder) else folder
-        for name in sorted(os.listdir(qa_folder)):
+        if os.path.isdir(os.path.join(folder, "images")):
+            folder = os.path.join(folder, "questions_answers_YN")
+        for name in sorted(os.listdir(folder)):
             if not name.endswith(".txt"):
                 continue
-            path = os.path.join(qa_folder, name)
+            path = os.path.join(folder, name)
             with open(path, encoding="utf-8") as file:
                 for number, line in enumerate(file, start=1):
-                    if not line.strip():
-                        continue
-                    parts = line.rstrip("\n").split("\t")
-                    if len(parts) != 2 or parts[1].strip().lower() not in ("yes", "no"):
+                    parts = line.strip().split("\t")
+                    if len(parts) != 2 or parts[1].lower() not in ("yes", "no"):
                         raise ValueError(f"{path}, line {number}: expected 'question<TAB>Yes|No'.")
-                    key = (category, name[: -len(".txt")], normalise_question(parts[0]))
-                    labels[key] = parts[1].strip().lower()
+                    labels[(category, name, parts[0])] = parts[1].lower()
     if not labels:
         raise FileNotFoundError(f"No MME label files under {root}.")
     return labels
@@ -97,11 +118,14 @@ def score(inputs: ScoreInputs) -> dict:
     labels = read_labels(inputs.annotations)
     answers = answers_by_key(questions, inputs.answers, inputs.questions)
     per_image: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    items = {}
     for question in questions:
         qid = str(question.question_id)
-        category, _, image = qid.partition("/")
-        stem = os.path.splitext(os.path.basename(image))[0]
-        key = (category, stem, normalise_question(question.prompt))
+        category = qid.split("/")[0]
+        # The official conversion names the label file by the image name up to its first dot.
+        label_file = qid.split("/")[-1].split(".")[0] + ".txt"
+        text = label_key_question(question.prompt, labels, category, label_file)
+        key = (category, label_file, text)
         if key not in labels:
             raise ValueError(
                 f"No MME label for question_id {qid!r} ({question.prompt[:60]!r}) under "
@@ -109,29 +133,33 @@ def score(inputs: ScoreInputs) -> dict:
             )
         record = answers.get(question.key)
         right = record is not None and parse_prediction(record["text"]) == labels[key]
-        per_image[category][image].append(right)
+        per_image[category][qid].append(right)
+        items[question.key] = int(right)
     per_category, scores = {}, {}
     for category, images in sorted(per_image.items()):
         results = [ok for image_results in images.values() for ok in image_results]
-        accuracy = 100 * sum(results) / len(results)
-        accuracy_plus = 100 * sum(all(v) for v in images.values()) / len(images)
-        scores[category] = accuracy + accuracy_plus
+        accuracy = sum(results) / len(results)
+        accuracy_plus = sum(all(v) for v in images.values()) / len(images)
+        # The official sum: 0 + acc * 100 + acc_plus * 100, in that order.
+        scores[category] = 0 + accuracy * 100 + accuracy_plus * 100
         per_category[category] = {
-            "accuracy": round(accuracy, 2),
-            "accuracy_plus": round(accuracy_plus, 2),
-            "score": round(scores[category], 2),
+            "accuracy": accuracy * 100,
+            "accuracy_plus": accuracy_plus * 100,
+            "score": scores[category],
         }
     absent = [c for c in PERCEPTION + COGNITION if c not in per_category]
     perception = sum(scores[c] for c in PERCEPTION if c in scores)
     cognition = sum(scores[c] for c in COGNITION if c in scores)
     return {
-        "accuracy": round(perception, 2),
+        "accuracy": perception,
         "metric": "MME perception score (sum of 10 category scores, max 2000; not a percentage)",
-        "perception": round(perception, 2),
-        "cognition": round(cognition, 2),
+        "scorer": [MME_CALCULATION],
+        "perception": perception,
+        "cognition": cognition,
         "per_category": per_category,
         "categories_absent": absent,
         "missing": len(questions) - len(answers),
+        "items": write_json(inputs.output_prefix + ".items.json", items),
     }
 
 

@@ -5,11 +5,15 @@ random), COCO val2014 images. Labels: `coco/coco_pope_<category>.json` (JSON lin
 `label` yes/no), in the same order as that category's questions in the question file (the
 reference pairs them by position; here each pair's question text is checked too).
 
-An answer is "no" when its first sentence (text before the first period, commas removed)
-contains the word "No", "no" or "not", else "yes". Per split: accuracy, precision, recall and
-F1 with "yes" as the positive class, and the yes ratio. Headline: F1 averaged over the splits
-(LLaVA-1.5's convention for its single POPE number). Unanswered questions are left out and
-counted in `missing`.
+Scoring reproduces LLaVA's `llava/eval/eval_pope.py` (`LLAVA_EVAL_POPE`): an answer is "no"
+when its first sentence (text before the first period, commas removed, split on single
+spaces) contains the word "No", "no" or "not", else "yes"; a label is positive unless it is
+"no". Per split: accuracy, precision, recall and F1 with "yes" as the positive class, and the
+yes ratio, as percentages of the official fractions (unrounded). Headline: F1 averaged over
+the splits (LLaVA-1.5's convention for its single POPE number). Unanswered questions are left
+out and counted in `missing` (the official script pairs answers and labels by position, which
+is the same for a complete answer file in question order). Per-question yes/no readings go
+to `<prefix>.items.json`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,16 @@ from llavamini.eval.tasks.base import (
     read_jsonl,
     read_llava_questions,
     require,
+    write_json,
 )
 
 LABEL_PREFIX, LABEL_SUFFIX = "coco_pope_", ".json"
+
+LLAVA_EVAL_POPE = {
+    "repository": "haotian-liu/LLaVA",
+    "file": "llava/eval/eval_pope.py",
+    "commit": "c121f0432da27facab705978f83c4ada465e46fd",
+}
 
 
 def yes_or_no(text: str) -> str:
@@ -37,16 +48,20 @@ def yes_or_no(text: str) -> str:
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator if denominator else None
+    return float(numerator) / float(denominator) if denominator else None
 
 
 def split_metrics(predictions: list[str], labels: list[str]) -> dict:
-    """Accuracy, precision, recall, F1 ('yes' positive) and yes ratio, in percent."""
-    pairs = list(zip(predictions, labels, strict=True))
-    tp = sum(p == "yes" and t == "yes" for p, t in pairs)
-    fp = sum(p == "yes" and t != "yes" for p, t in pairs)
-    tn = sum(p == "no" and t != "yes" for p, t in pairs)
-    fn = sum(p == "no" and t == "yes" for p, t in pairs)
+    """Accuracy, precision, recall, F1 ('yes' positive) and yes ratio, in percent.
+
+    Computed as the official script does (its fractions, then times 100); a metric whose
+    denominator is zero is None (the official script stops with a division error).
+    """
+    pairs = [(p == "yes", t != "no") for p, t in zip(predictions, labels, strict=True)]
+    tp = sum(p and t for p, t in pairs)
+    fp = sum(p and not t for p, t in pairs)
+    tn = sum(not p and not t for p, t in pairs)
+    fn = sum(not p and t for p, t in pairs)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     f1 = None
     if precision is not None and recall is not None and precision + recall > 0:
@@ -58,7 +73,7 @@ def split_metrics(predictions: list[str], labels: list[str]) -> dict:
         "f1": f1,
         "yes_ratio": _ratio(tp + fp, len(pairs)),
     }
-    result = {k: (round(100 * v, 2) if v is not None else None) for k, v in values.items()}
+    result = {k: (100 * v if v is not None else None) for k, v in values.items()}
     result.update(tp=tp, fp=fp, tn=tn, fn=fn, count=len(pairs))
     return result
 
@@ -81,7 +96,7 @@ def score(inputs: ScoreInputs) -> dict:
     rows = read_jsonl(inputs.questions, "POPE question file")
     questions = read_llava_questions(inputs.questions, "")
     answers = answers_by_key(questions, inputs.answers, inputs.questions)
-    per_split, missing = {}, 0
+    per_split, missing, items = {}, 0, {}
     for category, path in _label_files(inputs.annotations).items():
         labels = read_jsonl(path, f"POPE labels ({category})")
         asked = [
@@ -106,18 +121,18 @@ def score(inputs: ScoreInputs) -> dict:
                 continue
             predictions.append(yes_or_no(record["text"]))
             truths.append(label["label"])
+            items[str(question.question_id)] = predictions[-1]
         per_split[category] = split_metrics(predictions, truths)
     f1s = [split["f1"] for split in per_split.values()]
     accuracies = [split["accuracy"] for split in per_split.values()]
-    mean = None if None in f1s else round(sum(f1s) / len(f1s), 2)
     return {
-        "accuracy": mean,
+        "accuracy": None if None in f1s else sum(f1s) / len(f1s),
         "metric": "F1 (%) with 'yes' positive, averaged over the POPE splits",
-        "mean_accuracy": None
-        if None in accuracies
-        else round(sum(accuracies) / len(accuracies), 2),
+        "scorer": [LLAVA_EVAL_POPE],
+        "mean_accuracy": None if None in accuracies else sum(accuracies) / len(accuracies),
         "per_split": per_split,
         "missing": missing,
+        "items": write_json(inputs.output_prefix + ".items.json", items),
     }
 
 

@@ -9,7 +9,10 @@ directly."; questions without an image are asked text-only. Labels: `problems.js
 
 Letter parsing follows the reference's `eval_science_qa.py`: the whole answer is a letter, or
 it starts with "X. ", or it contains exactly one "The answer is X" followed by any character;
-otherwise the answer is wrong. Every test problem counts (unanswered ones are wrong).
+otherwise the answer is wrong. Every test problem counts in the overall accuracy (unanswered
+ones are wrong); the IMG accuracy counts the answered problems with an image (the official
+script decides by the answer's prompt, where LLaVA puts "<image>", and gives unanswered
+problems the prompt "Unknown"). Percentages are unrounded (`LLAVA_EVAL_SCIENCE_QA`).
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ from llavamini.eval.tasks.base import (
     Question,
     ScoreInputs,
     Task,
-    answers_by_id,
-    percent,
     read_json,
     require,
     warn_missing,
+    write_json,
 )
 
 LETTERS = "ABCDE"
+LLAVA_EVAL_SCIENCE_QA = {
+    "repository": "haotian-liu/LLaVA",
+    "file": "llava/eval/eval_science_qa.py",
+    "commit": "c121f0432da27facab705978f83c4ada465e46fd",
+}
 _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
 
@@ -63,14 +70,16 @@ def score(inputs: ScoreInputs) -> dict:
     """IMG accuracy (headline), overall accuracy and per subject over the test split."""
     problems = read_json(os.path.join(inputs.annotations, "problems.json"), "ScienceQA problems")
     splits = read_json(os.path.join(inputs.annotations, "pid_splits.json"), "ScienceQA splits")
-    test_ids = [str(pid) for pid in splits["test"]]
-    by_id = answers_by_id(inputs.answers)
+    test_ids = splits["test"]
+    # Keyed by the JSON value, as the official script keys them: an answer filed under the
+    # int 4 is not the answer to problem "4".
+    by_id = {record["question_id"]: record for record in inputs.answers}
     unknown = [qid for qid in by_id if qid not in set(test_ids)]
     if unknown:
         raise ValueError(
             f"{len(unknown)} answered ids are not ScienceQA test problems (first: {unknown[0]!r})."
         )
-    everything, with_image, per_subject = [], [], defaultdict(list)
+    everything, with_image, per_subject, items = [], [], defaultdict(list), {}
     for pid in test_ids:
         problem = problems.get(pid)
         if problem is None:
@@ -82,19 +91,28 @@ def score(inputs: ScoreInputs) -> dict:
         )
         right = letter is not None and LETTERS.index(letter) == problem["answer"]
         everything.append(right)
-        if problem.get("image"):
+        # The official IMG set is the answered questions whose prompt shows an image.
+        if record is not None and problem.get("image"):
             with_image.append(right)
         per_subject[problem.get("subject", "unknown")].append(right)
+        items[str(pid)] = int(right)
     warn_missing(len(test_ids) - len(by_id), len(test_ids))
     return {
-        "accuracy": percent(sum(with_image), len(with_image)),
+        "accuracy": _percent(with_image),
         "metric": "accuracy (%) on test problems with an image (SciQA-IMG)",
-        "overall_accuracy": percent(sum(everything), len(everything)),
-        "per_subject": {k: percent(sum(v), len(v)) for k, v in sorted(per_subject.items())},
+        "scorer": [LLAVA_EVAL_SCIENCE_QA],
+        "overall_accuracy": _percent(everything),
+        "per_subject": {k: _percent(v) for k, v in sorted(per_subject.items())},
         "count": len(everything),
         "image_count": len(with_image),
         "missing": len(test_ids) - len(by_id),
+        "items": write_json(inputs.output_prefix + ".items.json", items),
     }
+
+
+def _percent(hits: list[bool]) -> float | None:
+    """The official `correct / total * 100`, unrounded."""
+    return sum(hits) / len(hits) * 100 if hits else None
 
 
 TASKS = (

@@ -49,6 +49,13 @@ def score(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": percent(sum(correct), len(correct)),
         "metric": "exact match after VQA normalisation, %",
+        "scorer": [
+            {
+                "repository": "this project (no official scorer: the data is generated here)",
+                "file": "llavamini/eval/tasks/synthetic.py",
+                "commit": None,
+            }
+        ],
         "per_type": {kind: percent(sum(hits), len(hits)) for kind, hits in sorted(by_type.items())},
         "majority_baseline": dict(sorted(majority.items())),
         "questions": len(rows),

@@ -12,9 +12,12 @@ structure in our own words. For a parity run, put the reference's text in a file
 `--prompt-prefix-file` (its SHA-256 is recorded in every answer line). Frames: ~1 fps, all of
 them (the reference's policy, `llavamini.data.sample_frame_indices`); greedy; 1024 new tokens.
 
-Score: every answered question is judged (`metrics.judge`); accuracy = yes / (yes + no) in
-percent, and the mean 0-5 score; questions without an answer count as "no" with score 0.
-Broken down by the question's first word (what, who, how, ...).
+Score: every answered question is judged (`metrics.judge`) and the judgments are tallied as the
+reference's `eval_video_qa.py` tallies them: accuracy = yes / (yes + no) in percent, score =
+the sum of int(score) over every kept judgment divided by their number; questions without an
+answer are not judged and not counted (the reference scores its prediction file), only
+reported as `missing`. Broken down by the question's first word (what, who, how, ...);
+per-question judgments in `<prefix>.items.json`.
 """
 
 from __future__ import annotations
@@ -26,20 +29,21 @@ from collections import defaultdict
 
 from llavamini.data.video import VIDEO_EXTENSIONS
 from llavamini.eval.metrics.judge import (
-    PROMPT_VERSION,
+    REFERENCE_VIDEO_QA,
     Judge,
     JudgeError,
     config_from_env,
+    load_video_qa_prompt,
 )
 from llavamini.eval.tasks.base import (
     Question,
     ScoreInputs,
     Task,
     answers_by_id,
-    percent,
     read_json,
     require,
     warn_missing,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,7 +128,7 @@ def _question_word(question: str) -> str:
 
 
 def score(inputs: ScoreInputs) -> dict:
-    """Judge every answer; accuracy = yes / (yes + no), mean score, per question word."""
+    """Judge every answer and tally as the reference's `eval_video_qa.py` does."""
     gold = read_gold_answers(inputs.questions, inputs.annotations)
     by_id = answers_by_id(inputs.answers)
     unknown = [qid for qid in by_id if qid not in gold]
@@ -135,7 +139,8 @@ def score(inputs: ScoreInputs) -> dict:
         )
     judge_options = dict(inputs.options.get("judge", {}))
     judge_options.setdefault("cache_dir", inputs.output_prefix + ".judge_cache")
-    judge = Judge(config_from_env(**judge_options))
+    prompt = load_video_qa_prompt(inputs.options.get("judge_prompt_file"))
+    judge = Judge(config_from_env(**judge_options), prompt=prompt)
     answered = [qid for qid in gold if qid in by_id]
     items = [(gold[qid][0], gold[qid][1], by_id[qid]["text"]) for qid in answered]
     try:
@@ -149,34 +154,35 @@ def score(inputs: ScoreInputs) -> dict:
             f"{len(failed)} of {len(items)} judgments failed (first: question {qid}: {error}). "
             f"The others are cached: rerun to retry only the failed ones."
         )
-    yes = no = 0
-    scores, per_word = [], defaultdict(list)
-    for qid, (question, _) in gold.items():
-        judgment = results.get(qid)
-        if isinstance(judgment, JudgeError):
-            continue  # an allowed failure is left out, as the reference's script does
-        if judgment is None:
-            judgment = {"pred": "no", "score": 0}  # not answered: wrong
-        is_yes = judgment["pred"] == "yes"
-        yes, no = yes + is_yes, no + (not is_yes)
-        scores.append(judgment["score"])
-        per_word[_question_word(question)].append(is_yes)
+    # The reference tallies the judgments it kept: every one counts towards the mean score,
+    # and towards the accuracy when its 'pred' reads as yes or no.
+    kept = {qid: r for qid, r in results.items() if not isinstance(r, JudgeError)}
+    yes = sum(r["pred"] == "yes" for r in kept.values())
+    no = sum(r["pred"] == "no" for r in kept.values())
+    score_sum = sum(r["score"] for r in kept.values() if r["score"] is not None)
+    per_word = defaultdict(list)
+    for qid, judgment in kept.items():
+        if judgment["pred"] is not None:
+            per_word[_question_word(gold[qid][0])].append(judgment["pred"] == "yes")
     warn_missing(len(gold) - len(answered), len(gold))
     config = judge.config
     return {
-        "accuracy": percent(yes, yes + no),
+        "accuracy": 100 * (yes / (yes + no)) if yes + no else None,
         "metric": "judge accuracy (%): yes / (yes + no)",
-        "score": round(sum(scores) / len(scores), 3) if scores else None,
-        "per_question_word": {k: percent(sum(v), len(v)) for k, v in sorted(per_word.items())},
+        "scorer": [REFERENCE_VIDEO_QA],
+        "score": score_sum / len(kept) if kept else None,
+        "per_question_word": {k: 100 * sum(v) / len(v) for k, v in sorted(per_word.items())},
         "yes": yes,
         "no": no,
+        "judged": len(kept),
         "missing": len(gold) - len(answered),
         "judge_failed": len(failed),
+        "items": write_json(inputs.output_prefix + ".items.json", kept),
         "judge": {
             "model": config.model,
             "base_url": config.base_url,
             "temperature": config.temperature,
-            "prompt_version": PROMPT_VERSION,
+            "prompt_version": prompt.version,
             "requests_sent": judge.requests_sent,
             "cache_hits": judge.cache_hits,
             "cache_dir": config.cache_dir,

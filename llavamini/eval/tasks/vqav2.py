@@ -6,9 +6,10 @@
   "" for questions not answered (test-standard ones). Test labels are private: no local number.
 - `vqav2_val` answers the official `v2_OpenEnded_mscoco_val2014_questions.json` (or any subset
   in that format) with the suffix appended, and scores locally against
-  `v2_mscoco_val2014_annotations.json`: each answer goes through the same EvalAI normaliser as
-  an upload would, then the official VQA accuracy, overall, per answer type and per question
-  type.
+  `v2_mscoco_val2014_annotations.json` as a submission would be scored: each answer goes
+  through the same EvalAI processor as an upload (LLaVA's `convert_vqav2_for_submission.py`),
+  then `vqaEval.py` (GT-Vision-Lab/VQA, current commit), overall, per answer type and per
+  question type, rounded as that script rounds.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from llavamini.eval.metrics.vqa import normalize_for_submission, vqa_accuracy
+from llavamini.eval.metrics.vqa import (
+    EVALAI_PROCESSOR,
+    VQA_EVAL,
+    normalize_for_submission,
+    round_half_away,
+    vqa_accuracy,
+)
 from llavamini.eval.tasks.base import (
     SHORT_ANSWER,
     Question,
     ScoreInputs,
     Task,
     answers_by_id,
-    percent,
     read_json,
     read_llava_questions,
     require,
@@ -69,52 +75,78 @@ def score_test_dev(inputs: ScoreInputs) -> dict:
     return {
         "accuracy": None,
         "metric": "VQA accuracy (%), computed by the EvalAI server from the submission file",
+        "scorer": [EVALAI_PROCESSOR],
         "submission": path,
         "answered": len(by_id),
         "questions_in_submission": len(upload),
     }
 
 
-def score_val(inputs: ScoreInputs) -> dict:
-    """Official VQA accuracy on val (or a subset), overall and per answer / question type."""
-    questions = read_official_questions(inputs.questions, "")
-    annotations = read_json(inputs.annotations, "VQAv2 annotation file")
+def _label_rows(path: str, question_ids: set[str]) -> list[dict]:
+    """The annotations of `question_ids`, in the annotation file's order (the order in which
+    `vqaEval.py` sums, which can matter in the last bit before rounding)."""
+    annotations = read_json(path, "VQAv2 annotation file")
     if not isinstance(annotations, dict) or "annotations" not in annotations:
-        raise ValueError(f"{inputs.annotations}: expected {{'annotations': [...]}}.")
-    labels = {str(row["question_id"]): row for row in annotations["annotations"]}
+        raise ValueError(f"{path}: expected {{'annotations': [...]}}.")
+    rows = [row for row in annotations["annotations"] if str(row["question_id"]) in question_ids]
+    found = {str(row["question_id"]) for row in rows}
+    if found != question_ids:
+        qid = sorted(question_ids - found)[0]
+        raise ValueError(f"{path}: no annotation for question_id {qid}.")
+    for row in rows:
+        require(
+            row, ("answers", "answer_type", "question_type"), f"annotation {row['question_id']}"
+        )
+    return rows
+
+
+def score_val(inputs: ScoreInputs) -> dict:
+    """`vqaEval.py` on the EvalAI-processed answers: overall, per answer and question type.
+
+    As a submission: every question of the question file gets its answer through the EvalAI
+    processor, "" when unanswered. Percentages are rounded as `vqaEval.py` rounds them; the
+    per-question accuracies (also rounded so) go to `<prefix>.items.json`.
+    """
+    questions = read_official_questions(inputs.questions, "")
     by_id = answers_by_id(inputs.answers)
-    _check_known(by_id, {str(q.question_id) for q in questions}, inputs.questions)
+    question_ids = {str(q.question_id) for q in questions}
+    _check_known(by_id, question_ids, inputs.questions)
+    submitted = {
+        qid: normalize_for_submission(by_id[qid]["text"]) if qid in by_id else ""
+        for qid in question_ids
+    }
     per_answer_type, per_question_type = defaultdict(list), defaultdict(list)
-    scores, upload, missing = [], [], 0
-    for question in questions:
-        qid = str(question.question_id)
-        if qid not in labels:
-            raise ValueError(f"{inputs.annotations}: no annotation for question_id {qid}.")
-        label = labels[qid]
-        require(label, ("answers", "answer_type", "question_type"), f"annotation {qid}")
-        record = by_id.get(qid)
-        if record is None:
-            missing += 1
-            accuracy = 0.0
-        else:
-            answer = normalize_for_submission(record["text"])
-            upload.append({"question_id": question.question_id, "answer": answer})
-            accuracy = vqa_accuracy(answer, [a["answer"] for a in label["answers"]])
+    scores, items = [], {}
+    for label in _label_rows(inputs.annotations, question_ids):
+        qid = str(label["question_id"])
+        accuracy = vqa_accuracy(submitted[qid], label["answers"])
         scores.append(accuracy)
         per_answer_type[label["answer_type"]].append(accuracy)
         per_question_type[label["question_type"]].append(accuracy)
+        items[qid] = round_half_away(100 * accuracy)
+    missing = len(question_ids) - len(by_id)
     warn_missing(missing, len(questions))
+    upload = [
+        {"question_id": q.question_id, "answer": submitted[str(q.question_id)]} for q in questions
+    ]
     return {
-        "accuracy": percent(sum(scores), len(scores)),
+        "accuracy": _official_percent(scores),
         "metric": "VQA accuracy (%): min(#humans agreeing / 3, 1) over 10 leave-one-out subsets",
-        "per_answer_type": {k: percent(sum(v), len(v)) for k, v in sorted(per_answer_type.items())},
+        "scorer": [EVALAI_PROCESSOR, VQA_EVAL],
+        "per_answer_type": {k: _official_percent(v) for k, v in sorted(per_answer_type.items())},
         "per_question_type": {
-            k: percent(sum(v), len(v)) for k, v in sorted(per_question_type.items())
+            k: _official_percent(v) for k, v in sorted(per_question_type.items())
         },
         "count": len(scores),
         "missing": missing,
+        "items": write_json(inputs.output_prefix + ".items.json", items),
         "submission": write_json(inputs.output_prefix + ".vqav2_submission.json", upload),
     }
+
+
+def _official_percent(accuracies: list[float]) -> float:
+    """100 * mean, computed and rounded the way `vqaEval.py` does."""
+    return round_half_away(100 * float(sum(accuracies)) / len(accuracies))
 
 
 TASKS = (
