@@ -26,7 +26,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from llavamini import synthetic
 from llavamini.model import family_of
-from llavamini.model.processing_llavamini import CLIP_L_336_PROCESSOR
+from llavamini.model.image_processors import CLIP_L_336_PROCESSOR
 
 SPECIAL_TOKENS = [
     "<|finetune_right_pad_id|>",  # id 0, like the parity fixture's pad

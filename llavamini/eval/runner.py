@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from llavamini.data.messages import parse_conversation
 from llavamini.eval.answers import AnswerWriter, prepare_for_resume, record_key, run_settings
 from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
 from llavamini.inference import GenerationSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.model.processing_llavamini import parse_conversation
 
 logger = logging.getLogger(__name__)
 

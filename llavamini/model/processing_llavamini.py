@@ -15,8 +15,8 @@ sample, the pixel tensors in placeholder order, `(parts, 3, H, W)` for an image 
 Three steps, each public, are all there is; `__call__` and `apply_chat_template` compose them:
 
 1. `render`: messages -> prompt strings with the conv mode's Jinja chat template
-   (`llavamini.conversation`); transformers' content parts become `<image>\\n` / `<video>\\n`
-   placeholders, and parts are joined by newlines;
+   (`llavamini.conversation`); transformers' content parts are joined by newlines, an image
+   part written `<image>` and a video part `<video>` (`llavamini.data.messages`);
 2. `process_image` / `process_video`: one image or video -> pixel tensor (the reference's
    preprocessing; the frame policy `video_fps` / `video_max_frames` of training and evaluation);
 3. `model_inputs`: prompt strings + pixel tensors -> the batch (placeholders checked).
@@ -26,22 +26,16 @@ Chat, the server, evaluation, analysis and the training dataset all go through t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import dataclasses
-import io
 import json
 import logging
 import os
 from collections.abc import Sequence
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
-import transformers
-from PIL import Image, UnidentifiedImageError
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, CLIPImageProcessorPil
+from transformers import AutoConfig, AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX
@@ -52,32 +46,25 @@ from llavamini.conversation import (
     get_template,
     render,
 )
-from llavamini.data.image_processing import load_image, process_images
+from llavamini.data.image_processing import process_images
+from llavamini.data.messages import (
+    Messages,
+    as_batch,
+    is_batch,
+    local_path,
+    media_per_text,
+    parse_conversation,
+    placeholder_kinds,
+    to_pil_image,
+)
 from llavamini.data.tokenization import tokenizer_image_token
 from llavamini.data.video import load_video, process_video
 from llavamini.model.checkpoint import resolve_checkpoint_dir
-from llavamini.model.configuration_llavamini import CLIP_L_336, find_vision_tower_folder
+from llavamini.model.image_processors import load_image_processor, pil_image_processor
 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG_FILE = "processor_config.json"
-IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
-
-CLIP_L_336_PROCESSOR = {
-    "size": {"shortest_edge": 336},
-    "crop_size": {"height": 336, "width": 336},
-    "resample": 3,  # bicubic
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-}
-"""`preprocessor_config.json` of `openai/clip-vit-large-patch14-336`, so the released checkpoint
-needs nothing from the network."""
-
-IMAGE_PROCESSOR_TYPES = {
-    "clip_vision_model": "CLIPImageProcessor",
-    "siglip_vision_model": "SiglipImageProcessor",
-}
-"""Image processor by vision encoder (open_clip towers use CLIP's preprocessing)."""
 
 SETTINGS = (
     "conv_mode",
@@ -92,53 +79,6 @@ SETTINGS = (
 LOADER_OPTIONS = ("_from_auto", "_from_pipeline", "trust_remote_code", "code_revision", "dtype")
 """Options that `AutoProcessor` and `pipeline` pass to every `from_pretrained`, which do not
 concern this processor."""
-
-Messages = list[dict]
-"""transformers' chat format: `{"role": "system" | "user" | "assistant", "content": str | parts}`
-where a part is `{"type": "text", "text": ...}`, `{"type": "image", "image" | "path" | "url" |
-"base64": ...}`, `{"type": "video", "video" | "path" | "url": ...}` or OpenAI's
-`{"type": "image_url", "image_url": {"url": ...}}`."""
-
-
-def pil_image_processor(name: str, settings: dict | None = None):
-    """The PIL backend of the image processor class `name` ("CLIPImageProcessor" or its Pil
-    name), whatever else is installed: the reference preprocessed with PIL (the torchvision
-    backend differs by up to ~0.015 per pixel)."""
-    pil_name = name if name.endswith("Pil") else name + "Pil"
-    processor_class = getattr(transformers, pil_name, None)
-    if processor_class is None:
-        raise ValueError(f"Unknown image processor {name!r}: transformers has no {pil_name}.")
-    settings = {k: v for k, v in (settings or {}).items() if k != "image_processor_type"}
-    return processor_class(**settings)
-
-
-def load_image_processor(checkpoint_dir: str, config):
-    """The encoder's image processor for a checkpoint without a processor: its own
-    `preprocessor_config.json`, else the vision tower folder's, else the built-in one for CLIP
-    ViT-L/14-336, else (open_clip) CLIP's preprocessing at the tower's image size."""
-    model_type = config.vision_config.model_type
-    default_type = IMAGE_PROCESSOR_TYPES.get(model_type, "CLIPImageProcessor")
-    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir, os.getcwd()))
-    looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
-    for folder in looked:
-        path = os.path.join(folder, IMAGE_PROCESSOR_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                settings = json.load(f)
-            return pil_image_processor(settings.get("image_processor_type", default_type), settings)
-    if config.mm_vision_tower == CLIP_L_336:
-        return CLIPImageProcessorPil(**CLIP_L_336_PROCESSOR)
-    if model_type == "open_clip_vision":
-        size = config.vision_config.image_size
-        return CLIPImageProcessorPil(
-            **{**CLIP_L_336_PROCESSOR, "size": {"shortest_edge": size},
-               "crop_size": {"height": size, "width": size}}
-        )  # fmt: skip
-    raise FileNotFoundError(
-        f"No {IMAGE_PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in "
-        f"{looked}."
-    )
-
 
 def checkpoint_conv_mode(name_or_path: str) -> str:
     """The conv mode of a checkpoint's processor (a folder, or a hub id in the local HF cache):
@@ -321,7 +261,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         processor's). A leading system message replaces the template's system prompt. Raises
         `ValueError` naming the message and part that is malformed.
         """
-        batch = _as_batch(conversations)
+        batch = as_batch(conversations)
         template = self._resolve_template(chat_template)
         prompts, media = [], []
         for number, conversation in enumerate(batch):
@@ -369,7 +309,7 @@ class LlavaMiniProcessor(ProcessorMixin):
             )
         options.setdefault("return_tensors", return_tensors)
         prompts, media = self.render(conversation, add_generation_prompt, chat_template)
-        batched = _is_batch(conversation)
+        batched = is_batch(conversation)
         if not tokenize:
             return prompts if batched else prompts[0]
         visuals = [[self.process(kind, source) for kind, source in sample] for sample in media]
@@ -499,8 +439,8 @@ class LlavaMiniProcessor(ProcessorMixin):
             raise ValueError("LlavaMiniProcessor needs text with a placeholder per image/video.")
         prompts = [text] if isinstance(text, str) else list(text)
         kinds = [placeholder_kinds(prompt) for prompt in prompts]
-        image_lists = _per_sample(images, [k.count("image") for k in kinds], "images")
-        video_lists = _per_sample(videos, [k.count("video") for k in kinds], "videos")
+        image_lists = media_per_text(images, [k.count("image") for k in kinds], "images")
+        video_lists = media_per_text(videos, [k.count("video") for k in kinds], "videos")
         visuals = []
         for sample_kinds, sample_images, sample_videos in zip(
             kinds, image_lists, video_lists, strict=True
@@ -521,163 +461,3 @@ class LlavaMiniProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "images"]
-
-
-def placeholder_kinds(prompt: str) -> list[str]:
-    """'image' / 'video' for each `<image>` / `<video>` placeholder of `prompt`, in order."""
-    kinds, position = [], 0
-    while True:
-        found = [
-            (prompt.find(token, position), kind)
-            for token, kind in ((DEFAULT_IMAGE_TOKEN, "image"), (DEFAULT_VIDEO_TOKEN, "video"))
-        ]
-        found = [(index, kind) for index, kind in found if index >= 0]
-        if not found:
-            return kinds
-        index, kind = min(found)
-        kinds.append(kind)
-        position = index + 1
-
-
-def _per_sample(media, counts: list[int], name: str) -> list[list]:
-    """`images=` / `videos=` of `__call__` as one list per text, checked against `counts`."""
-    if media is None:
-        media = []
-    elif not isinstance(media, (list, tuple)):
-        media = [media]
-    if media and all(isinstance(item, (list, tuple)) for item in media):
-        if len(media) != len(counts):
-            raise ValueError(f"Got {name} for {len(media)} texts but {len(counts)} texts.")
-        per_sample = [list(item) for item in media]
-    else:  # one flat list, shared out in placeholder order
-        flat, per_sample = list(media), []
-        for count in counts:
-            per_sample.append(flat[:count])
-            flat = flat[count:]
-        per_sample[-1].extend(flat)
-    for number, (items, count) in enumerate(zip(per_sample, counts, strict=True)):
-        if len(items) != count:
-            placeholder = DEFAULT_IMAGE_TOKEN if name == "images" else DEFAULT_VIDEO_TOKEN
-            raise ValueError(
-                f"Text {number} has {count} {placeholder} placeholders but {len(items)} {name}."
-            )
-    return per_sample
-
-
-def _is_batch(conversation) -> bool:
-    return bool(conversation) and isinstance(conversation[0], (list, tuple))
-
-
-def _as_batch(conversation) -> list[Messages]:
-    if not isinstance(conversation, (list, tuple)) or not conversation:
-        raise ValueError("A conversation is a non-empty list of messages (or a list of those).")
-    return list(conversation) if _is_batch(conversation) else [conversation]
-
-
-MEDIA_KEYS = {"image": ("image", "path", "url", "base64"), "video": ("video", "path", "url")}
-
-
-def parse_conversation(
-    conversation: Messages, number: int = 0
-) -> tuple[list[tuple[str, str]], str | None, list[tuple[str, object]]]:
-    """One conversation in transformers' chat format -> (`(role, text)` turns with
-    placeholders, the system prompt of a leading system message or None, the `(kind, source)`
-    of its media in order).
-
-    A content string is taken as it is; content parts are joined by newlines, an image part
-    becoming `<image>` and a video part `<video>`.
-    """
-    turns, system, media = [], None, []
-    for index, message in enumerate(conversation):
-        where = f"conversation {number}, message {index}"
-        if not isinstance(message, dict) or "role" not in message:
-            raise ValueError(f"{where}: a message is a dict with 'role' and 'content'.")
-        role, content = message["role"], message.get("content")
-        if role == "system":
-            if index != 0:
-                raise ValueError(f"{where}: a system message may only come first.")
-            system = _content_text(content, where, media, allow_media=False)
-            continue
-        if role not in ("user", "assistant"):
-            raise ValueError(
-                f"{where}: role must be 'system', 'user' or 'assistant', not {role!r}."
-            )
-        turns.append((role, _content_text(content, where, media, allow_media=role == "user")))
-    return turns, system, media
-
-
-def _content_text(content, where: str, media: list, allow_media: bool) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, (list, tuple)):
-        raise ValueError(f"{where}: 'content' must be a string or a list of parts.")
-    pieces = []
-    for number, part in enumerate(content):
-        here = f"{where}, part {number}"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise ValueError(f"{here}: a text part needs a string 'text'.")
-            pieces.append(part["text"])
-            continue
-        if kind == "image_url":
-            url = part.get("image_url")
-            part, kind = {"url": url.get("url") if isinstance(url, dict) else url}, "image"
-        if kind not in MEDIA_KEYS:
-            raise ValueError(f"{here}: 'type' must be 'text', 'image', 'image_url' or 'video'.")
-        if not allow_media:
-            raise ValueError(f"{here}: only user messages may hold images and videos.")
-        sources = [part[key] for key in MEDIA_KEYS[kind] if part.get(key) is not None]
-        if len(sources) != 1:
-            raise ValueError(
-                f"{here}: a {kind} part needs exactly one of {list(MEDIA_KEYS[kind])}."
-            )
-        source = sources[0]
-        if part.get("base64") is not None and not source.startswith("data:"):
-            source = "data:image;base64," + source  # transformers' raw base64 form
-        media.append((kind, source))
-        pieces.append(DEFAULT_IMAGE_TOKEN if kind == "image" else DEFAULT_VIDEO_TOKEN)
-    return "\n".join(pieces)
-
-
-def local_path(source: str) -> str:
-    """A plain path, or the path of a `file://` URL; other URLs raise `ValueError` (media are
-    read locally: nothing is downloaded)."""
-    parsed = urlparse(source)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme in ("http", "https"):
-        raise ValueError(
-            f"Remote media are not fetched ({source}): download it and pass the file's path."
-        )
-    return source
-
-
-def to_pil_image(image) -> Image.Image:
-    """A PIL image, path (str or `os.PathLike`), `file://` URL, base64 `data:` URL or
-    `(H, W, 3)` uint8 array -> RGB."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, os.PathLike):
-        image = os.fspath(image)
-    if isinstance(image, str):
-        if image.startswith("data:"):
-            return _decode_data_url(image)
-        return load_image(local_path(image))
-    array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise ValueError(
-            f"An image array must be (H, W, 3) uint8, got {array.dtype} {array.shape}."
-        )
-    return Image.fromarray(array)
-
-
-def _decode_data_url(url: str) -> Image.Image:
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64"):
-        raise ValueError(f"An image data URL must be base64 encoded, got {header[:40]!r}.")
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
-            return image.convert("RGB")
-    except (binascii.Error, UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot decode the image of a data URL: {error}") from error

@@ -23,7 +23,8 @@ from llavamini.conversation import get_template
 from llavamini.data.dataset import DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records
 from llavamini.model.checkpoint import resolve_checkpoint_dir
-from llavamini.model.processing_llavamini import LlavaMiniProcessor, load_image_processor
+from llavamini.model.image_processors import load_image_processor
+from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.train.arguments import parse_args, save_run_config
 from llavamini.train.checkpointing import resolve_resume
 from llavamini.train.model_setup import build_model

@@ -22,7 +22,7 @@ from llavamini import LlavaMiniProcessor
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render
 from llavamini.data import load_video, process_images, process_video, tokenizer_image_token
-from llavamini.model.processing_llavamini import load_image_processor
+from llavamini.model.image_processors import load_image_processor
 from llavamini.tiny import build_tiny_checkpoint
 from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
 

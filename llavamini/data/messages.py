@@ -1,0 +1,192 @@
+"""Chat messages and media sources: transformers' chat format -> prompt turns and media.
+
+A conversation is a list of `{"role", "content"}` messages; `parse_conversation` turns it into
+`(role, text)` turns with `<image>` / `<video>` placeholders, the system prompt, and the
+`(kind, source)` of its images and videos in order, for `LlavaMiniProcessor`
+(`llavamini.model.processing_llavamini`). `to_pil_image` and `local_path` read media sources:
+PIL images, arrays, paths, `file://` and base64 `data:` URLs; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
+from llavamini.data.image_processing import load_image
+
+Messages = list[dict]
+"""transformers' chat format: `{"role": "system" | "user" | "assistant", "content": str | parts}`
+where a part is `{"type": "text", "text": ...}`, `{"type": "image", "image" | "path" | "url" |
+"base64": ...}`, `{"type": "video", "video" | "path" | "url": ...}` or OpenAI's
+`{"type": "image_url", "image_url": {"url": ...}}`."""
+
+
+
+def placeholder_kinds(prompt: str) -> list[str]:
+    """'image' / 'video' for each `<image>` / `<video>` placeholder of `prompt`, in order."""
+    kinds, position = [], 0
+    while True:
+        found = [
+            (prompt.find(token, position), kind)
+            for token, kind in ((DEFAULT_IMAGE_TOKEN, "image"), (DEFAULT_VIDEO_TOKEN, "video"))
+        ]
+        found = [(index, kind) for index, kind in found if index >= 0]
+        if not found:
+            return kinds
+        index, kind = min(found)
+        kinds.append(kind)
+        position = index + 1
+
+
+def media_per_text(media, counts: list[int], name: str) -> list[list]:
+    """`images=` / `videos=` of `LlavaMiniProcessor.__call__` as one list per text: a list per
+    text, or one flat list shared out in placeholder order; checked against `counts`, the
+    placeholders of each text."""
+    if media is None:
+        media = []
+    elif not isinstance(media, (list, tuple)):
+        media = [media]
+    if media and all(isinstance(item, (list, tuple)) for item in media):
+        if len(media) != len(counts):
+            raise ValueError(f"Got {name} for {len(media)} texts but {len(counts)} texts.")
+        per_sample = [list(item) for item in media]
+    else:  # one flat list, shared out in placeholder order
+        flat, per_sample = list(media), []
+        for count in counts:
+            per_sample.append(flat[:count])
+            flat = flat[count:]
+        per_sample[-1].extend(flat)
+    for number, (items, count) in enumerate(zip(per_sample, counts, strict=True)):
+        if len(items) != count:
+            placeholder = DEFAULT_IMAGE_TOKEN if name == "images" else DEFAULT_VIDEO_TOKEN
+            raise ValueError(
+                f"Text {number} has {count} {placeholder} placeholders but {len(items)} {name}."
+            )
+    return per_sample
+
+
+def is_batch(conversation) -> bool:
+    return bool(conversation) and isinstance(conversation[0], (list, tuple))
+
+
+def as_batch(conversation) -> list[Messages]:
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        raise ValueError("A conversation is a non-empty list of messages (or a list of those).")
+    return list(conversation) if is_batch(conversation) else [conversation]
+
+
+MEDIA_KEYS = {"image": ("image", "path", "url", "base64"), "video": ("video", "path", "url")}
+
+
+def parse_conversation(
+    conversation: Messages, number: int = 0
+) -> tuple[list[tuple[str, str]], str | None, list[tuple[str, object]]]:
+    """One conversation in transformers' chat format -> (`(role, text)` turns with
+    placeholders, the system prompt of a leading system message or None, the `(kind, source)`
+    of its media in order).
+
+    A content string is taken as it is; content parts are joined by newlines, an image part
+    becoming `<image>` and a video part `<video>`.
+    """
+    turns, system, media = [], None, []
+    for index, message in enumerate(conversation):
+        where = f"conversation {number}, message {index}"
+        if not isinstance(message, dict) or "role" not in message:
+            raise ValueError(f"{where}: a message is a dict with 'role' and 'content'.")
+        role, content = message["role"], message.get("content")
+        if role == "system":
+            if index != 0:
+                raise ValueError(f"{where}: a system message may only come first.")
+            system = _content_text(content, where, media, allow_media=False)
+            continue
+        if role not in ("user", "assistant"):
+            raise ValueError(
+                f"{where}: role must be 'system', 'user' or 'assistant', not {role!r}."
+            )
+        turns.append((role, _content_text(content, where, media, allow_media=role == "user")))
+    return turns, system, media
+
+
+def _content_text(content, where: str, media: list, allow_media: bool) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, (list, tuple)):
+        raise ValueError(f"{where}: 'content' must be a string or a list of parts.")
+    pieces = []
+    for number, part in enumerate(content):
+        here = f"{where}, part {number}"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"{here}: a text part needs a string 'text'.")
+            pieces.append(part["text"])
+            continue
+        if kind == "image_url":
+            url = part.get("image_url")
+            part, kind = {"url": url.get("url") if isinstance(url, dict) else url}, "image"
+        if kind not in MEDIA_KEYS:
+            raise ValueError(f"{here}: 'type' must be 'text', 'image', 'image_url' or 'video'.")
+        if not allow_media:
+            raise ValueError(f"{here}: only user messages may hold images and videos.")
+        sources = [part[key] for key in MEDIA_KEYS[kind] if part.get(key) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f"{here}: a {kind} part needs exactly one of {list(MEDIA_KEYS[kind])}."
+            )
+        source = sources[0]
+        if part.get("base64") is not None and not source.startswith("data:"):
+            source = "data:image;base64," + source  # transformers' raw base64 form
+        media.append((kind, source))
+        pieces.append(DEFAULT_IMAGE_TOKEN if kind == "image" else DEFAULT_VIDEO_TOKEN)
+    return "\n".join(pieces)
+
+
+def local_path(source: str) -> str:
+    """A plain path, or the path of a `file://` URL; other URLs raise `ValueError` (media are
+    read locally: nothing is downloaded)."""
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme in ("http", "https"):
+        raise ValueError(
+            f"Remote media are not fetched ({source}): download it and pass the file's path."
+        )
+    return source
+
+
+def to_pil_image(image) -> Image.Image:
+    """A PIL image, path (str or `os.PathLike`), `file://` URL, base64 `data:` URL or
+    `(H, W, 3)` uint8 array -> RGB."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, str):
+        if image.startswith("data:"):
+            return _decode_data_url(image)
+        return load_image(local_path(image))
+    array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"An image array must be (H, W, 3) uint8, got {array.dtype} {array.shape}."
+        )
+    return Image.fromarray(array)
+
+
+def _decode_data_url(url: str) -> Image.Image:
+    header, _, payload = url.partition(",")
+    if not header.endswith(";base64"):
+        raise ValueError(f"An image data URL must be base64 encoded, got {header[:40]!r}.")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
+            return image.convert("RGB")
+    except (binascii.Error, UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot decode the image of a data URL: {error}") from error
