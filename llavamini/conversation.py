@@ -1,4 +1,4 @@
-"""Chat templates as Jinja, rendered without any download (reference.md §3).
+"""Chat templates as Jinja, rendered without any download (docs/compatibility.md K10).
 
 Every conv mode is a Jinja chat template, the form transformers, vLLM and lmms-eval read: the
 named ones are in `TEMPLATES`; 'chat_template' is the tokenizer's own. A template renders

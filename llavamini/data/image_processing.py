@@ -1,4 +1,4 @@
-"""Image preprocessing, identical to the reference's inference path (reference.md §4.2, §1.7).
+"""Image preprocessing, identical to the reference's inference path (docs/compatibility.md K7, K9).
 
 `process_images` turns PIL images into the `(B, parts, 3, H, W)` tensor the model takes:
 with `resolution_ratio` N > 1 each image is split into N x N row-major crops followed by the whole

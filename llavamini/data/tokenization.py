@@ -54,7 +54,7 @@ def tokenizer_image_token(
 
     A BOS is prepended when `add_bos` and the tokenizer has one, unless the rendered prompt
     already starts with it (the reference's inference scripts produced a double BOS there;
-    reference.md §3.2).
+    docs/compatibility.md F3).
     """
     ids = [token_id for token_id, _, _ in _tokens_with_offsets(prompt, tokenizer)]
     if _needs_bos(ids, tokenizer, add_bos):

@@ -1,4 +1,5 @@
-"""Video frames: one sampling policy for training, chat and evaluation (reference.md §4.3).
+"""Video frames: one sampling policy for training, chat and evaluation
+(docs/compatibility.md K8, F16).
 
 `sample_frame_indices` takes `min(total, floor(duration * fps))` frames (at least one), capped at
 `max_frames`, at the midpoints of equal segments, as the reference does at 1 fps. Frames are

@@ -1,7 +1,7 @@
 """Compressors: a square grid of `N = T*T` vision features `(B, N, D_v)` -> `(B, C*C, D_v)`.
 
 `QueryCompressor` is the paper's query-based compression, computed exactly as the reference's
-`Resampler` (reference.md §1.4) because the released weights were trained with it:
+`Resampler` (docs/compatibility.md K2, K3) because the released weights were trained with it:
 
     q   = LayerNorm_q(query) + pos_embed                        # (C*C, D_v), C x C sin-cos table
     kv  = LayerNorm_kv(x)                                       # (B, N, D_v)

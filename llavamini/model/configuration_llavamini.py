@@ -3,8 +3,8 @@
 `LlavaMiniConfigMixin` holds the multimodal fields; each backbone family combines it with its own
 config class (`LlavaMiniConfig` = mixin + `LlamaConfig`, model_type "llava_mini_llama", the
 release's; other families in `llavamini.model.backbones`). Every field of the reference's
-`config.json` (reference.md §2.2) is accepted. The ones that shape the model are validated when
-the config is built; the ones the reference writes but never reads at inference
+`config.json` (docs/compatibility.md K1) is accepted. The ones that shape the model are validated
+when the config is built; the ones the reference writes but never reads at inference
 (`tune_mm_mlp_adapter`, `mm_projector_lr`, ...) are kept so that a loaded config saves back
 unchanged.
 

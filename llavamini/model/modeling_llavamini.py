@@ -6,7 +6,7 @@ pre-fusion layers are built from the backbone's own decoder-layer class and use 
 embedding. This file composes the Llama family (Vicuna, Llama-3.x: the release);
 `llavamini.model.backbones` composes Qwen2/Qwen3 and any other transformers causal LM.
 
-The module tree reproduces the released checkpoint's keys (reference.md §2.1):
+The module tree reproduces the released checkpoint's keys (docs/compatibility.md K1):
 
     model.embed_tokens / model.layers.{i} / model.norm / lm_head     the Llama LLM
     model.vision_tower.vision_tower.vision_model.*                   CLIP (frozen)
@@ -28,10 +28,10 @@ crop map and lets pre-fusion read [projected stitched crops; projected global vi
 (T, parts, 3, H, W) tensor: frames are encoded in batched chunks, the LLM gets T*Q tokens in frame
 order, and the fused text is the mean over frames (in float32).
 
-Reference bugs fixed here (reference.md §8): widths come from the config (#1); text embeddings are
-not detached, so `embed_tokens` trains (#4); padding is excluded from pre-fusion and the splice
-honours left padding (#10); inference never truncates the prompt (#11); video frames are batched
-and keep their gradients (#8, #12); pre-fusion works on transformers 5 (#13).
+Reference bugs fixed here (docs/compatibility.md): widths come from the config (F1); text
+embeddings are not detached, so `embed_tokens` trains (F4); padding is excluded from pre-fusion
+and the splice honours left padding (F5); inference never truncates the prompt (F6); video frames
+are batched and keep their gradients (F7); pre-fusion works on transformers 5 (F8).
 """
 
 from __future__ import annotations
