@@ -245,9 +245,14 @@ def plot_results(results: dict, curves: dict, baseline: dict, output_dir: str) -
 
 
 def run(args: argparse.Namespace) -> None:
+    from transformers.utils import logging as transformers_logging
+
     from llavamini import synthetic
     from llavamini.tiny import build_tiny_assets
 
+    # One bar per training stage: transformers' per-file bars ("Loading weights", "Writing
+    # model shards") would interleave with them; the trainer's log goes to each stage's folder.
+    transformers_logging.disable_progress_bar()
     started = time.perf_counter()
     plan = plan_from_args(args)
     out = args.output_dir

@@ -37,6 +37,8 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<unk>")
 """Pad tokens tried in order when the tokenizer has none (Llama-3.1's first, as the reference)."""
 
 RUN_CONFIG_FILE = "run_config.yaml"
+TRAINER_LOG_FILE = "trainer_log.jsonl"
+"""Every log record of a run, one JSON object a line (the console shows only the bar)."""
 SKIPPED_FILE = "skipped_samples.json"
 """Written at the end of a run that skipped bad samples: their names and problems."""
 SKIPPED_LOGGED = 20
@@ -91,19 +93,33 @@ class TimeBudget(TrainerCallback):
             control.should_training_stop = True
 
 
-class TimeBudgetProgress(ProgressCallback):
-    """The training bar of a time-budgeted run: seconds of the budget, with the step beside
-    them, instead of `max_steps` (under a budget, a bound no run reaches, with an ETA of hours)."""
+class TrainingProgress(ProgressCallback):
+    """The console of a run: one bar, with the step, the latest loss and samples per second
+    beside it; every log record (losses, learning rate, the end-of-run summary) goes as a JSON
+    line to `<output_dir>/TRAINER_LOG_FILE` instead of the console.
 
-    def __init__(self, minutes: float):
+    With a time budget (`minutes`), the bar counts the budget's seconds rather than `max_steps`
+    (under a budget, a bound no run reaches, with an ETA of hours).
+    """
+
+    def __init__(self, minutes: float | None = None):
         super().__init__()
-        self.seconds = minutes * 60
+        self.seconds = minutes * 60 if minutes is not None else None
         self.start = None
+        self.postfix: dict[str, str] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
-        self.current_step = 0
-        if state.is_world_process_zero:
+        self.current_step = state.global_step
+        self.first_step = state.global_step
+        if not state.is_world_process_zero:
+            return
+        if self.seconds is None:
+            self.training_bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                dynamic_ncols=True,
+            )  # fmt: skip
+        else:
             self.training_bar = tqdm(
                 total=round(self.seconds),
                 desc="time budget",
@@ -112,11 +128,27 @@ class TimeBudgetProgress(ProgressCallback):
             )
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.current_step = state.global_step
         if state.is_world_process_zero:
-            self.training_bar.n = round(min(time.perf_counter() - self.start, self.seconds))
-            self.training_bar.set_postfix(step=state.global_step)
+            elapsed = time.perf_counter() - self.start
+            if self.seconds is None:
+                self.training_bar.update(state.global_step - self.current_step)
+            else:
+                self.training_bar.n = round(min(elapsed, self.seconds))
+            samples = (state.global_step - self.first_step) * state.train_batch_size
+            samples *= args.gradient_accumulation_steps * args.world_size
+            self.postfix.update(step=str(state.global_step), samples_s=f"{samples / elapsed:.1f}")
+            self.training_bar.set_postfix(self.postfix)
+        self.current_step = state.global_step
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        record = {"step": state.global_step, **(logs or {})}
+        with open(os.path.join(args.output_dir, TRAINER_LOG_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if "loss" in record and self.training_bar is not None:
+            self.postfix["loss"] = f"{float(record['loss']):.4g}"
+            self.training_bar.set_postfix(self.postfix)
 
 def train(argv: list[str]) -> LlavaMiniTrainer:
     model_args, data_args, training_args = parse_args(argv)
@@ -181,9 +213,9 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     )
     if training_args.max_train_minutes is not None:
         trainer.add_callback(TimeBudget(training_args.max_train_minutes))
-        if not training_args.disable_tqdm:
-            trainer.remove_callback(ProgressCallback)
-            trainer.add_callback(TimeBudgetProgress(training_args.max_train_minutes))
+    if not training_args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(TrainingProgress(training_args.max_train_minutes))
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume)
     finish(trainer, model_args, data_args, training_args)

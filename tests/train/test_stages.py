@@ -226,20 +226,37 @@ def test_time_budget_bar_counts_seconds_of_the_budget(assets, tmp_path):
     `max_steps`), and the step is shown beside it."""
     from transformers.trainer_callback import ProgressCallback, TrainerState
 
-    from llavamini.train.train import TimeBudgetProgress
+    from llavamini.train.train import TrainingProgress
 
     trainer = train(run_args(assets, "tiny.yaml", tmp_path, "--max_steps", "2",
                              "--max_train_minutes", "1.5", "--disable_tqdm", "false"))  # fmt: skip
     callbacks = trainer.callback_handler.callbacks
     bars = [c for c in callbacks if isinstance(c, ProgressCallback)]
-    assert len(bars) == 1 and isinstance(bars[0], TimeBudgetProgress)
-    progress, state = TimeBudgetProgress(1.5), TrainerState()
+    assert len(bars) == 1 and isinstance(bars[0], TrainingProgress)
+    progress, state = TrainingProgress(1.5), TrainerState(train_batch_size=4)
     progress.on_train_begin(trainer.args, state, None)
     state.global_step = 3
     progress.on_step_end(trainer.args, state, None)
     bar = progress.training_bar
-    assert bar.total == 90 and bar.n <= 1 and bar.postfix == "step=3"
+    assert bar.total == 90 and bar.n <= 1 and bar.postfix.startswith("step=3, samples_s=")
     bar.close()
+
+
+def test_console_shows_one_bar_and_the_log_goes_to_a_file(assets, tmp_path, capsys):
+    """No raw log dicts on the console: the bar carries step, loss and samples/s, and every
+    log record is a JSON line in the output folder."""
+    from llavamini.train.train import TRAINER_LOG_FILE
+
+    train(run_args(assets, "tiny.yaml", tmp_path, "--max_steps", "3", "--logging_steps", "1",
+                   "--disable_tqdm", "false"))  # fmt: skip
+    captured = capsys.readouterr()
+    assert "{'loss'" not in captured.out + captured.err
+    assert "'train_runtime'" not in captured.out + captured.err
+    assert "loss=" in captured.err and "samples_s=" in captured.err
+    with open(tmp_path / TRAINER_LOG_FILE, encoding="utf-8") as file:
+        records = [json.loads(line) for line in file]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert "train_runtime" in records[-1]
 
 
 def test_stage2_on_a_qwen2_backbone_with_siglip(tmp_path):
