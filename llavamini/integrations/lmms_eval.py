@@ -35,6 +35,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.utils import simple_parse_args_string
 from PIL import Image
 
+from llavamini.constants import IGNORE_INDEX
 from llavamini.conversation import get_template
 from llavamini.data.video import media_kind
 from llavamini.inference import GenerationSettings, generate
@@ -298,22 +299,43 @@ class LlavaMini(lmms):
         self, conversation: list[dict], continuation: str
     ) -> tuple[float, bool]:
         """(sum of log P(continuation tokens | prompt), all of them greedy) for one
-        conversation, the assistant's answer starting right after the generation prompt."""
+        conversation, the assistant's answer starting right after the generation prompt.
+
+        The continuation goes in as `labels`, as in training: LLaVA-Mini's pre-fusion mixes the
+        prompt's text into the vision tokens, and labelled tokens are kept out of it, as the
+        answer is absent when the vision tokens are made for generation.
+        """
         inputs = self.model_inputs([conversation])
         target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
         if not target:
             return 0.0, True
-        target_ids = torch.tensor([target], dtype=inputs["input_ids"].dtype)
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], target_ids], dim=1)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        prompt_ids = inputs["input_ids"]
+        target_ids = torch.tensor([target], dtype=prompt_ids.dtype)
+        input_ids = torch.cat([prompt_ids, target_ids], dim=1).to(self.device)
+        labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids], dim=1)
+        labels = labels.to(self.device)
+        attention_mask = torch.ones_like(input_ids)
         with torch.inference_mode():
-            logits = self.model(**inputs.to(self.device)).logits[0]
-        # The continuation is the tail of the (image-spliced) sequence: the logits one position
-        # before each of its tokens predict it.
-        predicting = logits[-len(target) - 1 : -1].float().log_softmax(dim=-1)
-        wanted = torch.tensor(target, device=predicting.device)
-        logprob = predicting.gather(1, wanted[:, None]).sum().item()
-        greedy = bool((predicting.argmax(dim=-1) == wanted).all())
+            if "images" in inputs:
+                embeds, attention_mask, labels, position_ids = self.model.model.embed_multimodal(
+                    input_ids, attention_mask, labels, inputs["images"]
+                )
+                logits = self.model(
+                    inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
+                ).logits
+            else:
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # The logits at position p predict the token at p + 1.
+        predicted = labels[0, 1:] != IGNORE_INDEX
+        if int(predicted.sum()) != len(target):
+            raise ValueError(
+                f"The prompt and its continuation ({input_ids.shape[1]} tokens) exceed the "
+                "model's tokenizer_model_max_length: the continuation was cut."
+            )
+        logprobs = logits[0, :-1][predicted].float().log_softmax(dim=-1)
+        wanted = labels[0, 1:][predicted]
+        logprob = logprobs.gather(1, wanted[:, None]).sum().item()
+        greedy = bool((logprobs.argmax(dim=-1) == wanted).all())
         return float(logprob), greedy
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:

@@ -147,8 +147,13 @@ def _one(paths: list[Path], what: str) -> Path:
 
 
 def _sample_answers(samples: list[dict]) -> dict[str, str]:
-    """question id -> the model's answer, from lmms-eval's logged samples."""
-    return {sample["doc"]["question_id"]: sample["filtered_resps"][0] for sample in samples}
+    """question id -> the model's answer, from lmms-eval's logged samples (doc i is question
+    `qi`; the samples file holds the response as a string, `simple_evaluate` as a list)."""
+    answers = {}
+    for sample in samples:
+        response = sample["filtered_resps"]
+        answers[f"q{sample['doc_id']}"] = response if isinstance(response, str) else response[0]
+    return answers
 
 
 def test_cli_answers_equal_the_runner_and_score_is_read_from_the_results_file(
