@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import ramp_frames, write_video
+from tests.eval.helpers import write_json
 from tests.integrations.lmms_eval.conftest import require_lmms_eval
 
 require_lmms_eval()
@@ -175,7 +176,7 @@ def test_loglikelihood_is_the_models_own_log_probability(tiny_loaded, docs):
         _logprob_from_the_model_loss(tiny_loaded, docs[1], other),
     ]
     assert [logprob for logprob, _ in results] == pytest.approx(expected, abs=1e-4)
-    
+
 
 def test_multi_round_asks_doc_to_text_for_each_round(tiny_loaded, docs):
     calls = []
@@ -195,3 +196,34 @@ def test_multi_round_asks_doc_to_text_for_each_round(tiny_loaded, docs):
     assert calls[1] == (rounds[:2], 2, 1)  # each round sees the answers so far and the info
     second = {"text": f"And then? ({rounds[0]})", "visuals": docs[2]["visuals"]}
     assert rounds[1] == _direct_answer(tiny_loaded, second)
+
+
+def test_video_answers_equal_the_runner(tiny_loaded, tmp_path):
+    from llavamini.eval.answers import read_answers
+    from llavamini.eval.runner import RunConfig, run_questions
+    from llavamini.eval.tasks import get_task
+
+    task = get_task("msvd_qa")
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "clip1.mp4", ramp_frames(6, 56, 56, step=40), fps=2)
+    rows = [{"video_name": "clip1", "question": "what is shown?", "question_id": "v_0"}]
+    config = RunConfig(
+        task=task,
+        model_path="tiny",
+        answers_file=str(tmp_path / "answers.jsonl"),
+        questions_file=write_json(tmp_path / "test_q.json", rows),
+        visual_folder=str(tmp_path / "videos"),
+        conv_mode=tiny_loaded.processor.conv_mode,
+        max_new_tokens=5,
+        device="cpu",
+        dtype="float32",
+        num_workers=0,
+    )
+    run_questions(config, loaded=tiny_loaded)
+    (record,) = read_answers(config.answers_file)
+    (question,) = task.read_questions(config.questions_file, config.visual_folder)
+    # lmms-eval's context is the task's doc_to_text: here the runner's instruction + question.
+    video_docs = [{"visuals": [question.visual], "text": task.question_text(question)}]
+    model = _model(tiny_loaded, video_docs)
+    answers = model.generate_until([_generation_request(0, video_docs, {"max_new_tokens": 5})])
+    assert answers == [record["text"]]
