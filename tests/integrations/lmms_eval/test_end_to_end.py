@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from llavamini.constants import SHORT_ANSWER
 from tests.eval.helpers import make_image, write_jsonl
 from tests.integrations.lmms_eval.conftest import require_lmms_eval
 
@@ -26,13 +27,13 @@ from llavamini.integrations.lmms_eval import LlavaMini  # noqa: E402
 
 EXPECTED_SCORE = 0.6  # 3 of 5 labels are the runner's answers (see the local_task fixture)
 
-SUFFIX = "Answer the question using a single word or phrase."
+SUFFIX = SHORT_ANSWER
 QUESTIONS = [
-    "What colour is the square?",
-    "Is there anything unusual about this picture?",
-    "What is at the top?",
-    "How many circles are there in the middle of the picture on the left?",
-    "Where?",
+    "Which colour fills the picture?",
+    "Is the picture wider than it is tall, or taller than it is wide?",
+    "What is it?",
+    "Describe the shade of blue in this image, if there is one, in a few words.",
+    "Bright or dark?",
 ]
 MAX_NEW_TOKENS = 6
 TASK = "llavamini_local_vqa"

@@ -61,14 +61,19 @@ def _visuals(doc):
     return doc["visuals"]
 
 
-def _direct_answer(tiny_loaded, doc, max_new_tokens=5) -> str:
-    """The answer of the processor's chat template and `inference.generate`, without lmms-eval."""
-    inputs = tiny_loaded.processor.apply_chat_template(
+def _chat_inputs(tiny_loaded, doc):
+    """The processor's batch for a doc's user message, with the generation prompt."""
+    return tiny_loaded.processor.apply_chat_template(
         user_conversation(doc["text"], doc["visuals"]),
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
     )
+
+
+def _direct_answer(tiny_loaded, doc, max_new_tokens=5) -> str:
+    """The answer of the processor's chat template and `inference.generate`, without lmms-eval."""
+    inputs = _chat_inputs(tiny_loaded, doc)
     (answer,) = generate(tiny_loaded, inputs, GenerationSettings(max_new_tokens=max_new_tokens))
     return answer
 
@@ -120,12 +125,7 @@ def test_until_cuts_the_answer_and_groups_keep_request_order(tiny_loaded, docs):
 def _logprob_from_the_model_loss(tiny_loaded, doc, continuation: str) -> float:
     """-(cross-entropy of the continuation) x its length, from the model's own `labels` loss."""
     processor = tiny_loaded.processor
-    inputs = processor.apply_chat_template(
-        user_conversation(doc["text"], doc["visuals"]),
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-    )
+    inputs = _chat_inputs(tiny_loaded, doc)
     target = processor.tokenizer(continuation, add_special_tokens=False)["input_ids"]
     prompt_ids = inputs["input_ids"]
     input_ids = torch.cat([prompt_ids, torch.tensor([target])], dim=1)
@@ -144,12 +144,7 @@ def _greedy_token(tiny_loaded, doc) -> str:
     """The text of the greedy next token, checked to tokenize back to that one token (longer
     greedy texts of the random tiny model do not)."""
     processor = tiny_loaded.processor
-    inputs = processor.apply_chat_template(
-        user_conversation(doc["text"], doc["visuals"]),
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-    )
+    inputs = _chat_inputs(tiny_loaded, doc)
     ids = tiny_loaded.model.generate(**inputs, max_new_tokens=1, do_sample=False)[0].tolist()
     text = processor.tokenizer.decode(ids)
     assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] == ids
