@@ -18,7 +18,8 @@ and with the same prompt and greedy settings they equal `llavamini eval run`'s.
 
 Decoding follows the task's `generation_kwargs`: greedy unless `do_sample` or a temperature > 0
 asks to sample; `max_new_tokens` (default 128), `top_p`, `num_beams`; generation stops at EOS or
-the template's stop token, and the answer is cut at the first `until` string.
+the template's stop token, and the answer is cut at the first `until` string (lmms-eval sets
+`until: ["\n\n"]` for a task that names none).
 
 One process, one device: lmms-eval's multi-process (accelerate) sharding is not supported.
 """
