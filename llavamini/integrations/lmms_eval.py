@@ -35,6 +35,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.utils import simple_parse_args_string
 from PIL import Image
+from tqdm import tqdm
 
 from llavamini.constants import IGNORE_INDEX
 from llavamini.conversation import get_template
@@ -156,8 +157,8 @@ class LlavaMini(lmms):
         if ignored:
             logger.warning("llava_mini ignores the options %s.", ignored)
         if not str(batch_size).isdigit() or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be an integer >= 1 ('auto' is not supported), got "
-                             f"{batch_size!r}.")
+            message = "batch_size must be an integer >= 1 ('auto' is not supported)"
+            raise ValueError(f"{message}, got {batch_size!r}.")
         self.batch_size_per_call = int(batch_size)
         if loaded is None:
             if device is None:
@@ -246,6 +247,7 @@ class LlavaMini(lmms):
         the answers come back in the requests' order.
         """
         answers: list[str | None] = [None] * len(requests)
+        progress = tqdm(total=len(requests), desc="llava_mini", unit="q")
         for gen_kwargs, batch in self._batches(requests):
             conversations = []
             for _, request in batch:
@@ -257,6 +259,8 @@ class LlavaMini(lmms):
             ):
                 answers[index] = text
                 self.cache_hook.add_partial("generate_until", (request.args[0], gen_kwargs), text)
+            progress.update(len(batch))
+        progress.close()
         return answers
 
     def _batches(self, requests: Sequence[Instance]):
@@ -284,7 +288,7 @@ class LlavaMini(lmms):
         prompt's, so no token straddles the two.
         """
         results = []
-        for request in requests:
+        for request in tqdm(requests, desc="llava_mini loglikelihood", unit="q"):
             context, continuation, doc_to_visual, doc_id, task, split = request.args
             if callable(continuation):
                 continuation = continuation(self.task_dict[task][split][doc_id])
