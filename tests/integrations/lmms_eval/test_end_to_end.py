@@ -1,0 +1,196 @@
+"""lmms-eval evaluates an offline local task on the tiny checkpoint through the plug-in: from the
+CLI (`lmms-eval --model llava_mini ... --include_path DIR`) and from `simple_evaluate`, the
+answers are `llavamini eval run`'s and the score in the results file is the one they imply.
+
+The CLI exits 0 even when the evaluation raised, so both read the results file, not the code.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from llavamini.constants import SHORT_ANSWER
+from tests.eval.helpers import make_image, write_jsonl
+from tests.integrations.lmms_eval.conftest import require_lmms_eval
+
+require_lmms_eval()
+
+from lmms_eval.evaluator import simple_evaluate  # noqa: E402
+from lmms_eval.tasks import TaskManager  # noqa: E402
+
+from llavamini.integrations.lmms_eval import LlavaMini  # noqa: E402
+
+EXPECTED_SCORE = 0.6  # 3 of 5 labels are the runner's answers (see the local_task fixture)
+
+SUFFIX = SHORT_ANSWER
+QUESTIONS = [
+    "Which colour fills the picture?",
+    "Is the picture wider than it is tall, or taller than it is wide?",
+    "What is it?",
+    "Describe the shade of blue in this image, if there is one, in a few words.",
+    "Bright or dark?",
+]
+MAX_NEW_TOKENS = 6
+TASK = "llavamini_local_vqa"
+
+TASK_UTILS = '''\
+"""doc_to_visual / doc_to_text of the local test task (written by the test)."""
+
+from PIL import Image
+
+
+def doc_to_visual(doc):
+    return [Image.open(path).convert("RGB") for path in doc["images"]]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    kwargs = lmms_eval_specific_kwargs or {}
+    return kwargs.get("pre_prompt", "") + doc["question"] + kwargs.get("post_prompt", "")
+'''
+
+
+def task_yaml(data_file: str) -> str:
+    """An offline lmms-eval task over a local JSONL file: exact match against `answer`."""
+    return textwrap.dedent(
+        f"""\
+        task: {TASK}
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {data_file}
+        test_split: test
+        output_type: generate_until
+        doc_to_visual: !function utils.doc_to_visual
+        doc_to_text: !function utils.doc_to_text
+        doc_to_target: answer
+        generation_kwargs:
+          max_new_tokens: {MAX_NEW_TOKENS}
+          temperature: 0
+          do_sample: false
+        metric_list:
+          - metric: exact_match
+            aggregation: mean
+            higher_is_better: true
+        lmms_eval_specific_kwargs:
+          default:
+            pre_prompt: ""
+            post_prompt: "\\n{SUFFIX}"
+        """
+    )
+
+
+@pytest.fixture(scope="session")
+def local_images(tmp_path_factory):
+    """Five images of different sizes and colours, drawn here."""
+    folder = tmp_path_factory.mktemp("images")
+    return [
+        make_image(folder / f"img{i}.jpg", size=(30 + 9 * i, 50 - 4 * i), colour=(50 * i, 90, 200))
+        for i in range(len(QUESTIONS))
+    ]
+
+
+@pytest.fixture(scope="session")
+def runner_answers(local_images, tiny_loaded, tmp_path_factory):
+    """`llavamini eval run`'s answers (question id -> text) to the five questions: GQA's
+    reader, its suffix in the question file, greedy, batch size 1."""
+    from llavamini.eval.answers import read_answers
+    from llavamini.eval.runner import RunConfig, run_questions
+    from llavamini.eval.tasks import get_task
+
+    root = tmp_path_factory.mktemp("runner")
+    rows = [
+        {"question_id": f"q{i}", "image": image, "text": f"{question}\n{SUFFIX}"}
+        for i, (question, image) in enumerate(zip(QUESTIONS, local_images, strict=True))
+    ]
+    config = RunConfig(
+        task=get_task("gqa"),
+        model_path="tiny",
+        answers_file=str(root / "answers.jsonl"),
+        questions_file=write_jsonl(root / "questions.jsonl", rows),
+        visual_folder="/",
+        conv_mode=tiny_loaded.processor.conv_mode,
+        max_new_tokens=MAX_NEW_TOKENS,
+        device="cpu",
+        dtype="float32",
+        num_workers=0,
+    )
+    run_questions(config, loaded=tiny_loaded)
+    return {record["question_id"]: record["text"] for record in read_answers(config.answers_file)}
+
+
+@pytest.fixture(scope="session")
+def local_task(local_images, runner_answers, tmp_path_factory):
+    """An lmms-eval task folder (YAML + utils.py) over a local JSONL of the five questions.
+
+    Questions 0, 2 and 4 are labelled with the runner's answer and 1 and 3 with a word the
+    model never says, so an evaluation whose answers equal the runner's scores exactly 0.6.
+    """
+    folder = tmp_path_factory.mktemp("lmms_task")
+    rows = []
+    for i, (question, image) in enumerate(zip(QUESTIONS, local_images, strict=True)):
+        answer = runner_answers[f"q{i}"] if i % 2 == 0 else "not-an-answer"
+        rows.append({"question_id": f"q{i}", "images": [image], "question": question,
+                     "answer": answer})  # fmt: skip
+    data_file = write_jsonl(folder / "questions.jsonl", rows)
+    (folder / f"{TASK}.yaml").write_text(task_yaml(data_file), encoding="utf-8")
+    (folder / "utils.py").write_text(TASK_UTILS, encoding="utf-8")
+    return folder
+
+
+def _one(paths: list[Path], what: str) -> Path:
+    assert len(paths) == 1, f"expected one {what}, found {paths}"
+    return paths[0]
+
+
+def _sample_answers(samples: list[dict]) -> dict[str, str]:
+    """question id -> the model's answer, from lmms-eval's logged samples (doc i is question
+    `qi`; the samples file holds the response as a string, `simple_evaluate` as a list)."""
+    answers = {}
+    for sample in samples:
+        response = sample["filtered_resps"]
+        answers[f"q{sample['doc_id']}"] = response if isinstance(response, str) else response[0]
+    return answers
+
+
+def test_cli_answers_equal_the_runner_and_score_is_read_from_the_results_file(
+    tiny_checkpoint, local_task, runner_answers, tmp_path
+):
+    assert len(set(runner_answers.values())) > 1  # the images matter: the check is meaningful
+    output = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).with_name("lmms-eval")),
+        "--model", "llava_mini",
+        "--model_args", f"pretrained={tiny_checkpoint},device=cpu,dtype=float32,batch_size=2",
+        "--tasks", TASK,
+        "--include_path", str(local_task),
+        "--output_path", str(output),
+        "--log_samples",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    log = completed.stdout[-3000:] + completed.stderr[-6000:]
+    results_path = _one(sorted(output.rglob("*_results.json")), f"results file\n{log}")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    assert results["results"][TASK]["exact_match,none"] == EXPECTED_SCORE, log
+    samples_path = _one(sorted(output.rglob(f"*_samples_{TASK}.jsonl")), "samples file")
+    samples = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines()]
+    assert _sample_answers(samples) == runner_answers
+    assert len(samples) == len(QUESTIONS)
+
+
+def test_simple_evaluate_answers_equal_the_runner_at_any_batch_size(
+    tiny_loaded, local_task, runner_answers
+):
+    task_manager = TaskManager(include_path=str(local_task))
+    for batch_size in (1, 3):
+        model = LlavaMini(loaded=tiny_loaded, batch_size=batch_size)
+        evaluation = simple_evaluate(
+            model=model, tasks=[TASK], task_manager=task_manager, log_samples=True
+        )
+        assert evaluation["results"][TASK]["exact_match,none"] == EXPECTED_SCORE
+        assert _sample_answers(evaluation["samples"][TASK]) == runner_answers
