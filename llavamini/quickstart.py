@@ -20,11 +20,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 
 logger = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+CONFIGS = resources.files("llavamini").joinpath("configs", "train")
+"""The quickstart's recipes, shipped in the package (also `configs/train/` in the repository)."""
 
 QUICKSTART_LLM = dict(
     hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
