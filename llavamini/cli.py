@@ -13,7 +13,6 @@ import logging
 
 SUBCOMMAND_MODULES = (
     "llavamini.quickstart",  # quickstart
-    "llavamini.visualize",  # visualize-compression
     "llavamini.demo",  # demo, tiny-assets
     "llavamini.train.cli",  # train
     "llavamini.train.data_check",  # data

@@ -311,8 +311,8 @@ def run(args: argparse.Namespace) -> None:
 
     written = []
     if args.ablation:
+        from llavamini.analysis.compression import compression_attention, plot_compression
         from llavamini.model.loading import load_pretrained
-        from llavamini.visualize import compression_attention, plot_compression
 
         written = plot_results(results, curves, baseline, out)
         image = os.path.join(data_folder, "images", f"{plan.num_train:06d}.png")

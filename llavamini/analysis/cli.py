@@ -273,8 +273,8 @@ def drop_vision_command(args: argparse.Namespace, loaded=None) -> dict:
 
 
 def compression_command(args: argparse.Namespace, loaded=None) -> str:
-    """`analyze compression`: `llavamini visualize-compression`'s heat map; returns the PNG."""
-    from llavamini.visualize import compression_attention, plot_compression
+    """`analyze compression`: the compressor's attention as a heat map; returns the PNG."""
+    from llavamini.analysis.compression import compression_attention, plot_compression
 
     path = args.output or os.path.join(output_dir(args, "compression"), "compression.png")
     try:

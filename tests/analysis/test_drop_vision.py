@@ -193,7 +193,7 @@ def test_drop_vision_command_scores_each_layer_and_resumes(full_checkpoint, full
     assert again["accuracy"] == saved["accuracy"]
 
 
-def test_analyze_compression_draws_the_visualize_heat_map(mini_checkpoint, mini, data, tmp_path):
+def test_analyze_compression_draws_the_heat_map(mini_checkpoint, mini, data, tmp_path):
     image = os.path.join(os.path.dirname(data["val_questions"]), _questions(data)[0]["image"])
     args = parse(
         "compression",

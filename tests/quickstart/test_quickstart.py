@@ -35,31 +35,13 @@ def test_smoke_ablation_writes_results_figures_and_chat(tmp_path, capsys):
     )
 
 
-def test_visualize_compression_needs_a_query_compressor(tmp_path):
-    from PIL import Image
-
-    from llavamini.tiny import build_tiny_checkpoint
-
-    image = tmp_path / "image.png"
-    Image.new("RGB", (80, 60), (10, 200, 30)).save(image)
-    build_tiny_checkpoint(str(tmp_path / "query"), image_size=56, compressor_size=2)
-    main(["visualize-compression", "--model-path", str(tmp_path / "query"), "--image", str(image),
-          "--output", str(tmp_path / "heat.png")])  # fmt: skip
-    assert (tmp_path / "heat.png").stat().st_size > 1000
-    build_tiny_checkpoint(str(tmp_path / "pool"), image_size=56, compressor_type="avg_pool")
-    with pytest.raises(SystemExit, match="compressor_type is 'avg_pool'"):
-        main(
-            ["visualize-compression", "--model-path", str(tmp_path / "pool"), "--image", str(image)]
-        )
-
-
 def test_compression_attention_rows_are_distributions(tmp_path):
     import torch
     from PIL import Image
 
+    from llavamini.analysis.compression import compression_attention
     from llavamini.model.loading import load_pretrained
     from llavamini.tiny import build_tiny_checkpoint
-    from llavamini.visualize import compression_attention
 
     Image.new("RGB", (60, 60), (10, 20, 200)).save(tmp_path / "image.png")
     build_tiny_checkpoint(

@@ -1,9 +1,9 @@
 """What the compressor looks at: its attention over the image, as a heat map (the paper's
-compression figure). `llavamini visualize-compression --model-path P --image F`."""
+compression figure). `llavamini analyze compression --model-path P --image F`; the quickstart
+draws it too."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import torch
@@ -75,26 +75,3 @@ def plot_compression(pixels: torch.Tensor, attention: torch.Tensor, path: str, t
     plt.close(figure)
     return path
 
-
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "visualize-compression",
-        help="heat map of what the compressor attends to in an image",
-        allow_abbrev=False,
-    )
-    parser.add_argument("--model-path", required=True)
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--output", default="compression.png")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    from llavamini.model.loading import load_pretrained
-
-    loaded = load_pretrained(args.model_path)
-    try:
-        pixels, attention = compression_attention(loaded, args.image)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from error
-    plot_compression(pixels, attention, args.output, f"{args.model_path}: {args.image}")
-    logger.info("Wrote %s", args.output)
