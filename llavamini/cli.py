@@ -11,9 +11,10 @@ import argparse
 import importlib
 import logging
 
+from llavamini.apps import APPS
+
 SUBCOMMAND_MODULES = (
-    "llavamini.quickstart",  # quickstart
-    "llavamini.demo",  # demo, tiny-assets
+    *APPS,  # quickstart; demo, tiny-assets
     "llavamini.train.cli",  # train
     "llavamini.train.data_check",  # data
     "llavamini.serve.cli",  # chat
