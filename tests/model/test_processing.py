@@ -32,6 +32,22 @@ GREEDY = {"max_new_tokens": 6, "do_sample": False}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    """A tiny checkpoint written by `llavamini train` (two steps), with its processor."""
+    from llavamini.tiny import build_tiny_assets
+    from llavamini.train.train import train
+
+    root = tmp_path_factory.mktemp("processing")
+    assets = build_tiny_assets(str(root / "assets"), image_size=TEST_IMAGE_SIZE, num_train=8)
+    output = root / "trained"
+    train([str(REPO / "configs" / "train" / "tiny.yaml"), "--model_name_or_path", assets["llm"],
+           "--vision_tower", assets["clip"], "--data_path", assets["instruct"],
+           "--image_folder", os.path.dirname(assets["instruct"]), "--output_dir", str(output),
+           "--max_steps", "2", "--disable_tqdm", "true"])  # fmt: skip
+    return str(output)
+
+
+@pytest.fixture(scope="module")
+def release_like(tmp_path_factory):
     """A tiny checkpoint laid out like the release: no processor_config.json."""
     folder = tmp_path_factory.mktemp("processing") / "tiny"
     return build_tiny_checkpoint(str(folder), image_size=TEST_IMAGE_SIZE, initializer_range=0.2)
@@ -100,10 +116,13 @@ CASES = {
 }
 
 
-def test_auto_processor_builds_one_for_a_checkpoint_without_processor_config(checkpoint, caplog):
-    assert not os.path.exists(os.path.join(checkpoint, "processor_config.json"))
+def test_auto_processor_builds_one_for_a_checkpoint_without_processor_config(
+    release_like, checkpoint, caplog
+):
+    assert not os.path.exists(os.path.join(release_like, "processor_config.json"))
+    assert os.path.exists(os.path.join(checkpoint, "processor_config.json"))  # train wrote it
     with caplog.at_level(logging.WARNING):
-        processor = AutoProcessor.from_pretrained(checkpoint)
+        processor = AutoProcessor.from_pretrained(release_like)
     assert isinstance(processor, LlavaMiniProcessor)
     assert processor.conv_mode == "llava_llama_3_1"
     notices = [r.getMessage() for r in caplog.records if "processor_config.json" in r.getMessage()]
