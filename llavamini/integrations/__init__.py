@@ -1,0 +1,1 @@
+"""Integrations of LLaVA-Mini with other engines (each imports its engine lazily)."""
