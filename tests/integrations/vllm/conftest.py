@@ -67,8 +67,9 @@ def checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def reference(checkpoint):
     """`(processor, model)`: the transformers model of the checkpoint, for reference answers."""
-    import llavamini  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoProcessor
+
+    import llavamini  # noqa: F401
 
     processor = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()

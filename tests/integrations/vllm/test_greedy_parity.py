@@ -117,7 +117,9 @@ def test_chunked_prefill_and_prefix_caching(chunked_llm, reference):
 def test_a_video(llm, reference):
     frames = np.stack([np.asarray(picture(10 + t)) for t in range(3)])  # (T, H, W, 3) uint8
     conversation = [{"role": "user", "content": [
-        {"type": "video", "video": frames}, {"type": "text", "text": "What happens?"}]}]  # fmt: skip
+        {"type": "video", "video": frames},
+        {"type": "text", "text": "What happens?"},
+    ]}]  # fmt: skip
     processor, _ = reference
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     outputs = llm.generate(
