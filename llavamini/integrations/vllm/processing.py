@@ -133,6 +133,14 @@ class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingIn
             PROMPT_FIELD: MultiModalFieldConfig.batched(modality),
         }
 
+    def get_dummy_mm_inputs(self, mm_counts: Mapping[str, int], **kwargs):
+        """vLLM's warm-up asks for one item of every modality in one prompt, which this model
+        does not take: a prompt with one video (the larger item) stands for it."""
+        wanted = {m: c for m, c in mm_counts.items() if c}
+        if len(wanted) > 1 or sum(wanted.values()) > 1:
+            wanted = {"video" if "video" in wanted else next(iter(wanted)): 1}
+        return super().get_dummy_mm_inputs(wanted, **kwargs)
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         return []  # `apply` places the vision tokens itself
 
