@@ -78,12 +78,13 @@ TINY_LLM = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
     max_position_embeddings=4096,
     rope_theta=500000.0,
 )
-"""The tiny Llama's shape."""
+"""The tiny Llama's shape: head size 32, the smallest vLLM's CPU attention accepts, so the same
+tiny checkpoint runs under transformers and under the vLLM plug-in."""
 
 
 def tiny_vision_config(image_size: int = 336, encoder: str = "clip") -> dict:
@@ -103,7 +104,7 @@ def tiny_vision_config(image_size: int = 336, encoder: str = "clip") -> dict:
     raise ValueError(f"Unknown tiny encoder {encoder!r}; known: ['clip', 'siglip'].")
 
 
-TINY_BACKBONE_FIELDS = {"llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}}
+TINY_BACKBONE_FIELDS = {"llama": {}, "qwen2": {}, "qwen3": {"head_dim": 32}}
 """Per backbone, what the tiny shape needs beyond TINY_LLM (Qwen3's head_dim defaults to 128)."""
 
 
@@ -149,7 +150,7 @@ def tiny_config(
     """A LLaVA-Mini small enough to run in milliseconds on a CPU.
 
     Vision (CLIP or SigLIP): width 64, 2 layers, patch 14 (a 24 x 24 grid at 336 px). LLM (any
-    family in `llavamini.model.FAMILIES`): width 64, 2 layers, 4 heads, 2 KV heads. One
+    family in `llavamini.model.FAMILIES`): width 64, 2 layers, 2 heads of 32, 1 KV head. One
     pre-fusion layer, one compressed token. `overrides` set any field.
     """
     fields = dict(

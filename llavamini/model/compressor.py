@@ -119,3 +119,14 @@ class AvgPoolCompressor(nn.Module):
         grid = features.transpose(1, 2).reshape(batch, width, side, side)
         pooled = F.adaptive_avg_pool2d(grid, self.size)
         return pooled.flatten(2).transpose(1, 2)
+
+
+def build_compressor(config) -> nn.Module | None:
+    """The compressor a LLaVA-Mini config names (`compressor_type` 'query', 'avg_pool' or
+    'none'), over features of the vision tower's width; None for 'none'."""
+    if config.compressor_type == "query":
+        width = config.vision_config.hidden_size
+        return QueryCompressor(width, config.compressor_size, config.compressor_num_heads)
+    if config.compressor_type == "avg_pool":
+        return AvgPoolCompressor(config.compressor_size)
+    return None

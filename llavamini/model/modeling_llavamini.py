@@ -45,7 +45,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.model import checkpoint
-from llavamini.model.compressor import AvgPoolCompressor, QueryCompressor, sincos_pos_embed_2d
+from llavamini.model.compressor import QueryCompressor, build_compressor, sincos_pos_embed_2d
 from llavamini.model.configuration_llavamini import LlavaMiniConfig, find_vision_tower_folder
 from llavamini.model.packing import (
     count_placeholders,
@@ -107,14 +107,7 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
         self.mm_projector = build_projector(
             config.mm_projector_type, vision_width, config.hidden_size
         )
-        if config.compressor_type == "query":
-            self.compressor = QueryCompressor(
-                vision_width, config.compressor_size, config.compressor_num_heads
-            )
-        elif config.compressor_type == "avg_pool":
-            self.compressor = AvgPoolCompressor(config.compressor_size)
-        else:
-            self.compressor = None
+        self.compressor = build_compressor(config)
         if not isinstance(getattr(self, "rotary_emb", None), nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: the backbone has no shared rotary embedding "

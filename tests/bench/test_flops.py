@@ -65,7 +65,7 @@ def test_tiny_counts_equal_a_hand_count():
         {"compressor_type": "none", "prefusion_layer_num": 0},
         {"compressor_size": 2, "resolution_ratio": 2},
         {"compressor_type": "avg_pool", "compressor_size": 2},
-        {"compressor_type": "none", "prefusion_layer_num": 2, "num_key_value_heads": 4},
+        {"compressor_type": "none", "prefusion_layer_num": 2, "num_key_value_heads": 2},
     ],
     ids=["mini", "llava-1.5-mode", "hd", "avg-pool", "prefusion-without-compressor"],
 )

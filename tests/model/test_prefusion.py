@@ -9,7 +9,7 @@ from tests.conftest import VOCAB, make_config, random_images
 
 
 def _model(backbone: str, attn: str, layers: int):
-    overrides = {"head_dim": 16} if backbone == "qwen3" else {}
+    overrides = {"head_dim": 32} if backbone == "qwen3" else {}
     config = make_config(backbone=backbone, prefusion_layer_num=layers, **overrides)
     config._attn_implementation = attn
     torch.manual_seed(0)

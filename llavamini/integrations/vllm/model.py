@@ -1,0 +1,243 @@
+"""LLaVA-Mini for vLLM: vLLM's own Llama / Qwen2 / Qwen3 as the LLM (paged KV cache, tensor
+parallelism, continuous batching), plus the vision side and pre-fusion.
+
+The vision side (CLIP/SigLIP tower, projector, compressor) and pre-fusion run once per prompt,
+in `embed_multimodal`, as `LlavaMiniEncoder`: the very modules and methods of the transformers
+model (`llavamini.model`), so their arithmetic is the reference's. Pre-fusion needs no KV cache
+(it reads the whole prompt at once), which is why it stays a transformers decoder layer; only
+the LLM, where serving time goes, is vLLM's.
+
+Checkpoint keys are the release's (reference.md §2.1): `model.embed_tokens`, `model.layers.*`,
+`model.norm`, `lm_head` go to the LLM under their own names; `model.vision_tower.*`,
+`model.mm_projector.*`, `model.compressor.*`, `model.prefusion_layers.*` to the encoder.
+
+Shapes: L prompt length with placeholder, L' = L - 1 + V the engine's prompt length (V vision
+tokens), D LLM width.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.sequence import IntermediateTensors
+
+from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
+from llavamini.integrations.vllm.processing import (
+    PIXEL_FIELDS,
+    PROMPT_FIELD,
+    LlavaMiniDummyInputsBuilder,
+    LlavaMiniMultiModalProcessor,
+    LlavaMiniProcessingInfo,
+)
+from llavamini.model.backbones import MODEL_TYPE_PREFIX
+from llavamini.model.compressor import build_compressor
+from llavamini.model.configuration_llavamini import find_vision_tower_folder
+from llavamini.model.modeling_llavamini import LlavaMiniModelMixin
+from llavamini.model.packing import prefusion_text_keep, splice_vision_tokens
+from llavamini.model.prefusion import PreFusionLayers
+from llavamini.model.projector import build_projector
+from llavamini.model.vision_tower import VisionTower, read_vision_tower_state_dict
+
+logger = logging.getLogger(__name__)
+
+ENCODER_PREFIXES = ("vision_tower.", "mm_projector.", "compressor.", "prefusion_layers.")
+"""Checkpoint keys (after `model.`) that belong to `LlavaMiniEncoder`."""
+
+
+def backbone_classes(config) -> tuple[str, type[nn.Module], type[nn.Module]]:
+    """For a LLaVA-Mini config: vLLM's architecture name of its LLM ("LlamaForCausalLM"), and
+    transformers' decoder-layer and rotary-embedding classes of that family, which pre-fusion
+    is built from (as the transformers model builds it)."""
+    base_config = CONFIG_MAPPING[config.model_type.removeprefix(MODEL_TYPE_PREFIX)]
+    base_model = MODEL_MAPPING[base_config]
+    module = importlib.import_module(base_model.__module__)
+    name = base_model.__name__.removesuffix("Model")
+    architecture = MODEL_FOR_CAUSAL_LM_MAPPING[base_config].__name__
+    layer_class = getattr(module, f"{name}DecoderLayer")
+    return architecture, layer_class, getattr(module, f"{name}RotaryEmbedding")
+
+
+class LlavaMiniEncoder(nn.Module):
+    """Vision tower, projector, compressor and pre-fusion of one LLaVA-Mini: a visual and its
+    prompt's text embeddings -> (vision tokens, fused text).
+
+    Its methods are `LlavaMiniModelMixin`'s own (`encode_visual`, `encode_images`,
+    `encode_video`, `fuse`), over the same module names, so it computes exactly what the
+    transformers model computes.
+    """
+
+    encode_visual = LlavaMiniModelMixin.encode_visual
+    encode_images = LlavaMiniModelMixin.encode_images
+    encode_video = LlavaMiniModelMixin.encode_video
+    fuse = LlavaMiniModelMixin.fuse
+
+    def __init__(self, config):
+        super().__init__()
+        config = copy.deepcopy(config)
+        # Pre-fusion runs transformers layers: give them transformers' default attention.
+        config._attn_implementation = "sdpa"
+        config.validate_multimodal()
+        self.config = config
+        _, layer_class, rotary_class = backbone_classes(config)
+        vision_width = config.vision_config.hidden_size
+        self.vision_tower = VisionTower(
+            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
+        )
+        self.mm_projector = build_projector(
+            config.mm_projector_type, vision_width, config.hidden_size
+        )
+        self.compressor = build_compressor(config)
+        self.rotary_emb = rotary_class(config=config)
+        self.prefusion_layers = PreFusionLayers(
+            config, config.prefusion_layer_num, layer_class=layer_class
+        )
+
+    def load_checkpoint_weights(
+        self, weights: dict[str, torch.Tensor], checkpoint_dir: str
+    ) -> set[str]:
+        """Load `weights` (named as this module's parameters); the vision tower from the
+        `mm_vision_tower` folder when the checkpoint does not store it. Returns the names of
+        the parameters loaded; raises `ValueError` naming any parameter left unloaded."""
+        own = dict(self.named_parameters())
+        tower = {n for n in own if n.startswith("vision_tower.")}
+        if not tower & set(weights):
+            folder = find_vision_tower_folder(self.config.mm_vision_tower, (checkpoint_dir, "."))
+            if folder is None:
+                raise FileNotFoundError(
+                    f"The checkpoint stores no vision tower and mm_vision_tower="
+                    f"{self.config.mm_vision_tower!r} was not found offline."
+                )
+            # The folder's tensors are named as in the encoder itself.
+            prefix = "vision_tower.vision_tower.vision_model."
+            tower_weights = read_vision_tower_state_dict(folder)
+            weights.update({prefix + k: v for k, v in tower_weights.items()})
+        unexpected = sorted(set(weights) - set(own))
+        missing = sorted(set(own) - set(weights))
+        if unexpected or missing:
+            raise ValueError(
+                f"LLaVA-Mini encoder weights do not match the config: missing {missing[:20]}, "
+                f"unexpected {unexpected[:20]}."
+            )
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                own[name].copy_(tensor.to(own[name].dtype))
+        return set(weights)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    LlavaMiniMultiModalProcessor,
+    info=LlavaMiniProcessingInfo,
+    dummy_inputs=LlavaMiniDummyInputsBuilder,
+)
+class LlavaMiniForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
+    """LLaVA-Mini in vLLM: one image or video per prompt (see `processing.py`)."""
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality.startswith("image"):
+            return DEFAULT_IMAGE_TOKEN
+        if modality.startswith("video"):
+            return DEFAULT_VIDEO_TOKEN
+        raise ValueError(f"LLaVA-Mini takes images and videos, not {modality!r}.")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.checkpoint_dir = vllm_config.model_config.model
+        if config.vision_config is None:
+            config.resolve_vision_config(self.checkpoint_dir)
+        self.config = config
+        architecture, _, _ = backbone_classes(config)
+        with self._mark_tower_model(vllm_config, {"image", "video"}):
+            self.encoder = LlavaMiniEncoder(config)
+        with self._mark_language_model(vllm_config):
+            self.language_model = init_vllm_registered_model(
+                vllm_config=vllm_config,
+                hf_config=config,
+                prefix=maybe_prefix(prefix, "language_model"),
+                architectures=[architecture],
+            )
+        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
+        """The items of one modality -> per item, `(L', D)` embeddings of its whole prompt.
+
+        kwargs: `pixel_values` (images, each `(parts, 3, H, W)`) or `video_pixel_values`
+        (videos, each `(T, parts, 3, H, W)`), and `prompt_ids` (each `(L,)`, the placeholder as
+        `IMAGE_TOKEN_INDEX`), batched by vLLM into one tensor or a list.
+        """
+        pixels = kwargs.get(PIXEL_FIELDS["image"])
+        if pixels is None:
+            pixels = kwargs.get(PIXEL_FIELDS["video"])
+        if pixels is None:
+            return []
+        return [
+            self.embed_prompt(visual, ids)
+            for visual, ids in zip(_items(pixels), _items(kwargs[PROMPT_FIELD]), strict=True)
+        ]
+
+    def embed_prompt(self, visual: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """One visual and its prompt's ids `(L,)` -> the LLM's input `(L', D)`: the fused text
+        with the vision tokens at the placeholder, as the transformers model splices it."""
+        tower = next(self.encoder.vision_tower.parameters())
+        ids = ids.to(device=tower.device, dtype=torch.long)
+        text = self.language_model.embed_input_ids(ids.clamp(min=0))
+        real = torch.ones_like(ids)[None]
+        keep = prefusion_text_keep(ids[None], real, None)[0]
+        vision, fused = self.encoder.encode_visual(visual.to(tower.device, tower.dtype), text, keep)
+        spliced = splice_vision_tokens(fused[None], ids[None], real, None, [[vision]], "right")
+        return spliced.inputs_embeds[0].to(text.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(
+            input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds
+        )
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Release-format weights -> the LLM (its own key names) and the encoder."""
+        encoder_weights = {}
+
+        def llm_weights():
+            for name, tensor in weights:
+                inner = name.removeprefix("model.")
+                if name.startswith("model.") and inner.startswith(ENCODER_PREFIXES):
+                    encoder_weights[inner] = tensor
+                else:
+                    yield name, tensor
+
+        loaded = {f"language_model.{n}" for n in self.language_model.load_weights(llm_weights())}
+        loaded |= {
+            f"encoder.{n}"
+            for n in self.encoder.load_checkpoint_weights(encoder_weights, self.checkpoint_dir)
+        }
+        return loaded
+
+
+def _items(batched) -> list[torch.Tensor]:
+    """vLLM's batch of a field (a stacked tensor, or a list when shapes differ) -> its items."""
+    if isinstance(batched, torch.Tensor):
+        return list(batched.unbind(0))
+    return list(batched)
