@@ -63,9 +63,10 @@ ROW_TITLES = {
     "decode": "decode, per token (generate 32 minus generate 1) (ms)",
     "train": "training step, batch 4, forward + backward (ms)",
     "video": "video prefill, T = {frames} frames (ms)",
-    "video_mem": "video peak RSS growth over 1 frame, T = {frames} (MiB)",
+    "video_mem": "video peak memory growth over 1 frame, T = {frames} (MiB; RSS on a CPU)",
 }
-LOWER_IS_BETTER_MEMORY = "video_mem"
+DEVICE = torch.device("cpu")
+"""Where `run` puts the model and inputs (`--device`)."""
 
 
 # ---- build (our environment) -------------------------------------------------------------------
@@ -119,9 +120,10 @@ def load(impl: str, checkpoint_dir: str):
     if impl == "ours":
         from llavamini import LlavaMiniForCausalLM
 
-        return LlavaMiniForCausalLM.from_pretrained(
+        model = LlavaMiniForCausalLM.from_pretrained(
             checkpoint_dir, dtype=torch.float32, attn_implementation="sdpa"
-        ).eval()
+        )
+        return model.to(DEVICE).eval()
     from llavamini.model.language_model.llavamini_llama import LlavaMiniLlamaForCausalLM
 
     model = LlavaMiniLlamaForCausalLM.from_pretrained(
@@ -131,7 +133,7 @@ def load(impl: str, checkpoint_dir: str):
     if not tower.is_loaded:
         tower.load_model()  # as the reference's own builder does after from_pretrained
     tower.to(torch.float32)
-    return model.eval()
+    return model.to(DEVICE).eval()
 
 
 def prompt(batch: int, seed: int = 0) -> torch.Tensor:
@@ -140,12 +142,12 @@ def prompt(batch: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch, TEXT_TOKENS + 1), generator=generator)
     ids[:, 5] = IMAGE_TOKEN_INDEX
-    return ids
+    return ids.to(DEVICE)
 
 
 def pixels(*shape: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    return torch.randn(*shape, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(DEVICE)
 
 
 def video_images(impl: str, frames: int):
@@ -176,18 +178,28 @@ def train_step(model, ids, images) -> float:
     return loss.item()
 
 
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn, repeats: int) -> list[float]:
     """Wall times in ms of `repeats` calls after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append((time.perf_counter() - start) * 1000)
     return times
 
 
-def peak_rss_mib() -> float:
+def peak_memory_mib() -> float:
+    """The process's peak RSS (CPU) or peak CUDA allocation so far, MiB."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated(DEVICE) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -216,11 +228,14 @@ def run_row(impl: str, checkpoint_dir: str, row: str, repeats: int, frames: int)
     elif row == "video":
         with torch.no_grad():
             model(input_ids=ids, images=video_images(impl, 1))  # warm: one frame
-            before = peak_rss_mib()
+            video = video_images(impl, frames)
+            before = peak_memory_mib()
+            synchronize()
             start = time.perf_counter()
-            model(input_ids=ids, images=video_images(impl, frames))
+            model(input_ids=ids, images=video)
+            synchronize()
             result["ms"] = [(time.perf_counter() - start) * 1000]
-            result["mem_mib"] = peak_rss_mib() - before
+            result["mem_mib"] = peak_memory_mib() - before
         result["frames"] = frames
     elif row == "check":
         with torch.no_grad():
@@ -247,6 +262,7 @@ def subprocess_row(args, impl: str, row: str, frames: int = 0) -> dict:
         python, os.path.abspath(__file__), "run", "--impl", impl, "--row", row,
         "--checkpoint", os.path.join(args.work_dir, "checkpoint"),
         "--repeats", str(args.repeats), "--frames", str(frames), "--threads", str(args.threads),
+        "--device", args.device,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -332,6 +348,7 @@ def main() -> None:
     run_parser.add_argument("--repeats", type=int, default=2)
     run_parser.add_argument("--frames", type=int, default=8)
     run_parser.add_argument("--threads", type=int, default=2)
+    run_parser.add_argument("--device", default="cpu")
     compare_parser = sub.add_parser("compare")
     compare_parser.add_argument("--work-dir", required=True)
     compare_parser.add_argument("--ours-python", default=sys.executable)
@@ -343,11 +360,14 @@ def main() -> None:
     compare_parser.add_argument("--repetitions", type=int, default=2, help="processes a row")
     compare_parser.add_argument("--threads", type=int, default=2)
     compare_parser.add_argument("--tolerance", type=float, default=1e-4)
+    compare_parser.add_argument("--device", default="cpu", help="cpu or cuda (ours and theirs)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.command == "build":
         print(build(args.work_dir))
     elif args.command == "run":
+        global DEVICE
+        DEVICE = torch.device(args.device)
         torch.set_num_threads(args.threads)
         result = run_row(args.impl, args.checkpoint, args.row, args.repeats, args.frames)
         print(json.dumps(result))
