@@ -69,10 +69,8 @@ def patches_per_picture(config: LlavaMiniConfig) -> int:
 
 
 def vision_tower(config: LlavaMiniConfig, pictures: int) -> Flops:
-    """CLIP on `pictures` images: patch convolution, then every encoder layer over P + 1 tokens.
-
-    All `num_hidden_layers` layers run (transformers computes them all, although the features
-    come from `mm_vision_select_layer`)."""
+    """CLIP on `pictures` images: patch convolution, then the encoder layers over P + 1 tokens
+    up to `mm_vision_select_layer` (the tower stops there: 23 of CLIP-L's 24 layers at -2)."""
     vision = config.vision_config
     width, patch = vision.hidden_size, vision.patch_size
     tokens = patches_per_picture(config) + 1  # + the class token
@@ -82,7 +80,8 @@ def vision_tower(config: LlavaMiniConfig, pictures: int) -> Flops:
     heads = vision.num_attention_heads
     layer += attention(tokens, tokens, heads, width // heads)
     embed = linear(patches_per_picture(config), 3 * patch * patch, width)
-    return (embed + layer * vision.num_hidden_layers) * pictures
+    layers_run = config.mm_vision_select_layer % (vision.num_hidden_layers + 1)
+    return (embed + layer * layers_run) * pictures
 
 
 def projector(config: LlavaMiniConfig, tokens: int) -> Flops:

@@ -129,6 +129,7 @@ _INT_FIELDS = {
     "prefusion_layer_num": 0,
     "video_chunk_frames": 1,
 }
+_OPTIONAL_INT_FIELDS = {"video_chunk_frames"}
 _PROJECTOR_PATTERN = re.compile(r"^(linear|identity|mlp(\d+)x_gelu)$")
 
 
@@ -171,8 +172,10 @@ class LlavaMiniConfigMixin(PreTrainedConfig):
     prefusion_layer_num: int = 4
     """Number of pre-fusion decoder layers (0 disables pre-fusion)."""
 
-    video_chunk_frames: int = 32
-    """Video frames encoded together (tower, compressor and pre-fusion); bounds peak memory."""
+    video_chunk_frames: int | None = None
+    """Video frames encoded together (tower, compressor and pre-fusion); bounds peak memory.
+    None chooses by device at run time (`LlavaMiniModelMixin.video_chunk_size`): one frame on a
+    CPU, batches within a memory budget on a GPU."""
 
     # Image preprocessing (read by `llavamini.data.process_images`).
     image_aspect_ratio: str = "square"
@@ -264,6 +267,8 @@ class LlavaMiniConfigMixin(PreTrainedConfig):
             )
         for name, minimum in _INT_FIELDS.items():
             value = getattr(self, name)
+            if value is None and name in _OPTIONAL_INT_FIELDS:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{owner}.{name}={value!r}: expected an integer >= {minimum}.")
         for name in ("mm_use_im_start_end", "s2"):

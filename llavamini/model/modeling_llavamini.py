@@ -25,8 +25,8 @@ width, D LLM width, Q = C*C compressed tokens):
 
 High resolution (`parts = N*N + 1`: row-major crops, then the global view) compresses the stitched
 crop map and lets pre-fusion read [projected stitched crops; projected global view]. A video is a
-(T, parts, 3, H, W) tensor: frames are encoded in batched chunks, the LLM gets T*Q tokens in frame
-order, and the fused text is the mean over frames (in float32).
+(T, parts, 3, H, W) tensor: frames are encoded in chunks chosen by device, the LLM gets T*Q
+tokens in frame order, and the fused text is the mean over frames (in float32).
 
 Reference bugs fixed here (docs/compatibility.md): widths come from the config (F1); text
 embeddings are not detached, so `embed_tokens` trains (F4); padding is excluded from pre-fusion
@@ -185,9 +185,9 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
         unread = prefix.shape[1] - vision.shape[1]  # the context, when compressed tokens exist
         fused = self.prefusion_layers(sequence, keep_all, self.rotary_emb, unread=unread)
         count = vision.shape[1]
-        # A copy, not a view: a view would keep the whole pre-fusion output of every video
-        # chunk alive until the splice (memory growing with the number of frames).
-        vision_out = fused[:, :count].clone()
+        # A view: `encode_video` copies each chunk's tokens into its output, so no chunk's
+        # pre-fusion output outlives its chunk.
+        vision_out = fused[:, :count]
         text_out = torch.where(keep.unsqueeze(-1), fused[:, count:], text_embeds)
         return vision_out, text_out
 
@@ -201,20 +201,42 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
             text_embeds: `(L, D)`; keep: `(L,)`.
 
         Frames go through the tower, compressor and pre-fusion in chunks of
-        `config.video_chunk_frames`, which bounds memory; the result equals frame-by-frame
-        encoding.
+        `video_chunk_size` frames, so peak memory is that of one chunk whatever T is (the
+        vision tokens are written into one preallocated `(T*V, D)` output); the result equals
+        frame-by-frame encoding.
         """
-        chunk = self.config.video_chunk_frames
-        vision_parts, text_sum = [], torch.zeros_like(text_embeds, dtype=torch.float32)
-        for start in range(0, frames.shape[0], chunk):
+        count = frames.shape[0]
+        chunk = self.video_chunk_size(frames)
+        vision_out, text_sum = None, torch.zeros_like(text_embeds, dtype=torch.float32)
+        for start in range(0, count, chunk):
             part = frames[start : start + chunk]
             n = part.shape[0]
             vision, text = self.encode_images(
                 part, text_embeds.expand(n, -1, -1), keep.expand(n, -1)
             )
-            vision_parts.append(vision.flatten(0, 1))
+            per_frame = vision.shape[1]
+            if vision_out is None:
+                vision_out = vision.new_empty(count * per_frame, vision.shape[-1])
+            vision_out[start * per_frame : (start + n) * per_frame] = vision.flatten(0, 1)
             text_sum = text_sum + text.float().sum(dim=0)
-        return torch.cat(vision_parts), (text_sum / frames.shape[0]).to(text_embeds.dtype)
+        return vision_out, (text_sum / count).to(text_embeds.dtype)
+
+    def video_chunk_size(self, frames: torch.Tensor) -> int:
+        """Frames per chunk for `encode_video`: `config.video_chunk_frames` when set, else one
+        frame off CUDA and, on CUDA, as many as fit in `VIDEO_MEMORY_FRACTION` of the free memory
+        (at most `MAX_VIDEO_CHUNK`).
+
+        On a CPU one frame already gives every matmul hundreds of rows (577 for CLIP-L/336), so
+        batching frames gains no speed and only multiplies the activations held at once.
+        """
+        if self.config.video_chunk_frames is not None:
+            return self.config.video_chunk_frames
+        if frames.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(frames.device)
+        per_frame = frame_activation_bytes(self.config, frames.shape[1], frames.element_size())
+        fit = int(free * VIDEO_MEMORY_FRACTION) // per_frame
+        return max(1, min(MAX_VIDEO_CHUNK, fit, frames.shape[0]))
 
     def encode_visual(
         self, visual: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
@@ -303,6 +325,27 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
             else (item.to(reference.device, reference.dtype) if item is not None else None)
             for item in images
         ]
+
+
+VIDEO_MEMORY_FRACTION = 0.25
+"""Share of the free GPU memory one chunk of video frames may take (the rest is left to the LLM's
+prefill over every frame's tokens and to other processes)."""
+MAX_VIDEO_CHUNK = 32
+"""Larger chunks gain nothing measurable on a GPU: one frame is already 577-row matmuls."""
+
+
+def frame_activation_bytes(config, parts: int, element_size: int) -> int:
+    """An upper estimate of the activations one video frame holds at once in `encode_video`
+    without gradients: the widest tensors of a vision block (MLP input and output, attention
+    scores in case the kernel materialises them) and of a pre-fusion layer, with a factor 2 for
+    the allocator's slack."""
+    vision = config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    heads = vision.num_attention_heads
+    vision_elems = tokens * (vision.intermediate_size + 4 * vision.hidden_size) + heads * tokens**2
+    rows = tokens + 1 + (config.tokenizer_model_max_length or 2048)
+    fusion_elems = rows * (config.intermediate_size + 4 * config.hidden_size)
+    return 2 * parts * (vision_elems + fusion_elems) * element_size
 
 
 def visuals_per_sample(images: Images) -> list[list[torch.Tensor]]:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPVisionModel, PreTrainedConfig, SiglipVisionModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llavamini.model.configuration_llavamini import HAS_CLASS_TOKEN, OpenClipVisionConfig
 
@@ -132,26 +133,44 @@ def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
     return encoder.encoder.layers
 
 
-def block_output(encoder: nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
+class _SelectedBlockDone(Exception):
+    """Raised by `block_output`'s hook to stop the encoder once the selected block has run."""
+
+
+def block_output(
+    encoder: nn.Module, images: torch.Tensor, layer: int, stop_early: bool | None = None
+) -> torch.Tensor:
     """The output of block `layer` in transformers' hidden-states numbering (i: block i, 1-based;
     negative counts from the end, -2 being the second-to-last block), `(N, L, D_v)`.
 
     Read with a forward hook rather than from `output_hidden_states`: transformers 5 can attach
     its output recorders to a nested encoder a second time (after a caller asked the whole model
     for hidden states), and the tuple then holds more entries than layers.
+
+    The blocks after the selected one (and the encoder's head) are not run: the hook ends the
+    forward by raising once it holds the output, which works for every encoder class without
+    knowing its forward (CLIP at -2 skips 1 of 24 blocks). `stop_early` None decides: the
+    encoder runs whole under DeepSpeed ZeRO-3, whose module hooks gather parameters before a
+    module runs and release them after; a forward cut short would leave them gathered.
     """
     blocks = encoder_blocks(encoder)
     index = layer % (len(blocks) + 1)
     if index == 0:
         raise ValueError("mm_vision_select_layer must select a block's output, not the embeddings.")
+    if stop_early is None:
+        stop_early = not is_deepspeed_zero3_enabled()
     captured = []
 
     def keep(module, inputs, output):
         captured.append(output[0] if isinstance(output, tuple) else output)
+        if stop_early:
+            raise _SelectedBlockDone
 
     handle = blocks[index - 1].register_forward_hook(keep)
     try:
         encoder(images)
+    except _SelectedBlockDone:
+        pass
     finally:
         handle.remove()
     hidden = captured[0]

@@ -30,11 +30,12 @@ def tiny_inputs(config, seed: int = 0):
 
 def test_tiny_counts_equal_a_hand_count():
     """The test config (conftest): CLIP 56 px / patch 14 (P = 16 patches, 17 tokens), width 64,
-    MLP 128, 2 layers, 4 heads; projector mlp2x 64 -> 64; 1 query, 4 heads; Llama width 64, MLP
-    128, 2 layers, 4 heads of 16, 2 KV heads, vocab 96, 1 pre-fusion layer; 9 text tokens."""
+    MLP 128, 2 layers of which the first runs (select layer -2), 4 heads; projector mlp2x
+    64 -> 64; 1 query, 4 heads; Llama width 64, MLP 128, 2 layers, 4 heads of 16, 2 KV heads,
+    vocab 96, 1 pre-fusion layer; 9 text tokens."""
     counts = count_flops(make_config(), TEXT_TOKENS)
     clip_layer = 4 * 2 * 17 * 64 * 64 + 2 * 2 * 17 * 64 * 128 + 2 * 2 * 17 * 17 * 64
-    assert counts["vision_tower"] == 2 * 16 * (3 * 14 * 14) * 64 + 2 * clip_layer == 3_580_416
+    assert counts["vision_tower"] == 2 * 16 * (3 * 14 * 14) * 64 + clip_layer == 2_392_320
     # 16 context features + 1 compressed token through two 64x64 layers.
     assert counts["projector"] == (16 + 1) * 2 * (64 * 64 + 64 * 64) == 278_528
     # q and out projections of 1 query, k and v of 16 features, attention 1 x 16.

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from llavamini.constants import IGNORE_INDEX
 from llavamini.constants import IMAGE_TOKEN_INDEX as IMG
 from llavamini.model import FAMILIES, register_backbone
+from llavamini.model.vision_tower import block_output, encoder_blocks
 from llavamini.tiny import tiny_config
 from tests.conftest import TEST_IMAGE_SIZE, VOCAB, random_images
 
@@ -91,6 +92,42 @@ def test_unsupported_encoder_and_backbone_name_the_supported_ones():
         )
     with pytest.raises(ValueError, match=r"Unsupported language backbone 'bert'.*\['llama', "):
         register_backbone("bert")
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("layer", [-2, 1, -1])
+def test_encoder_stops_at_the_selected_block(encoder, layer):
+    """The blocks after the selected one do not run, and the features equal a full forward's."""
+    model = build("llama", encoder)
+    tower = model.model.vision_tower
+    blocks = encoder_blocks(tower.encoder)
+    ran = []
+    handles = [
+        b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(blocks)
+    ]
+    images = random_images(2, seed=3)[:, 0]
+    with torch.no_grad():
+        early = block_output(tower.encoder, images, layer)
+        selected = layer % (len(blocks) + 1)
+        assert ran == list(range(selected))
+        full = block_output(tower.encoder, images, layer, stop_early=False)
+    for handle in handles:
+        handle.remove()
+    assert torch.equal(early, full)
+
+
+def test_encoder_runs_whole_under_zero3(monkeypatch):
+    """Under ZeRO-3 the forward is not cut short (its hooks release gathered weights after)."""
+    from llavamini.model import vision_tower
+
+    monkeypatch.setattr(vision_tower, "is_deepspeed_zero3_enabled", lambda: True)
+    model = build("llama", "clip")
+    blocks = encoder_blocks(model.model.vision_tower.encoder)
+    ran = []
+    blocks[-1].register_forward_hook(lambda m, i, o: ran.append(True))
+    with torch.no_grad():
+        model.model.vision_tower(random_images(1)[:, 0])
+    assert ran == [True]
 
 
 @pytest.mark.skipif(
