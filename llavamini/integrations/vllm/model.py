@@ -7,9 +7,10 @@ model (`llavamini.model`), so their arithmetic is the reference's. Pre-fusion ne
 (it reads the whole prompt at once), which is why it stays a transformers decoder layer; only
 the LLM, where serving time goes, is vLLM's.
 
-Checkpoint keys are the release's (reference.md §2.1): `model.embed_tokens`, `model.layers.*`,
-`model.norm`, `lm_head` go to the LLM under their own names; `model.vision_tower.*`,
-`model.mm_projector.*`, `model.compressor.*`, `model.prefusion_layers.*` to the encoder.
+Checkpoint keys are the release's (docs/compatibility.md K1): `model.embed_tokens`,
+`model.layers.*`, `model.norm`, `lm_head` go to the LLM under their own names;
+`model.vision_tower.*`, `model.mm_projector.*`, `model.compressor.*`, `model.prefusion_layers.*`
+to the encoder.
 
 Shapes: L prompt length with placeholder, L' = L - 1 + V the engine's prompt length (V vision
 tokens), D LLM width.
