@@ -60,6 +60,7 @@ from llavamini.data.messages import (
 from llavamini.data.tokenization import tokenizer_image_token
 from llavamini.data.video import load_video, process_video
 from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.model.configuration_llavamini import IMAGE_ASPECT_RATIOS
 from llavamini.model.image_processors import load_image_processor, pil_image_processor
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,15 @@ SETTINGS = (
 LOADER_OPTIONS = ("_from_auto", "_from_pipeline", "trust_remote_code", "code_revision", "dtype")
 """Options that `AutoProcessor` and `pipeline` pass to every `from_pretrained`, which do not
 concern this processor."""
+
+
+def check_video_policy(fps: float, max_frames: int | None) -> None:
+    """Raise unless `fps` > 0 and `max_frames` is None or >= 1."""
+    if not fps > 0:
+        raise ValueError(f"video_fps must be > 0, got {fps!r}.")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"video_max_frames must be >= 1 or None, got {max_frames!r}.")
+
 
 def checkpoint_conv_mode(name_or_path: str) -> str:
     """The conv mode of a checkpoint's processor (a folder, or a hub id in the local HF cache):
@@ -126,16 +136,14 @@ class LlavaMiniProcessor(ProcessorMixin):
             conv_mode = default_template_name(tokenizer)
         if conv_mode not in TEMPLATES:
             raise ValueError(f"conv_mode must be one of {sorted(TEMPLATES)}, got {conv_mode!r}.")
-        if image_aspect_ratio not in ("pad", "square"):
+        if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
             raise ValueError(
-                f"image_aspect_ratio must be 'pad' or 'square', got {image_aspect_ratio!r}."
+                f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, got "
+                f"{image_aspect_ratio!r}."
             )
         if not isinstance(resolution_ratio, int) or resolution_ratio < 1:
             raise ValueError(f"resolution_ratio must be an integer >= 1, got {resolution_ratio!r}.")
-        if not video_fps > 0:
-            raise ValueError(f"video_fps must be > 0, got {video_fps!r}.")
-        if video_max_frames is not None and video_max_frames < 1:
-            raise ValueError(f"video_max_frames must be >= 1 or None, got {video_max_frames!r}.")
+        check_video_policy(video_fps, video_max_frames)
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
         own_template = get_template(conv_mode).chat_template(tokenizer)
@@ -170,10 +178,7 @@ class LlavaMiniProcessor(ProcessorMixin):
 
     def with_video_policy(self, fps: float, max_frames: int | None) -> LlavaMiniProcessor:
         """A copy that samples videos at `fps`, capped at `max_frames` (None: no cap)."""
-        if not fps > 0:
-            raise ValueError(f"video fps must be > 0, got {fps!r}.")
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"video max_frames must be >= 1 or None, got {max_frames!r}.")
+        check_video_policy(fps, max_frames)
         processor = copy.copy(self)
         processor.video_fps, processor.video_max_frames = float(fps), max_frames
         return processor
