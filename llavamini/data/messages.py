@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
 from llavamini.data.image_processing import load_image
+from llavamini.data.tokenization import PLACEHOLDER
 
 Messages = list[dict]
 """transformers' chat format: `{"role": "system" | "user" | "assistant", "content": str | parts}`
@@ -29,21 +30,13 @@ where a part is `{"type": "text", "text": ...}`, `{"type": "image", "image" | "p
 `{"type": "image_url", "image_url": {"url": ...}}`."""
 
 
-
 def placeholder_kinds(prompt: str) -> list[str]:
-    """'image' / 'video' for each `<image>` / `<video>` placeholder of `prompt`, in order."""
-    kinds, position = [], 0
-    while True:
-        found = [
-            (prompt.find(token, position), kind)
-            for token, kind in ((DEFAULT_IMAGE_TOKEN, "image"), (DEFAULT_VIDEO_TOKEN, "video"))
-        ]
-        found = [(index, kind) for index, kind in found if index >= 0]
-        if not found:
-            return kinds
-        index, kind = min(found)
-        kinds.append(kind)
-        position = index + 1
+    """'image' / 'video' for each `<image>` / `<video>` placeholder of `prompt`, in order (the
+    placeholders `llavamini.data.tokenization` turns into `IMAGE_TOKEN_INDEX`)."""
+    return [
+        "image" if token == DEFAULT_IMAGE_TOKEN else "video"
+        for token in PLACEHOLDER.findall(prompt)
+    ]
 
 
 def media_per_text(media, counts: list[int], name: str) -> list[list]:
