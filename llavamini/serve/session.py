@@ -108,7 +108,7 @@ class ChatSession:
     """A conversation with a loaded LLaVA-Mini. Not thread-safe: one `ask` at a time.
 
     Args:
-        loaded: model, tokenizer and image processor (`load_pretrained`).
+        loaded: model and processor (`load_pretrained`, `ModelSpec.load`).
         template: the chat template (`resolve_template`).
         settings: decoding settings for every `ask` (public: change it between turns).
         fps: video frames taken per second of video (None: the processor's, the training and
@@ -133,7 +133,7 @@ class ChatSession:
             processor.video_max_frames if max_frames is None else max_frames,
         )
         self.messages: list[tuple[str, str]] = []
-        """Turns so far, `(role, text)`, user texts with their `<image>` placeholders."""
+        """Turns so far, `(role, text)`, user texts with their `<image>`/`<video>` placeholders."""
         self.visuals: list[torch.Tensor] = []
         """Pixel tensors of the images and videos in `messages`, in placeholder order."""
         self.pending: list[torch.Tensor] = []
