@@ -30,7 +30,7 @@ class DemoChat:
     runs one chat turn at a time, see `build_demo`).
 
     Args:
-        loaded: model, tokenizer and image processor.
+        loaded: model and processor.
         template: the chat template.
         defaults: the sliders' starting decoding settings.
         fps: video frames per second of video (None: the checkpoint processor's).
