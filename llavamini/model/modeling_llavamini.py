@@ -87,39 +87,12 @@ class LlavaMiniPreTrainedMixin:
                 module.pos_embed.copy_(table.to(module.pos_embed.dtype))
 
 
-class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
-    """A backbone's base model (embeddings, decoder layers, norm, rotary embedding) plus the
-    vision tower, projector, compressor and pre-fusion layers."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        if config.vision_config is None:
-            raise ValueError(
-                f"{type(config).__name__}.vision_config is unresolved (mm_vision_tower="
-                f"{config.mm_vision_tower!r}): load with from_pretrained, or call "
-                f"config.resolve_vision_config(checkpoint_dir) first."
-            )
-        config.validate_multimodal()
-        vision_width = config.vision_config.hidden_size
-        self.vision_tower = VisionTower(
-            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
-        )
-        self.mm_projector = build_projector(
-            config.mm_projector_type, vision_width, config.hidden_size
-        )
-        self.compressor = build_compressor(config)
-        if not isinstance(getattr(self, "rotary_emb", None), nn.Module):
-            raise ValueError(
-                f"{type(self).__name__}: the backbone has no shared rotary embedding "
-                f"(`rotary_emb`), which pre-fusion needs; supported backbones share one (Llama, "
-                f"Qwen2, Qwen3, Mistral, ...)."
-            )
-        self.prefusion_layers = PreFusionLayers(
-            config, config.prefusion_layer_num, layer_class=type(self.layers[0])
-        )
-        self.post_init()
-
-    # ---- vision ----------------------------------------------------------------------------
+class VisionEncoderMixin:
+    """The vision side of LLaVA-Mini: tower, compressor, projector and pre-fusion over one
+    image, video or batch of images -> (vision tokens, fused text). Needs the attributes
+    `config`, `vision_tower`, `mm_projector`, `compressor`, `prefusion_layers` and `rotary_emb`;
+    the transformers model (`LlavaMiniModelMixin`) and the vLLM plug-in's encoder both use it,
+    so both compute the same thing."""
 
     def encode_images(
         self, images: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
@@ -252,6 +225,39 @@ class LlavaMiniModelMixin(LlavaMiniPreTrainedMixin):
             )
         vision, text = self.encode_images(visual[None], text_embeds[None], keep[None])
         return vision[0], text[0]
+
+
+class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
+    """A backbone's base model (embeddings, decoder layers, norm, rotary embedding) plus the
+    vision tower, projector, compressor and pre-fusion layers."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.vision_config is None:
+            raise ValueError(
+                f"{type(config).__name__}.vision_config is unresolved (mm_vision_tower="
+                f"{config.mm_vision_tower!r}): load with from_pretrained, or call "
+                f"config.resolve_vision_config(checkpoint_dir) first."
+            )
+        config.validate_multimodal()
+        vision_width = config.vision_config.hidden_size
+        self.vision_tower = VisionTower(
+            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
+        )
+        self.mm_projector = build_projector(
+            config.mm_projector_type, vision_width, config.hidden_size
+        )
+        self.compressor = build_compressor(config)
+        if not isinstance(getattr(self, "rotary_emb", None), nn.Module):
+            raise ValueError(
+                f"{type(self).__name__}: the backbone has no shared rotary embedding "
+                f"(`rotary_emb`), which pre-fusion needs; supported backbones share one (Llama, "
+                f"Qwen2, Qwen3, Mistral, ...)."
+            )
+        self.prefusion_layers = PreFusionLayers(
+            config, config.prefusion_layer_num, layer_class=type(self.layers[0])
+        )
+        self.post_init()
 
     def embed_multimodal(
         self,

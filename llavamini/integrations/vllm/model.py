@@ -44,7 +44,7 @@ from llavamini.integrations.vllm.processing import (
 from llavamini.model.backbones import MODEL_TYPE_PREFIX
 from llavamini.model.compressor import build_compressor
 from llavamini.model.configuration_llavamini import find_vision_tower_folder
-from llavamini.model.modeling_llavamini import LlavaMiniModelMixin
+from llavamini.model.modeling_llavamini import VisionEncoderMixin
 from llavamini.model.packing import prefusion_text_keep, splice_vision_tokens
 from llavamini.model.prefusion import PreFusionLayers
 from llavamini.model.projector import build_projector
@@ -69,19 +69,13 @@ def backbone_classes(config) -> tuple[str, type[nn.Module], type[nn.Module]]:
     return architecture, layer_class, getattr(module, f"{name}RotaryEmbedding")
 
 
-class LlavaMiniEncoder(nn.Module):
+class LlavaMiniEncoder(VisionEncoderMixin, nn.Module):
     """Vision tower, projector, compressor and pre-fusion of one LLaVA-Mini: a visual and its
     prompt's text embeddings -> (vision tokens, fused text).
 
-    Its methods are `LlavaMiniModelMixin`'s own (`encode_visual`, `encode_images`,
-    `encode_video`, `fuse`), over the same module names, so it computes exactly what the
-    transformers model computes.
+    Its methods are the transformers model's own (`VisionEncoderMixin`), over the same module
+    names, so it computes exactly what the transformers model computes.
     """
-
-    encode_visual = LlavaMiniModelMixin.encode_visual
-    encode_images = LlavaMiniModelMixin.encode_images
-    encode_video = LlavaMiniModelMixin.encode_video
-    fuse = LlavaMiniModelMixin.fuse
 
     def __init__(self, config):
         super().__init__()
