@@ -94,6 +94,17 @@ class VisionEncoderMixin:
     the transformers model (`LlavaMiniModelMixin`) and the vLLM plug-in's encoder both use it,
     so both compute the same thing."""
 
+    def build_vision_modules(self, config) -> None:
+        """Create `vision_tower`, `mm_projector` and `compressor` from `config` (the release's
+        module names; widths from the config)."""
+        self.vision_tower = VisionTower(
+            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
+        )
+        self.mm_projector = build_projector(
+            config.mm_projector_type, config.vision_config.hidden_size, config.hidden_size
+        )
+        self.compressor = build_compressor(config)
+
     def encode_images(
         self, images: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,14 +251,7 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
                 f"config.resolve_vision_config(checkpoint_dir) first."
             )
         config.validate_multimodal()
-        vision_width = config.vision_config.hidden_size
-        self.vision_tower = VisionTower(
-            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
-        )
-        self.mm_projector = build_projector(
-            config.mm_projector_type, vision_width, config.hidden_size
-        )
-        self.compressor = build_compressor(config)
+        self.build_vision_modules(config)
         if not isinstance(getattr(self, "rotary_emb", None), nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: the backbone has no shared rotary embedding "

@@ -42,13 +42,11 @@ from llavamini.integrations.vllm.processing import (
     LlavaMiniProcessingInfo,
 )
 from llavamini.model.backbones import MODEL_TYPE_PREFIX
-from llavamini.model.compressor import build_compressor
 from llavamini.model.configuration_llavamini import find_vision_tower_folder
 from llavamini.model.modeling_llavamini import VisionEncoderMixin
 from llavamini.model.packing import prefusion_text_keep, splice_vision_tokens
 from llavamini.model.prefusion import PreFusionLayers
-from llavamini.model.projector import build_projector
-from llavamini.model.vision_tower import VisionTower, read_vision_tower_state_dict
+from llavamini.model.vision_tower import read_vision_tower_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +83,7 @@ class LlavaMiniEncoder(VisionEncoderMixin, nn.Module):
         config.validate_multimodal()
         self.config = config
         _, layer_class, rotary_class = backbone_classes(config)
-        vision_width = config.vision_config.hidden_size
-        self.vision_tower = VisionTower(
-            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
-        )
-        self.mm_projector = build_projector(
-            config.mm_projector_type, vision_width, config.hidden_size
-        )
-        self.compressor = build_compressor(config)
+        self.build_vision_modules(config)
         self.rotary_emb = rotary_class(config=config)
         self.prefusion_layers = PreFusionLayers(
             config, config.prefusion_layer_num, layer_class=layer_class
