@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from llavamini.data.messages import parse_conversation
 from llavamini.eval.answers import AnswerWriter, prepare_for_resume, record_key, run_settings
 from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
@@ -188,14 +187,21 @@ def check_visuals_exist(questions: Sequence[Question]) -> None:
         )
 
 
-def question_conversation(question: Question, task: Task, prefix: str) -> list[dict]:
-    """The question as one user message in transformers' chat format: its image or video (a
-    path, or an inline image as base64) and then its text (see `Task.question_text`)."""
-    content = []
+def question_media(question: Question, task: Task) -> tuple[str, str] | None:
+    """`(kind, source)` of a question's visual: 'image' or 'video' (the task's modality) and its
+    path, or a base64 `data:` URL for an inline image; None for a text-only question."""
+    if question.visual is None:
+        return None
     if isinstance(question.visual, InlineImage):
-        content.append({"type": "image", "base64": question.visual.base64})
-    elif question.visual is not None:
-        content.append({"type": task.modality, "path": question.visual})
+        return "image", "data:image;base64," + question.visual.base64
+    return task.modality, question.visual
+
+
+def question_conversation(question: Question, task: Task, prefix: str) -> list[dict]:
+    """The question as one user message in transformers' chat format: its image or video and
+    then its text (see `Task.question_text`)."""
+    media = question_media(question, task)
+    content = [{"type": media[0], "url": media[1]}] if media is not None else []
     content.append({"type": "text", "text": task.question_text(question, prefix)})
     return [{"role": "user", "content": content}]
 
@@ -204,11 +210,11 @@ def load_question_visual(question: Question, processor, task: Task):
     """The pixel tensor of a question's visual: `(parts, 3, H, W)` for an image,
     `(T, parts, 3, H, W)` for a video; None for a text-only question. Errors name the
     question."""
-    _, _, media = parse_conversation(question_conversation(question, task, ""))
-    if not media:
+    media = question_media(question, task)
+    if media is None:
         return None
     try:
-        return processor.process(*media[0])
+        return processor.process(*media)
     except (OSError, ValueError) as error:
         raise ValueError(f"Question {question.question_id!r}: {error}") from error
 
