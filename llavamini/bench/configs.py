@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llavamini.model import LlavaMiniConfig
-from llavamini.model.configuration_llavamini import CLIP_L_336_VISION_CONFIG
+from llavamini.model.vision_tower import CLIP_L_336_VISION_CONFIG
 
 LLMS = {
     "vicuna-7b": dict(

@@ -9,115 +9,21 @@ when the config is built; the ones the reference writes but never reads at infer
 unchanged.
 
 The vision encoder is CLIP (the release), SigLIP or an open_clip ViT, by `vision_config`'s
-model_type. Its architecture is resolved offline, in this order:
-
-1. an explicit `vision_config` (a config or its dict; a dict without model_type is CLIP);
-2. the built-in config of `openai/clip-vit-large-patch14-336` when `mm_vision_tower` names it;
-3. the `config.json` of the folder `mm_vision_tower` (absolute here; relative to the checkpoint
-   folder in `LlavaMiniForCausalLM.from_pretrained`), or of that hub id in the local HF cache.
-
-Once resolved, `vision_config` is saved with the checkpoint, which then needs nothing else.
+model_type (`llavamini.model.vision_tower`). When config.json has no `vision_config`, it is
+resolved offline from `mm_vision_tower` by the loading policy (`llavamini.model.checkpoint`):
+at construction when that needs no folder (the release's CLIP, an absolute path, a cached hub
+id), else by `resolve_vision_config(checkpoint_dir)`, which `from_pretrained` calls.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 from huggingface_hub.dataclasses import strict
-from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedConfig, SiglipVisionConfig
-from transformers.utils import cached_file
+from transformers import LlamaConfig, PreTrainedConfig
 
-CLIP_L_336 = "openai/clip-vit-large-patch14-336"
-"""The vision tower of every released LLaVA-Mini checkpoint."""
-
-CLIP_L_336_VISION_CONFIG = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 336,
-    "patch_size": 14,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "projection_dim": 768,
-}
-"""`CLIPVisionConfig` of `openai/clip-vit-large-patch14-336` (its hub config.json, vision part)."""
-
-
-@strict
-class OpenClipVisionConfig(PreTrainedConfig):
-    """An open_clip ViT vision tower (the optional `open_clip` backend; needs open_clip_torch).
-
-    `model_name` is an open_clip architecture (`open_clip.list_models()`); `pretrained` a local
-    checkpoint file of that architecture, read when the tower is loaded (nothing is downloaded).
-    Sizes are filled in from open_clip's architecture config when not given.
-    """
-
-    model_type = "open_clip_vision"
-
-    model_name: str = "ViT-L-14-336"
-    pretrained: str | None = None
-    hidden_size: int | None = None
-    image_size: int | None = None
-    patch_size: int | None = None
-    num_hidden_layers: int | None = None
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        if None in (self.hidden_size, self.image_size, self.patch_size, self.num_hidden_layers):
-            vision = open_clip_architecture(self.model_name)
-            self.hidden_size = self.hidden_size or vision["width"]
-            self.image_size = self.image_size or vision["image_size"]
-            self.patch_size = self.patch_size or vision["patch_size"]
-            self.num_hidden_layers = self.num_hidden_layers or vision["layers"]
-
-
-def open_clip_architecture(model_name: str) -> dict:
-    """open_clip's `vision_cfg` of `model_name`; raises `ImportError` when open_clip is missing."""
-    try:
-        import open_clip
-    except ImportError as error:
-        raise ImportError(
-            "The open_clip vision backend needs open_clip_torch (and torchvision, which exists for "
-            "torch 2.13 only as a CUDA build): pip install -c constraints.txt open_clip_torch"
-        ) from error
-    config = open_clip.get_model_config(model_name)
-    if config is None or "vision_cfg" not in config:
-        raise ValueError(f"open_clip has no architecture {model_name!r} (open_clip.list_models()).")
-    return config["vision_cfg"]
-
-
-VISION_CONFIGS = {
-    "clip_vision_model": CLIPVisionConfig,
-    "siglip_vision_model": SiglipVisionConfig,
-    "open_clip_vision": OpenClipVisionConfig,
-}
-"""Supported vision encoders, by `vision_config.model_type`."""
-
-HAS_CLASS_TOKEN = {
-    "clip_vision_model": True,
-    "siglip_vision_model": False,
-    "open_clip_vision": True,
-}
-"""Whether the encoder prepends a class token ('patch' features drop it; SigLIP has none)."""
-
-FOLDER_MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
-"""A full two-tower checkpoint folder's model_type -> the vision part's."""
-
-
-def vision_config_from_dict(values: dict) -> PreTrainedConfig:
-    """The encoder config a dict describes (no model_type: CLIP, as reference configs)."""
-    values = dict(values)
-    model_type = values.pop("model_type", "clip_vision_model")
-    if model_type not in VISION_CONFIGS:
-        raise ValueError(
-            f"vision_config.model_type={model_type!r} is not a supported vision encoder; "
-            f"supported: {sorted(VISION_CONFIGS)}."
-        )
-    return VISION_CONFIGS[model_type](**values)
-
+from llavamini.model import checkpoint
+from llavamini.model.vision_tower import CLIP_L_336, HAS_CLASS_TOKEN, vision_config_from_dict
 
 COMPRESSOR_TYPES = ("query", "avg_pool", "none")
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -144,8 +50,8 @@ class LlavaMiniConfigMixin(PreTrainedConfig):
 
     # Vision tower.
     mm_vision_tower: str | None = CLIP_L_336
-    """Hub id or folder of the CLIP vision tower (weights are read from it only when the
-    checkpoint itself does not store them)."""
+    """Hub id or folder (absolute, or relative to the checkpoint) of the CLIP vision tower
+    (weights are read from it only when the checkpoint itself does not store them)."""
     vision_config: dict | PreTrainedConfig | None = None
     """Architecture of the vision tower (CLIP, SigLIP or open_clip); resolved offline when absent
     (see the module docstring)."""
@@ -174,7 +80,7 @@ class LlavaMiniConfigMixin(PreTrainedConfig):
 
     video_chunk_frames: int | None = None
     """Video frames encoded together (tower, compressor and pre-fusion); bounds peak memory.
-    None chooses by device at run time (`LlavaMiniModelMixin.video_chunk_size`): one frame on a
+    None chooses by device at run time (`VisionEncoderMixin.video_chunk_size`): one frame on a
     CPU, batches within a memory budget on a GPU."""
 
     # Image preprocessing (read by `llavamini.data.process_images`).
@@ -208,31 +114,17 @@ class LlavaMiniConfigMixin(PreTrainedConfig):
         if isinstance(self.vision_config, dict):
             self.vision_config = vision_config_from_dict(self.vision_config)
         if self.vision_config is None:
-            self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs=())
+            self.vision_config = checkpoint.find_vision_config(self.mm_vision_tower, base_dirs=())
         if self.mm_hidden_size is None and self.vision_config is not None:
             self.mm_hidden_size = self.vision_config.hidden_size
 
     def resolve_vision_config(
         self, checkpoint_dir: str | None, cache_dir: str | None = None
     ) -> None:
-        """Resolve `vision_config` with `mm_vision_tower` relative to `checkpoint_dir` (then the
-        working directory), or as a hub id in the local HF cache (`cache_dir` if given). Raises
-        `FileNotFoundError` naming every place it looked."""
-        if self.vision_config is not None:
-            return
-        base_dirs = tuple(d for d in (checkpoint_dir, os.getcwd()) if d)
-        self.vision_config = find_vision_config(self.mm_vision_tower, base_dirs, cache_dir)
-        if self.vision_config is None:
-            raise FileNotFoundError(
-                f"{type(self).__name__}.mm_vision_tower={self.mm_vision_tower!r}: no vision tower "
-                f"config found offline. Looked for "
-                f"{vision_tower_candidates(self.mm_vision_tower, base_dirs)} and for the hub id "
-                f"in the local Hugging Face cache. Set `vision_config` explicitly or point "
-                f"`mm_vision_tower` at a local CLIP folder."
-            )
-        if self.mm_hidden_size is None:
-            self.mm_hidden_size = self.vision_config.hidden_size
-        self.validate_multimodal()
+        """Resolve `vision_config` with `mm_vision_tower` relative to `checkpoint_dir`, or as a
+        hub id in the local HF cache (`cache_dir` if given): see
+        `llavamini.model.checkpoint.resolve_vision_config`."""
+        checkpoint.resolve_vision_config(self, checkpoint_dir, cache_dir)
 
     @property
     def num_compressed_tokens(self) -> int:
@@ -319,50 +211,3 @@ def _check_choice(config, name: str, choices: tuple) -> None:
         raise ValueError(
             f"{type(config).__name__}.{name}={value!r}: expected one of {list(choices)}."
         )
-
-
-def vision_tower_candidates(mm_vision_tower: str | None, base_dirs: tuple[str, ...]) -> list[str]:
-    """Local folders that `mm_vision_tower` may name, in the order they are tried."""
-    if not mm_vision_tower:
-        return []
-    if os.path.isabs(mm_vision_tower):
-        return [mm_vision_tower]
-    return [os.path.join(base, mm_vision_tower) for base in base_dirs]
-
-
-def find_vision_tower_folder(
-    mm_vision_tower: str | None, base_dirs: tuple[str, ...], cache_dir: str | None = None
-) -> str | None:
-    """The first local folder holding `mm_vision_tower` (a path, or a hub id in the HF cache)."""
-    for folder in vision_tower_candidates(mm_vision_tower, base_dirs):
-        if os.path.isfile(os.path.join(folder, "config.json")):
-            return folder
-    if mm_vision_tower and not os.path.isabs(mm_vision_tower) and mm_vision_tower.count("/") == 1:
-        cached = cached_file(
-            mm_vision_tower,
-            "config.json",
-            cache_dir=cache_dir,
-            local_files_only=True,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-        if cached:
-            return os.path.dirname(cached)
-    return None
-
-
-def find_vision_config(
-    mm_vision_tower: str | None, base_dirs: tuple[str, ...], cache_dir: str | None = None
-) -> PreTrainedConfig | None:
-    """Offline resolution of the tower's architecture (see the module docstring), or None."""
-    if mm_vision_tower == CLIP_L_336:
-        return CLIPVisionConfig(**CLIP_L_336_VISION_CONFIG)
-    folder = find_vision_tower_folder(mm_vision_tower, base_dirs, cache_dir)
-    if folder is None:
-        return None
-    with open(os.path.join(folder, "config.json")) as f:
-        config_dict = json.load(f)
-    if config_dict.get("model_type") in FOLDER_MODEL_TYPES:  # a two-tower model: its vision part
-        vision_type = FOLDER_MODEL_TYPES[config_dict["model_type"]]
-        config_dict = {**config_dict["vision_config"], "model_type": vision_type}
-    return vision_config_from_dict(config_dict)

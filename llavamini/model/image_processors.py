@@ -12,7 +12,8 @@ import os
 import transformers
 from transformers import CLIPImageProcessorPil
 
-from llavamini.model.configuration_llavamini import CLIP_L_336, find_vision_tower_folder
+from llavamini.model.checkpoint import find_vision_tower_folder
+from llavamini.model.vision_tower import CLIP_L_336
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -47,11 +48,12 @@ def pil_image_processor(name: str, settings: dict | None = None):
 
 def load_image_processor(checkpoint_dir: str, config):
     """The encoder's image processor for a checkpoint without a processor: its own
-    `preprocessor_config.json`, else the vision tower folder's, else the built-in one for CLIP
-    ViT-L/14-336, else (open_clip) CLIP's preprocessing at the tower's image size."""
+    `preprocessor_config.json`, else the vision tower folder's (found as its weights are, see
+    `llavamini.model.checkpoint`), else the built-in one for CLIP ViT-L/14-336, else (open_clip)
+    CLIP's preprocessing at the tower's image size."""
     model_type = config.vision_config.model_type
     default_type = IMAGE_PROCESSOR_TYPES.get(model_type, "CLIPImageProcessor")
-    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir, os.getcwd()))
+    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir,))
     looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
     for folder in looked:
         path = os.path.join(folder, IMAGE_PROCESSOR_FILE)

@@ -4,7 +4,9 @@ The multimodal model is written once, as mixins over a language backbone's own c
 (`LlavaMiniModelMixin` over its base model, `LlavaMiniForCausalLMMixin` over its causal LM); the
 pre-fusion layers are built from the backbone's own decoder-layer class and use its rotary
 embedding. This file composes the Llama family (Vicuna, Llama-3.x: the release);
-`llavamini.model.backbones` composes Qwen2/Qwen3 and any other transformers causal LM.
+`llavamini.model.backbones` composes Qwen2/Qwen3 and any other transformers causal LM. The vision
+side (tower, compressor, projector, pre-fusion) is `llavamini.model.vision_encoder`; where the
+weights come from and how they are checked, `llavamini.model.checkpoint`.
 
 The module tree reproduces the released checkpoint's keys (docs/compatibility.md K1):
 
@@ -36,36 +38,23 @@ are batched and keep their gradients (F7); pre-fusion works on transformers 5 (F
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.model import checkpoint
-from llavamini.model.compressor import QueryCompressor, build_compressor, sincos_pos_embed_2d
-from llavamini.model.configuration_llavamini import LlavaMiniConfig, find_vision_tower_folder
+from llavamini.model.compressor import QueryCompressor, sincos_pos_embed_2d
+from llavamini.model.configuration_llavamini import LlavaMiniConfig
 from llavamini.model.packing import (
-    count_placeholders,
+    Images,
+    check_placeholders,
     prefusion_text_keep,
     splice_vision_tokens,
-    stitch_crops,
+    visuals_per_sample,
 )
 from llavamini.model.prefusion import PreFusionLayers
-from llavamini.model.projector import build_projector
-from llavamini.model.vision_tower import (
-    OpenClipVisionModel,
-    VisionTower,
-    read_open_clip_state_dict,
-    read_vision_tower_state_dict,
-)
-
-logger = logging.getLogger(__name__)
-
-Images = torch.Tensor | list[torch.Tensor | list[torch.Tensor] | None]
-
+from llavamini.model.vision_encoder import VisionEncoderMixin
 
 ENCODER_LAYERS = ["CLIPEncoderLayer", "SiglipEncoderLayer"]
 """Vision encoder blocks that device maps must not split (added to each family's own)."""
@@ -75,7 +64,8 @@ class LlavaMiniPreTrainedMixin:
     """What every LLaVA-Mini class adds to its backbone's `PreTrainedModel`."""
 
     # The tower may live outside the checkpoint (`mm_vision_tower`); `from_pretrained` loads it
-    # from there and checks it is complete, so transformers need not report it.
+    # from there and checks it is complete (`llavamini.model.checkpoint.load_checked`), so
+    # transformers need not report it.
     _keys_to_ignore_on_load_missing = [r"^model\.vision_tower\."]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -85,157 +75,6 @@ class LlavaMiniPreTrainedMixin:
                 nn.init.normal_(module.query, std=0.02)
                 table = sincos_pos_embed_2d(module.query.shape[1], module.size)
                 module.pos_embed.copy_(table.to(module.pos_embed.dtype))
-
-
-class VisionEncoderMixin:
-    """The vision side of LLaVA-Mini: tower, compressor, projector and pre-fusion over one
-    image, video or batch of images -> (vision tokens, fused text). Needs the attributes
-    `config`, `vision_tower`, `mm_projector`, `compressor`, `prefusion_layers` and `rotary_emb`;
-    the transformers model (`LlavaMiniModelMixin`) and the vLLM plug-in's encoder both use it,
-    so both compute the same thing."""
-
-    def build_vision_modules(self, config) -> None:
-        """Create `vision_tower`, `mm_projector` and `compressor` from `config` (the release's
-        module names; widths from the config)."""
-        self.vision_tower = VisionTower(
-            config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
-        )
-        self.mm_projector = build_projector(
-            config.mm_projector_type, config.vision_config.hidden_size, config.hidden_size
-        )
-        self.compressor = build_compressor(config)
-
-    def encode_images(
-        self, images: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image per sample -> (vision tokens for the LLM, fused text).
-
-        Args:
-            images: `(B, parts, 3, H, W)`; parts 1, or N*N crops + the global view.
-            text_embeds: `(B, L, D)` raw embeddings of the prompt.
-            keep: `(B, L)` bool, the text positions pre-fusion reads.
-
-        Returns:
-            `(B, V, D)` vision tokens (V = C*C with a compressor, else every projected token)
-            and `(B, L, D)` text embeddings (fused where `keep`, raw elsewhere).
-        """
-        if images.dim() != 5 or images.shape[2] != 3:
-            raise ValueError(
-                f"images must be (batch, parts, 3, H, W), got shape {tuple(images.shape)}."
-            )
-        size = self.config.vision_config.image_size
-        if images.shape[-2:] != (size, size):
-            raise ValueError(
-                f"images must be {size}x{size} (vision_config.image_size), got "
-                f"{tuple(images.shape[-2:])}: preprocess them with llavamini.data.process_images."
-            )
-        batch, parts = images.shape[:2]
-        features = self.vision_tower(images.flatten(0, 1)).to(text_embeds.dtype)
-        features = features.unflatten(0, (batch, parts))  # (B, parts, N, D_v)
-        if parts == 1:
-            grid_features = context = features[:, 0]
-        else:
-            crops = round((parts - 1) ** 0.5)
-            if crops * crops + 1 != parts:
-                raise ValueError(
-                    f"images has {parts} parts per image: expected 1, or N*N crops + 1 global view."
-                )
-            grid_features = stitch_crops(features[:, :-1], self.vision_tower.grid_size)
-            context = torch.cat([grid_features, features[:, -1]], dim=1)
-        context = self.mm_projector(context)
-        compressed = None
-        if self.compressor is not None:
-            compressed = self.mm_projector(self.compressor(grid_features))
-        return self.fuse(context, compressed, text_embeds, keep)
-
-    def fuse(
-        self,
-        context: torch.Tensor,
-        compressed: torch.Tensor | None,
-        text_embeds: torch.Tensor,
-        keep: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pre-fusion over `[context; compressed; text]` -> (vision tokens, fused text).
-
-        Without a compressor the context tokens themselves are the vision tokens (LLaVA-1.5 mode,
-        or pre-fusion without compression); without pre-fusion nothing is fused.
-        """
-        vision = context if compressed is None else compressed
-        if len(self.prefusion_layers) == 0:
-            return vision, text_embeds
-        prefix = context if compressed is None else torch.cat([context, compressed], dim=1)
-        sequence = torch.cat([prefix, text_embeds], dim=1)
-        keep_all = torch.cat([keep.new_ones(prefix.shape[:2]), keep], dim=1)
-        unread = prefix.shape[1] - vision.shape[1]  # the context, when compressed tokens exist
-        fused = self.prefusion_layers(sequence, keep_all, self.rotary_emb, unread=unread)
-        count = vision.shape[1]
-        # A view: `encode_video` copies each chunk's tokens into its output, so no chunk's
-        # pre-fusion output outlives its chunk.
-        vision_out = fused[:, :count]
-        text_out = torch.where(keep.unsqueeze(-1), fused[:, count:], text_embeds)
-        return vision_out, text_out
-
-    def encode_video(
-        self, frames: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One video -> (T*V vision tokens in frame order, text fused and averaged over frames).
-
-        Args:
-            frames: `(T, parts, 3, H, W)`.
-            text_embeds: `(L, D)`; keep: `(L,)`.
-
-        Frames go through the tower, compressor and pre-fusion in chunks of
-        `video_chunk_size` frames, so peak memory is that of one chunk whatever T is (the
-        vision tokens are written into one preallocated `(T*V, D)` output); the result equals
-        frame-by-frame encoding.
-        """
-        count = frames.shape[0]
-        chunk = self.video_chunk_size(frames)
-        vision_out, text_sum = None, torch.zeros_like(text_embeds, dtype=torch.float32)
-        for start in range(0, count, chunk):
-            part = frames[start : start + chunk]
-            n = part.shape[0]
-            vision, text = self.encode_images(
-                part, text_embeds.expand(n, -1, -1), keep.expand(n, -1)
-            )
-            per_frame = vision.shape[1]
-            if vision_out is None:
-                vision_out = vision.new_empty(count * per_frame, vision.shape[-1])
-            vision_out[start * per_frame : (start + n) * per_frame] = vision.flatten(0, 1)
-            text_sum = text_sum + text.float().sum(dim=0)
-        return vision_out, (text_sum / count).to(text_embeds.dtype)
-
-    def video_chunk_size(self, frames: torch.Tensor) -> int:
-        """Frames per chunk for `encode_video`: `config.video_chunk_frames` when set, else one
-        frame off CUDA and, on CUDA, as many as fit in `VIDEO_MEMORY_FRACTION` of the free memory
-        (at most `MAX_VIDEO_CHUNK`).
-
-        On a CPU one frame already gives every matmul hundreds of rows (577 for CLIP-L/336), so
-        batching frames gains no speed and only multiplies the activations held at once.
-        """
-        if self.config.video_chunk_frames is not None:
-            return self.config.video_chunk_frames
-        if frames.device.type != "cuda":
-            return 1
-        free, _ = torch.cuda.mem_get_info(frames.device)
-        per_frame = frame_activation_bytes(self.config, frames.shape[1], frames.element_size())
-        fit = int(free * VIDEO_MEMORY_FRACTION) // per_frame
-        return max(1, min(MAX_VIDEO_CHUNK, fit, frames.shape[0]))
-
-    def encode_visual(
-        self, visual: torch.Tensor, text_embeds: torch.Tensor, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image `(parts, 3, H, W)` or video `(T, parts, 3, H, W)` of one sample ->
-        (`(V, D)` vision tokens, `(L, D)` fused text)."""
-        if visual.dim() == 5:
-            return self.encode_video(visual, text_embeds, keep)
-        if visual.dim() != 4:
-            raise ValueError(
-                f"An image must be (parts, 3, H, W) and a video (T, parts, 3, H, W), got shape "
-                f"{tuple(visual.shape)}."
-            )
-        vision, text = self.encode_images(visual[None], text_embeds[None], keep[None])
-        return vision[0], text[0]
 
 
 class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
@@ -322,7 +161,6 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
         )
         return spliced if return_vision_mask else spliced[:4]
 
-
     def _to_vision_device(self, images: Images) -> Images:
         """`images` (any form `embed_multimodal` takes) on the vision tower's device and in its
         dtype, as the processor returns float32 pixels on the CPU."""
@@ -335,60 +173,6 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
             else (item.to(reference.device, reference.dtype) if item is not None else None)
             for item in images
         ]
-
-
-VIDEO_MEMORY_FRACTION = 0.25
-"""Share of the free GPU memory one chunk of video frames may take (the rest is left to the LLM's
-prefill over every frame's tokens and to other processes)."""
-MAX_VIDEO_CHUNK = 32
-"""Larger chunks gain nothing measurable on a GPU: one frame is already 577-row matmuls."""
-
-
-def frame_activation_bytes(config, parts: int, element_size: int) -> int:
-    """An upper estimate of the activations one video frame holds at once in `encode_video`
-    without gradients: the widest tensors of a vision block (MLP input and output, attention
-    scores in case the kernel materialises them) and of a pre-fusion layer, with a factor 2 for
-    the allocator's slack."""
-    vision = config.vision_config
-    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
-    heads = vision.num_attention_heads
-    vision_elems = tokens * (vision.intermediate_size + 4 * vision.hidden_size) + heads * tokens**2
-    rows = tokens + 1 + (config.tokenizer_model_max_length or 2048)
-    fusion_elems = rows * (config.intermediate_size + 4 * config.hidden_size)
-    return 2 * parts * (vision_elems + fusion_elems) * element_size
-
-
-def visuals_per_sample(images: Images) -> list[list[torch.Tensor]]:
-    """The visuals of each sample, in placeholder order (see `embed_multimodal` for the forms)."""
-    if isinstance(images, torch.Tensor):
-        return [[image] for image in images]
-    per_sample = []
-    for item in images:
-        if item is None:
-            per_sample.append([])
-        elif isinstance(item, torch.Tensor):
-            per_sample.append([item])
-        else:
-            per_sample.append(list(item))
-    return per_sample
-
-
-def check_placeholders(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, visuals: list[list[torch.Tensor]]
-) -> None:
-    """Raise unless every sample has exactly one placeholder per image or video."""
-    counts = count_placeholders(input_ids, attention_mask)
-    if len(visuals) != len(counts):
-        raise ValueError(
-            f"Got images for {len(visuals)} samples but a batch of {len(counts)} samples."
-        )
-    for b, (found, sample_visuals) in enumerate(zip(counts, visuals, strict=True)):
-        if found != len(sample_visuals):
-            raise ValueError(
-                f"Sample {b} has {found} image placeholders (IMAGE_TOKEN_INDEX="
-                f"{IMAGE_TOKEN_INDEX}) but {len(sample_visuals)} images or videos: each image or "
-                f"video needs exactly one placeholder, and a text-only sample none."
-            )
 
 
 class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
@@ -486,91 +270,25 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, strict about keys, with the vision tower resolved
-        offline.
+        offline: the loading policy of `llavamini.model.checkpoint` (`load_checked`).
 
         The tower's architecture and weights come from the checkpoint when it stores them
-        (`model.vision_tower.vision_tower.*`), else from the `mm_vision_tower` folder (absolute,
-        relative to the checkpoint, or relative to the working directory) or the local HF cache.
-        Any missing or unexpected key raises a `ValueError` listing them; pass `strict=False` to
-        get the usual warning instead (to start training from a plain LLM, say).
+        (`model.vision_tower.vision_tower.*`), else from the `mm_vision_tower` folder (absolute
+        or relative to the checkpoint) or the local HF cache. Any missing or unexpected key
+        raises a `ValueError` listing them; pass `strict=False` to get the usual warning instead
+        (to start training from a plain LLM, say).
         """
-        strict = kwargs.pop("strict", True)
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        hub_kwargs = {
-            k: kwargs[k]
-            for k in ("cache_dir", "revision", "local_files_only", "token", "subfolder")
-            if k in kwargs
-        }
-        checkpoint_dir = checkpoint.resolve_checkpoint_dir(
-            str(pretrained_model_name_or_path), **hub_kwargs
+        return checkpoint.load_checked(
+            super().from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs
         )
-        config = kwargs.pop("config", None)
-        if config is None:
-            config = cls.config_class.from_pretrained(checkpoint_dir)
-        cache_dir = hub_kwargs.get("cache_dir")
-        config.resolve_vision_config(checkpoint_dir, cache_dir)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path,
-            *model_args,
-            config=config,
-            output_loading_info=True,
-            **kwargs,
-        )
-        keys = checkpoint.stored_keys(checkpoint_dir)
-        missing = set(info["missing_keys"])
-        prefix = checkpoint.VISION_ENCODER_PREFIX
-        tower_keys = {k for k in model.state_dict() if k.startswith(prefix)}
-        if keys is not None and keys & tower_keys:
-            missing |= tower_keys - keys
-        else:
-            model.load_vision_tower(checkpoint_dir, cache_dir)
-        unexpected = set(info["unexpected_keys"])
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"Checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
-                f"{len(missing)} missing keys {sorted(missing)[:50]}, {len(unexpected)} unexpected "
-                f"keys {sorted(unexpected)[:50]}. Check compressor_size, prefusion_layer_num and "
-                f"compressor_type in its config.json."
-            )
-        info["missing_keys"], info["unexpected_keys"] = missing, unexpected
-        return (model, info) if output_loading_info else model
 
     def load_vision_tower(
         self, checkpoint_dir: str | None = None, cache_dir: str | None = None
     ) -> str:
         """Load the vision weights from the `mm_vision_tower` folder or the local HF cache (an
-        open_clip tower: from `vision_config.pretrained`), never the network. Returns where they
-        came from; raises `FileNotFoundError` naming where it looked."""
-        encoder = self.model.vision_tower.encoder
-        if isinstance(encoder, OpenClipVisionModel):
-            source = self.config.vision_config.pretrained
-            if not source:
-                raise FileNotFoundError(
-                    "The checkpoint does not store the open_clip tower and "
-                    "vision_config.pretrained names no local open_clip checkpoint file."
-                )
-            state_dict = read_open_clip_state_dict(source)
-        else:
-            mm_vision_tower = self.config.mm_vision_tower
-            base_dirs = tuple(d for d in (checkpoint_dir, ".") if d)
-            source = find_vision_tower_folder(mm_vision_tower, base_dirs, cache_dir)
-            if source is None:
-                raise FileNotFoundError(
-                    f"The checkpoint does not store the vision tower and mm_vision_tower="
-                    f"{mm_vision_tower!r} was not found offline: looked in {list(base_dirs)} for "
-                    f"that folder and in the local Hugging Face cache for that hub id. Download "
-                    f"it once (hf download {mm_vision_tower}) or point mm_vision_tower at a folder."
-                )
-            state_dict = read_vision_tower_state_dict(source)
-        with checkpoint.gathered(list(encoder.parameters())):  # whole under ZeRO-3 too
-            result = encoder.load_state_dict(state_dict, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"Vision tower weights in {source} do not match vision_config: missing "
-                f"{result.missing_keys[:20]}, unexpected {result.unexpected_keys[:20]}."
-            )
-        logger.info("Loaded the vision tower from %s", source)
-        return source
+        open_clip tower: from `vision_config.pretrained`), never the network; see
+        `llavamini.model.checkpoint.load_vision_tower`. Returns where they came from."""
+        return checkpoint.load_vision_tower(self, checkpoint_dir, cache_dir)
 
 
 class LlavaMiniModel(LlavaMiniModelMixin, LlamaModel):

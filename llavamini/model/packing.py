@@ -1,4 +1,5 @@
-"""Pure tensor functions: which text tokens pre-fusion reads, and the splice of vision tokens.
+"""Pure tensor functions: which text tokens pre-fusion reads, the placeholders each sample's
+images fill, and the splice of vision tokens.
 
 Shape notation: B batch, L text length, D LLM width, V vision tokens of one sample.
 """
@@ -117,3 +118,40 @@ def stitch_crops(crops: torch.Tensor, grid: int) -> torch.Tensor:
     n = round(num_crops**0.5)
     grid_map = crops.reshape(batch, n, n, grid, grid, channels).permute(0, 1, 3, 2, 4, 5)
     return grid_map.reshape(batch, n * grid * n * grid, channels)
+
+
+Images = torch.Tensor | list[torch.Tensor | list[torch.Tensor] | None]
+"""The forms of a batch's `images` (see `LlavaMiniModelMixin.embed_multimodal`)."""
+
+
+def visuals_per_sample(images: Images) -> list[list[torch.Tensor]]:
+    """The visuals of each sample, in placeholder order (see `embed_multimodal` for the forms)."""
+    if isinstance(images, torch.Tensor):
+        return [[image] for image in images]
+    per_sample = []
+    for item in images:
+        if item is None:
+            per_sample.append([])
+        elif isinstance(item, torch.Tensor):
+            per_sample.append([item])
+        else:
+            per_sample.append(list(item))
+    return per_sample
+
+
+def check_placeholders(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, visuals: list[list[torch.Tensor]]
+) -> None:
+    """Raise unless every sample has exactly one placeholder per image or video."""
+    counts = count_placeholders(input_ids, attention_mask)
+    if len(visuals) != len(counts):
+        raise ValueError(
+            f"Got images for {len(visuals)} samples but a batch of {len(counts)} samples."
+        )
+    for b, (found, sample_visuals) in enumerate(zip(counts, visuals, strict=True)):
+        if found != len(sample_visuals):
+            raise ValueError(
+                f"Sample {b} has {found} image placeholders (IMAGE_TOKEN_INDEX="
+                f"{IMAGE_TOKEN_INDEX}) but {len(sample_visuals)} images or videos: each image or "
+                f"video needs exactly one placeholder, and a text-only sample none."
+            )

@@ -1,27 +1,113 @@
-"""Vision encoders: `(N, 3, H, W)` images to `(N, L, D_v)` features of one hidden layer.
+"""Vision encoders: their configs and modules, `(N, 3, H, W)` images to `(N, L, D_v)` features
+of one hidden layer.
 
 One small interface for every encoder (`VisionTower`): the hidden state of a chosen layer, with or
 without the class token, and the patch grid size. Encoders, by `vision_config.model_type`:
-transformers CLIP (the release's, checkpoint-compatible), transformers SigLIP (no class token),
-and open_clip ViTs (optional: open_clip_torch needs torchvision).
+transformers CLIP (the release's, checkpoint-compatible; its config is built in as
+`CLIP_L_336_VISION_CONFIG`), transformers SigLIP (no class token), and open_clip ViTs (optional:
+open_clip_torch needs torchvision). Where a checkpoint's tower config and weights come from is
+`llavamini.model.checkpoint`'s business.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
-from safetensors.torch import load_file
+from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import CLIPVisionModel, PreTrainedConfig, SiglipVisionModel
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from llavamini.model.configuration_llavamini import HAS_CLASS_TOKEN, OpenClipVisionConfig
+CLIP_L_336 = "openai/clip-vit-large-patch14-336"
+"""The vision tower of every released LLaVA-Mini checkpoint."""
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-CLIP_FILE_PREFIX = "vision_model."
-"""Prefix of the tower's tensors in LLaVA checkpoints and in CLIP/SigLIP files saved by
-transformers 4 (and on the hub); transformers 5 saves a vision model without it."""
+CLIP_L_336_VISION_CONFIG = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 768,
+}
+"""`CLIPVisionConfig` of `openai/clip-vit-large-patch14-336` (its hub config.json, vision part)."""
+
+
+@strict
+class OpenClipVisionConfig(PreTrainedConfig):
+    """An open_clip ViT vision tower (the optional `open_clip` backend; needs open_clip_torch).
+
+    `model_name` is an open_clip architecture (`open_clip.list_models()`); `pretrained` a local
+    checkpoint file of that architecture, read when the tower is loaded (nothing is downloaded).
+    Sizes are filled in from open_clip's architecture config when not given.
+    """
+
+    model_type = "open_clip_vision"
+
+    model_name: str = "ViT-L-14-336"
+    pretrained: str | None = None
+    hidden_size: int | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_hidden_layers: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if None in (self.hidden_size, self.image_size, self.patch_size, self.num_hidden_layers):
+            vision = open_clip_architecture(self.model_name)
+            self.hidden_size = self.hidden_size or vision["width"]
+            self.image_size = self.image_size or vision["image_size"]
+            self.patch_size = self.patch_size or vision["patch_size"]
+            self.num_hidden_layers = self.num_hidden_layers or vision["layers"]
+
+
+def open_clip_architecture(model_name: str) -> dict:
+    """open_clip's `vision_cfg` of `model_name`; raises `ImportError` when open_clip is missing."""
+    try:  # optional (it needs torchvision): imported only for an open_clip tower
+        import open_clip
+    except ImportError as error:
+        raise ImportError(
+            "The open_clip vision backend needs open_clip_torch (and torchvision, which exists for "
+            "torch 2.13 only as a CUDA build): pip install -c constraints.txt open_clip_torch"
+        ) from error
+    config = open_clip.get_model_config(model_name)
+    if config is None or "vision_cfg" not in config:
+        raise ValueError(f"open_clip has no architecture {model_name!r} (open_clip.list_models()).")
+    return config["vision_cfg"]
+
+
+VISION_CONFIGS = {
+    "clip_vision_model": CLIPVisionConfig,
+    "siglip_vision_model": SiglipVisionConfig,
+    "open_clip_vision": OpenClipVisionConfig,
+}
+"""Supported vision encoders, by `vision_config.model_type`."""
+
+HAS_CLASS_TOKEN = {
+    "clip_vision_model": True,
+    "siglip_vision_model": False,
+    "open_clip_vision": True,
+}
+"""Whether the encoder prepends a class token ('patch' features drop it; SigLIP has none)."""
+
+
+def vision_config_from_dict(values: dict) -> PreTrainedConfig:
+    """The encoder config a dict describes (no model_type: CLIP, as reference configs)."""
+    values = dict(values)
+    model_type = values.pop("model_type", "clip_vision_model")
+    if model_type not in VISION_CONFIGS:
+        raise ValueError(
+            f"vision_config.model_type={model_type!r} is not a supported vision encoder; "
+            f"supported: {sorted(VISION_CONFIGS)}."
+        )
+    return VISION_CONFIGS[model_type](**values)
 
 
 class LlavaMiniCLIPVisionModel(CLIPVisionModel):
@@ -47,9 +133,8 @@ class OpenClipVisionModel(nn.Module):
 
     def __init__(self, config: OpenClipVisionConfig):
         super().__init__()
-        from llavamini.model.configuration_llavamini import open_clip_architecture
-
         open_clip_architecture(config.model_name)  # clear ImportError when open_clip is missing
+        # open_clip is optional (it needs torchvision): imported only when such a tower is built.
         import open_clip
         from open_clip.transformer import VisionTransformer
 
@@ -179,41 +264,3 @@ def block_output(
     ):
         hidden = hidden.transpose(0, 1)  # older open_clip runs blocks sequence-first
     return hidden
-
-
-def read_vision_tower_state_dict(folder: str) -> dict[str, torch.Tensor]:
-    """The vision tensors of a CLIP or SigLIP folder (a vision model or a full two-tower model),
-    named as in the vision model (without the file prefix `vision_model.`)."""
-    for name in WEIGHT_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            state_dict = read_weights(path)
-            if not any(k.startswith(CLIP_FILE_PREFIX) for k in state_dict):
-                return state_dict  # a vision model saved by transformers 5: no prefix
-            return {
-                k.removeprefix(CLIP_FILE_PREFIX): v
-                for k, v in state_dict.items()
-                if k.startswith(CLIP_FILE_PREFIX)
-            }
-    raise FileNotFoundError(
-        f"No vision tower weights in {folder}: expected one of {list(WEIGHT_FILES)}."
-    )
-
-
-def read_open_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The `visual.*` tensors of an open_clip checkpoint file (a full CLIP model's)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"open_clip checkpoint not found: {path}")
-    state_dict = read_weights(path)
-    state_dict = state_dict.get("state_dict", state_dict)
-    weights = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    visual = {k: v for k, v in weights.items() if k.startswith("visual.")}
-    if not visual:
-        raise ValueError(f"{path} holds no `visual.*` tensors: not an open_clip checkpoint?")
-    return visual
-
-
-def read_weights(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -12,8 +12,7 @@ from transformers import AutoConfig
 
 from llavamini.model import family_of
 from llavamini.model.backbones import is_llava_mini
-from llavamini.model.checkpoint import gathered
-from llavamini.model.configuration_llavamini import find_vision_config
+from llavamini.model.checkpoint import find_vision_config, gathered
 from llavamini.model.loading import QUANTIZATION_SKIP_MODULES, quantization_config
 from llavamini.train.arguments import ARCHITECTURE_DEFAULTS
 from llavamini.train.stages import MULTIMODAL_PREFIXES, PROJECTOR_PREFIX, Stage

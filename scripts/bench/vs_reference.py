@@ -80,8 +80,8 @@ def build(work_dir: str) -> str:
 
     from llavamini import LlavaMiniForCausalLM
     from llavamini.model import LlavaMiniConfig
-    from llavamini.model.configuration_llavamini import CLIP_L_336_VISION_CONFIG
     from llavamini.model.image_processors import CLIP_L_336_PROCESSOR
+    from llavamini.model.vision_tower import CLIP_L_336_VISION_CONFIG
 
     clip_dir = os.path.join(work_dir, "clip")
     checkpoint_dir = os.path.join(work_dir, "checkpoint")

@@ -42,11 +42,10 @@ from llavamini.integrations.vllm.processing import (
     LlavaMiniProcessingInfo,
 )
 from llavamini.model.backbones import MODEL_TYPE_PREFIX
-from llavamini.model.configuration_llavamini import find_vision_tower_folder
-from llavamini.model.modeling_llavamini import VisionEncoderMixin
+from llavamini.model.checkpoint import vision_tower_state_dict
 from llavamini.model.packing import prefusion_text_keep, splice_vision_tokens
 from llavamini.model.prefusion import PreFusionLayers
-from llavamini.model.vision_tower import read_vision_tower_state_dict
+from llavamini.model.vision_encoder import VisionEncoderMixin
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +97,9 @@ class LlavaMiniEncoder(VisionEncoderMixin, nn.Module):
         own = dict(self.named_parameters())
         tower = {n for n in own if n.startswith("vision_tower.")}
         if not tower & set(weights):
-            folder = find_vision_tower_folder(self.config.mm_vision_tower, (checkpoint_dir, "."))
-            if folder is None:
-                raise FileNotFoundError(
-                    f"The checkpoint stores no vision tower and mm_vision_tower="
-                    f"{self.config.mm_vision_tower!r} was not found offline."
-                )
-            # The folder's tensors are named as in the encoder itself.
+            # The tower's own tensors, named as in the encoder itself.
             prefix = "vision_tower.vision_tower.vision_model."
-            tower_weights = read_vision_tower_state_dict(folder)
+            _, tower_weights = vision_tower_state_dict(self.config, checkpoint_dir)
             weights.update({prefix + k: v for k, v in tower_weights.items()})
         unexpected = sorted(set(weights) - set(own))
         missing = sorted(set(own) - set(weights))
