@@ -3,8 +3,10 @@
 A conversation is a list of `{"role", "content"}` messages; `parse_conversation` turns it into
 `(role, text)` turns with `<image>` / `<video>` placeholders, the system prompt, and the
 `(kind, source)` of its images and videos in order, for `LlavaMiniProcessor`
-(`llavamini.model.processing_llavamini`). `to_pil_image` and `local_path` read media sources:
-PIL images, arrays, paths, `file://` and base64 `data:` URLs; nothing is downloaded.
+(`llavamini.model.processing_llavamini`); `media_in_placeholder_order` does the same for prompt
+strings and separate image and video lists. `to_pil_image`, `to_video_frames` and `local_path`
+read media sources: PIL images, arrays, paths, `file://` and base64 `data:` URLs; nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
 from llavamini.data.image_processing import load_image
 from llavamini.data.tokenization import PLACEHOLDER
+from llavamini.data.video import load_video
 
 Messages = list[dict]
 """transformers' chat format: `{"role": "system" | "user" | "assistant", "content": str | parts}`
@@ -64,6 +67,24 @@ def media_per_text(media, counts: list[int], name: str) -> list[list]:
                 f"Text {number} has {count} {placeholder} placeholders but {len(items)} {name}."
             )
     return per_sample
+
+
+def media_in_placeholder_order(
+    prompts: list[str], images, videos
+) -> list[list[tuple[str, object]]]:
+    """Per prompt, the `(kind, source)` of its images and videos in placeholder order (as
+    `parse_conversation` gives them): its k-th `<image>` takes its k-th image, its k-th
+    `<video>` its k-th video; `images` / `videos` as `media_per_text` takes them."""
+    kinds = [placeholder_kinds(prompt) for prompt in prompts]
+    image_lists = media_per_text(images, [k.count("image") for k in kinds], "images")
+    video_lists = media_per_text(videos, [k.count("video") for k in kinds], "videos")
+    media = []
+    for sample_kinds, sample_images, sample_videos in zip(
+        kinds, image_lists, video_lists, strict=True
+    ):
+        left = {"image": iter(sample_images), "video": iter(sample_videos)}
+        media.append([(kind, next(left[kind])) for kind in sample_kinds])
+    return media
 
 
 def is_batch(conversation) -> bool:
@@ -172,6 +193,22 @@ def to_pil_image(image) -> Image.Image:
             f"An image array must be (H, W, 3) uint8, got {array.dtype} {array.shape}."
         )
     return Image.fromarray(array)
+
+
+def to_video_frames(video, fps: float, max_frames: int | None) -> np.ndarray:
+    """A video file (path, `os.PathLike` or `file://` URL) -> its frames sampled at `fps`, capped
+    at `max_frames` (`llavamini.data.video.load_video`); decoded frames `(T, H, W, 3)` uint8 ->
+    taken as they are, already sampled."""
+    if isinstance(video, os.PathLike):
+        video = os.fspath(video)
+    if isinstance(video, str):
+        return load_video(local_path(video), fps, max_frames)
+    frames = np.asarray(video)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(
+            f"Video frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}."
+        )
+    return frames
 
 
 def _decode_data_url(url: str) -> Image.Image:

@@ -89,3 +89,35 @@ def tokenize_conversation(
         ids.insert(0, tokenizer.bos_token_id)
         labels.insert(0, IGNORE_INDEX)
     return ids, labels
+
+
+def tokenize_batch(
+    prompts: list[str], visual_counts: list[int], tokenizer, padding_side: str, add_bos: bool
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts with placeholders -> `(input_ids, attention_mask)` rows, padded to the longest on
+    `padding_side` ('left' or 'right') with the tokenizer's pad id (0 when it has none).
+
+    Raises `ValueError` naming the sample whose placeholders are not `visual_counts[i]`, the
+    number of images and videos it comes with.
+    """
+    rows = []
+    for number, (prompt, count) in enumerate(zip(prompts, visual_counts, strict=True)):
+        row = tokenizer_image_token(prompt, tokenizer, add_bos=add_bos)
+        if row.count(IMAGE_TOKEN_INDEX) != count:
+            raise ValueError(
+                f"Sample {number} has {row.count(IMAGE_TOKEN_INDEX)} {DEFAULT_IMAGE_TOKEN}/"
+                f"{DEFAULT_VIDEO_TOKEN} placeholders but {count} images and videos."
+            )
+        rows.append(row)
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = [], []
+    for row in rows:
+        padding = width - len(row)
+        if padding_side == "left":
+            ids.append([pad] * padding + row)
+            mask.append([0] * padding + [1] * len(row))
+        else:
+            ids.append(row + [pad] * padding)
+            mask.append([1] * len(row) + [0] * padding)
+    return ids, mask

@@ -1,6 +1,8 @@
-"""The image processor of a checkpoint: the PIL backend, from its files or built in.
+"""A checkpoint's preprocessing: the processor's saved settings and image processor, or, for a
+checkpoint without them (the release), the encoder's image processor from its files or built in.
 
-The PIL processors are used whatever is installed: the reference preprocessed with PIL (the
+`LlavaMiniProcessor.from_pretrained` reads a checkpoint through `checkpoint_preprocessing`. The PIL
+image processors are used whatever is installed: the reference preprocessed with PIL (the
 torchvision backend differs by up to ~0.015 per pixel).
 """
 
@@ -10,12 +12,24 @@ import json
 import os
 
 import transformers
-from transformers import CLIPImageProcessorPil
+from transformers import AutoConfig, CLIPImageProcessorPil
 
 from llavamini.model.checkpoint import find_vision_tower_folder
 from llavamini.model.vision_tower import CLIP_L_336
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+PROCESSOR_CONFIG_FILE = "processor_config.json"
+
+PROCESSOR_SETTINGS = (
+    "conv_mode",
+    "image_aspect_ratio",
+    "resolution_ratio",
+    "video_fps",
+    "video_max_frames",
+    "padding_side",
+)
+"""`LlavaMiniProcessor`'s own fields, saved in `processor_config.json` beside the image
+processor's."""
 
 CLIP_L_336_PROCESSOR = {
     "size": {"shortest_edge": 336},
@@ -73,3 +87,39 @@ def load_image_processor(checkpoint_dir: str, config):
         f"No {IMAGE_PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in "
         f"{looked}."
     )
+
+
+def read_processor_config(checkpoint_dir: str) -> dict | None:
+    """The checkpoint's `processor_config.json` as saved, or None when it has none."""
+    path = os.path.join(checkpoint_dir, PROCESSOR_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def checkpoint_preprocessing(
+    checkpoint_dir: str, cache_dir: str | None = None
+) -> tuple[object, dict, bool]:
+    """(image processor, processor settings, whether the checkpoint saved them) of a checkpoint:
+    its `processor_config.json`'s; else (the released checkpoints) `load_image_processor`'s, with
+    the image preprocessing of its model config (`image_aspect_ratio`, `resolution_ratio`)."""
+    saved = read_processor_config(checkpoint_dir)
+    if saved is not None:
+        if "image_processor" not in saved:
+            raise ValueError(
+                f"{os.path.join(checkpoint_dir, PROCESSOR_CONFIG_FILE)} has no 'image_processor' "
+                f"entry."
+            )
+        settings = saved["image_processor"]
+        image_processor = pil_image_processor(
+            settings.get("image_processor_type", "CLIPImageProcessor"), settings
+        )
+        return image_processor, {k: saved[k] for k in PROCESSOR_SETTINGS if k in saved}, True
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    config.resolve_vision_config(checkpoint_dir, cache_dir)
+    settings = {
+        "image_aspect_ratio": config.image_aspect_ratio,
+        "resolution_ratio": config.resolution_ratio,
+    }
+    return load_image_processor(checkpoint_dir, config), settings, False

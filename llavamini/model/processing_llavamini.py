@@ -28,58 +28,47 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
-import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX
 from llavamini.conversation import (
     TEMPLATES,
     ChatTemplate,
     default_template_name,
     get_template,
     render,
+    template_for_call,
 )
 from llavamini.data.image_processing import process_images
 from llavamini.data.messages import (
     Messages,
     as_batch,
     is_batch,
-    local_path,
-    media_per_text,
+    media_in_placeholder_order,
     parse_conversation,
-    placeholder_kinds,
     to_pil_image,
+    to_video_frames,
 )
-from llavamini.data.tokenization import tokenizer_image_token
-from llavamini.data.video import load_video, process_video
-from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.data.tokenization import tokenize_batch
+from llavamini.data.video import process_video
+from llavamini.model.checkpoint import hub_options, resolve_checkpoint_dir
 from llavamini.model.configuration_llavamini import IMAGE_ASPECT_RATIOS
-from llavamini.model.image_processors import load_image_processor, pil_image_processor
-
-logger = logging.getLogger(__name__)
-
-PROCESSOR_CONFIG_FILE = "processor_config.json"
-
-SETTINGS = (
-    "conv_mode",
-    "image_aspect_ratio",
-    "resolution_ratio",
-    "video_fps",
-    "video_max_frames",
-    "padding_side",
+from llavamini.model.image_processors import (
+    PROCESSOR_CONFIG_FILE,
+    PROCESSOR_SETTINGS,
+    checkpoint_preprocessing,
+    read_processor_config,
 )
-"""The processor's own fields, saved in `processor_config.json` beside the image processor's."""
 
 LOADER_OPTIONS = ("_from_auto", "_from_pipeline", "trust_remote_code", "code_revision", "dtype")
 """Options that `AutoProcessor` and `pipeline` pass to every `from_pretrained`, which do not
 concern this processor."""
+
+logger = logging.getLogger(__name__)
 
 
 def check_video_policy(fps: float, max_frames: int | None) -> None:
@@ -95,12 +84,9 @@ def checkpoint_conv_mode(name_or_path: str) -> str:
     `processor_config.json`'s, else the one its tokenizer implies (`default_template_name`),
     without loading the processor."""
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
-    settings_file = os.path.join(checkpoint_dir, PROCESSOR_CONFIG_FILE)
-    if os.path.isfile(settings_file):
-        with open(settings_file) as f:
-            conv_mode = json.load(f).get("conv_mode")
-        if conv_mode is not None:
-            return conv_mode
+    conv_mode = (read_processor_config(checkpoint_dir) or {}).get("conv_mode")
+    if conv_mode is not None:
+        return conv_mode
     return default_template_name(AutoTokenizer.from_pretrained(checkpoint_dir))
 
 
@@ -192,55 +178,37 @@ class LlavaMiniProcessor(ProcessorMixin):
         Reads `processor_config.json` when the checkpoint has one; else (the released
         checkpoints) builds the processor from the tokenizer, the image preprocessing of the
         checkpoint or its vision tower, and the model config, and says so in one line.
-        `kwargs` may set any of `SETTINGS` (`conv_mode="vicuna_v1"`, ...) and the hub options
-        `cache_dir`, `revision`, `local_files_only`, `token`, `subfolder`.
+        `kwargs` may set any of `PROCESSOR_SETTINGS` (`conv_mode="vicuna_v1"`, ...) and the
+        hub options (`llavamini.model.checkpoint.HUB_OPTIONS`).
         """
-        hub_kwargs = {
-            k: kwargs.pop(k)
-            for k in (
-                "cache_dir", "revision", "local_files_only", "token", "subfolder",
-                "force_download", "proxies",
-            )
-            if k in kwargs
-        }
-        for option in LOADER_OPTIONS:
+        hub = hub_options(kwargs)
+        for option in (*hub, *LOADER_OPTIONS):
             kwargs.pop(option, None)
-        unknown = set(kwargs) - set(SETTINGS)
+        unknown = set(kwargs) - set(PROCESSOR_SETTINGS)
         if unknown:
             raise TypeError(
                 f"LlavaMiniProcessor.from_pretrained got unknown arguments {sorted(unknown)}; "
-                f"it takes {list(SETTINGS)}."
+                f"it takes {list(PROCESSOR_SETTINGS)}."
             )
-        checkpoint_dir = resolve_checkpoint_dir(str(pretrained_model_name_or_path), **hub_kwargs)
+        checkpoint_dir = resolve_checkpoint_dir(str(pretrained_model_name_or_path), **hub)
         tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-        settings_file = os.path.join(checkpoint_dir, PROCESSOR_CONFIG_FILE)
-        if os.path.isfile(settings_file):
-            with open(settings_file) as f:
-                saved = json.load(f)
-            if "image_processor" not in saved:
-                raise ValueError(f"{settings_file} has no 'image_processor' entry.")
-            image_processor_settings = saved["image_processor"]
-            image_processor = pil_image_processor(
-                image_processor_settings.get("image_processor_type", "CLIPImageProcessor"),
-                image_processor_settings,
-            )
-            settings = {k: saved[k] for k in SETTINGS if k in saved}
-            return cls(image_processor, tokenizer, **{**settings, **kwargs})
-        config = AutoConfig.from_pretrained(checkpoint_dir)
-        config.resolve_vision_config(checkpoint_dir, hub_kwargs.get("cache_dir"))
-        image_processor = load_image_processor(checkpoint_dir, config)
-        processor = cls.from_config(image_processor, tokenizer, config, **kwargs)
-        logger.warning(
-            "%s has no %s: built the processor from its tokenizer and config (conv mode %s); "
-            "processor.save_pretrained(...) writes one.",
-            pretrained_model_name_or_path,
-            PROCESSOR_CONFIG_FILE,
-            processor.conv_mode,
+        image_processor, settings, saved = checkpoint_preprocessing(
+            checkpoint_dir, hub.get("cache_dir")
         )
+        processor = cls(image_processor, tokenizer, **{**settings, **kwargs})
+        if not saved:
+            logger.warning(
+                "%s has no %s: built the processor from its tokenizer and config (conv mode "
+                "%s); processor.save_pretrained(...) writes one.",
+                pretrained_model_name_or_path,
+                PROCESSOR_CONFIG_FILE,
+                processor.conv_mode,
+            )
         return processor
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Write `processor_config.json` (image processor + `SETTINGS`) and the tokenizer.
+        """Write `processor_config.json` (image processor + `PROCESSOR_SETTINGS`) and the
+        tokenizer.
 
         No `chat_template.jinja` is written: the template follows `conv_mode`, and that file
         would replace the tokenizer's own chat template when the folder is loaded again.
@@ -267,7 +235,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         `ValueError` naming the message and part that is malformed.
         """
         batch = as_batch(conversations)
-        template = self._resolve_template(chat_template)
+        template = template_for_call(chat_template, self.template)
         prompts, media = [], []
         for number, conversation in enumerate(batch):
             messages, system, sources = parse_conversation(conversation, number)
@@ -275,13 +243,6 @@ class LlavaMiniProcessor(ProcessorMixin):
             prompts.append(render(chosen, messages, add_generation_prompt, self.tokenizer))
             media.append(sources)
         return prompts, media
-
-    def _resolve_template(self, chat_template: str | None) -> ChatTemplate:
-        if chat_template is None:
-            return self.template
-        if chat_template in TEMPLATES:
-            return get_template(chat_template)
-        return ChatTemplate("custom", chat_template, "", self.template.stop_strings)
 
     def apply_chat_template(
         self,
@@ -317,8 +278,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         batched = is_batch(conversation)
         if not tokenize:
             return prompts if batched else prompts[0]
-        visuals = [[self.process(kind, source) for kind, source in sample] for sample in media]
-        inputs = self.model_inputs(prompts, visuals, **options)
+        inputs = self.model_inputs(prompts, self.process_media(media), **options)
         return inputs if return_dict else inputs["input_ids"]
 
     def post_process_image_text_to_text(
@@ -339,6 +299,12 @@ class LlavaMiniProcessor(ProcessorMixin):
             return self.process_video(source)
         raise ValueError(f"Media kind must be 'image' or 'video', got {kind!r}.")
 
+    def process_media(
+        self, media: Sequence[Sequence[tuple[str, object]]]
+    ) -> list[list[torch.Tensor]]:
+        """Per sample, its `(kind, source)` media (as `render` returns them) -> pixel tensors."""
+        return [[self.process(kind, source) for kind, source in sample] for sample in media]
+
     def process_image(self, image) -> torch.Tensor:
         """One image -> `(parts, 3, H, W)` float32 pixels (parts: 1, or N*N crops + global).
 
@@ -354,17 +320,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         `video`: a file path or `file://` URL, or decoded frames `(T, H, W, 3)` uint8 (taken as
         they are, already sampled).
         """
-        if isinstance(video, os.PathLike):
-            video = os.fspath(video)
-        if isinstance(video, str):
-            frames = load_video(local_path(video), self.video_fps, self.video_max_frames)
-        else:
-            frames = np.asarray(video)
-            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-                raise ValueError(
-                    f"Video frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} "
-                    f"{frames.shape}."
-                )
+        frames = to_video_frames(video, self.video_fps, self.video_max_frames)
         return process_video(frames, self.image_processor, self)
 
     # ---- 3. the batch ------------------------------------------------------------------------
@@ -395,26 +351,9 @@ class LlavaMiniProcessor(ProcessorMixin):
         visuals = [list(v) for v in visuals] if visuals is not None else [[] for _ in prompts]
         if len(visuals) != len(prompts):
             raise ValueError(f"Got media for {len(visuals)} prompts but {len(prompts)} prompts.")
-        rows = []
-        for number, (prompt, sample) in enumerate(zip(prompts, visuals, strict=True)):
-            row = tokenizer_image_token(prompt, self.tokenizer, add_bos=add_special_tokens)
-            if row.count(IMAGE_TOKEN_INDEX) != len(sample):
-                raise ValueError(
-                    f"Sample {number} has {row.count(IMAGE_TOKEN_INDEX)} {DEFAULT_IMAGE_TOKEN}/"
-                    f"{DEFAULT_VIDEO_TOKEN} placeholders but {len(sample)} images and videos."
-                )
-            rows.append(row)
-        width = max(len(row) for row in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, mask = [], []
-        for row in rows:
-            padding = width - len(row)
-            if side == "left":
-                ids.append([pad] * padding + row)
-                mask.append([0] * padding + [1] * len(row))
-            else:
-                ids.append(row + [pad] * padding)
-                mask.append([1] * len(row) + [0] * padding)
+        ids, mask = tokenize_batch(
+            prompts, [len(v) for v in visuals], self.tokenizer, side, add_special_tokens
+        )
         data = {"input_ids": ids, "attention_mask": mask}
         if any(visuals):
             data["images"] = visuals
@@ -443,22 +382,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("LlavaMiniProcessor needs text with a placeholder per image/video.")
         prompts = [text] if isinstance(text, str) else list(text)
-        kinds = [placeholder_kinds(prompt) for prompt in prompts]
-        image_lists = media_per_text(images, [k.count("image") for k in kinds], "images")
-        video_lists = media_per_text(videos, [k.count("video") for k in kinds], "videos")
-        visuals = []
-        for sample_kinds, sample_images, sample_videos in zip(
-            kinds, image_lists, video_lists, strict=True
-        ):
-            images_left, videos_left = iter(sample_images), iter(sample_videos)
-            visuals.append(
-                [
-                    self.process_image(next(images_left))
-                    if kind == "image"
-                    else self.process_video(next(videos_left))
-                    for kind in sample_kinds
-                ]
-            )
+        visuals = self.process_media(media_in_placeholder_order(prompts, images, videos))
         return self.model_inputs(
             prompts, visuals, padding_side, return_tensors, add_special_tokens, padding
         )
