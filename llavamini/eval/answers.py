@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 
-from llavamini.atomic import atomic_write
+from llavamini.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import shutil
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
-from llavamini.atomic import atomic_write, fsync_dir, fsync_tree
+from llavamini.utils.atomic import atomic_write, fsync_dir, fsync_tree
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, TrainerCallback, set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from llavamini.atomic import atomic_write
 from llavamini.conversation import get_template
 from llavamini.data.dataset import DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records
@@ -30,6 +29,7 @@ from llavamini.train.checkpointing import resolve_resume
 from llavamini.train.model_setup import build_model
 from llavamini.train.stages import ADAPTER_FILE, apply_trainable, get_stage, parameter_counts
 from llavamini.train.trainer import LlavaMiniTrainer
+from llavamini.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

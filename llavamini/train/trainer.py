@@ -12,7 +12,6 @@ import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
 
-from llavamini.atomic import atomic_write, fsync_tree
 from llavamini.data.dataset import SKIPPED_KEY
 from llavamini.train.checkpointing import (
     TRAINER_STATE_FILE,
@@ -26,6 +25,7 @@ from llavamini.train.checkpointing import (
 )
 from llavamini.train.sampler import ModalityGroupedSampler
 from llavamini.train.stages import ADAPTER_FILE, MULTIMODAL_PREFIXES, Stage, is_trainable
+from llavamini.utils.atomic import atomic_write, fsync_tree
 
 logger = logging.getLogger(__name__)
 

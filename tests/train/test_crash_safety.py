@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llavamini.atomic import atomic_write
 from llavamini.train.checkpointing import COMPLETE_FILE, missing_parts, resolve_resume
 from llavamini.train.train import train
+from llavamini.utils.atomic import atomic_write
 from tests.train.conftest import REPO, run_args
 from tests.train.test_distributed import free_port
 

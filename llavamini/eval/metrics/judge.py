@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from llavamini.atomic import atomic_write
+from llavamini.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

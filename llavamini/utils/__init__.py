@@ -1,0 +1,1 @@
+"""Small helpers shared by training and evaluation (no model code)."""
