@@ -86,6 +86,7 @@ def load_video(
 
 
 def _read_with_decord(path: str, fps: float, max_frames: int | None) -> np.ndarray:
+    # decord and PyAV are optional (the `video` extra): imported only to decode a video.
     import decord
 
     try:
@@ -105,7 +106,7 @@ def _read_with_decord(path: str, fps: float, max_frames: int | None) -> np.ndarr
 
 
 def _read_with_av(path: str, fps: float, max_frames: int | None) -> np.ndarray:
-    import av
+    import av  # optional, as decord above
 
     try:
         container = av.open(path)
@@ -130,7 +131,7 @@ def _read_with_av(path: str, fps: float, max_frames: int | None) -> np.ndarray:
 
 
 def _count_frames(path: str) -> int:
-    import av
+    import av  # optional, as decord above
 
     with av.open(path) as container:
         return sum(1 for _ in container.decode(container.streams.video[0]))

@@ -1,6 +1,6 @@
 """`LlavaMiniProcessor`: messages and media -> the model's inputs, the one preprocessing path.
 
-transformers' calling conventions (as `LlavaProcessor`, `models/llava/processing_llava.py`):
+transformers' calling conventions (as its `LlavaProcessor`):
 
     processor = AutoProcessor.from_pretrained(ckpt)      # after `import llavamini`
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

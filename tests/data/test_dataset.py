@@ -7,13 +7,16 @@ import torch
 import yaml
 from PIL import Image
 
+from llavamini import LlavaMiniForCausalLM
 from llavamini.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render, render_with_spans
+from llavamini.data import tokenizer_image_token
 from llavamini.data.dataset import BadSampleError, DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records, read_mixture
 from llavamini.data.tokenization import tokenize_conversation
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.tiny import build_tiny_tokenizer, tiny_config, tiny_image_processor
+from tests.conftest import ramp_frames, write_video
 
 TURNS = [
     ("user", "<image>\nWhat colour?"),
@@ -53,8 +56,6 @@ def test_golden_training_text_and_labels(tokenizer, name, golden_tail, supervise
     assert supervised_text(tokenizer, labels) == supervised
     # Training tokenizes the prompt part exactly as inference does.
     prompt = render(get_template(name), TURNS[:1])
-    from llavamini.data import tokenizer_image_token
-
     prompt_ids = tokenizer_image_token(prompt, tokenizer)
     assert ids[: len(prompt_ids)] == prompt_ids
 
@@ -216,8 +217,6 @@ def test_collator_pads_right_and_stacks_uniform_images(tmp_path, tokenizer):
 
 
 def test_video_sample_reaches_the_model_with_gradients(tmp_path, tokenizer):
-    from tests.conftest import ramp_frames, write_video
-
     write_video(tmp_path / "clip.mp4", ramp_frames(8, 32, 32, step=20), fps=4)
     record = {"id": "v", "video": "clip.mp4", "_folder": str(tmp_path), "_source": "m.json",
               "conversations": [{"from": "human", "value": "<video>\nWhat happens?"},
@@ -226,8 +225,6 @@ def test_video_sample_reaches_the_model_with_gradients(tmp_path, tokenizer):
     example = dataset[0]
     assert example["visuals"][0].shape == (2, 1, 3, 56, 56)  # 2 s at 1 fps
     batch = DataCollator(tokenizer.pad_token_id)([example])
-    from llavamini import LlavaMiniForCausalLM
-
     torch.manual_seed(0)
     model = LlavaMiniForCausalLM(tiny_config(len(tokenizer), image_size=56)).train()
     out = model(**batch)

@@ -1,10 +1,15 @@
 """Prompt strings and `<image>` tokenization."""
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.conversation import (
     LLAMA_3_1_SYSTEM,
+    TEMPLATES,
     default_template_name,
     get_template,
     render,
@@ -22,7 +27,7 @@ LLAMA_3_1_GOLDEN = (
 
 
 def test_llava_llama_3_1_inference_prompt():
-    """reference.md §3.2: the prompt of one image question, byte for byte."""
+    """docs/compatibility.md K10: the prompt of one image question, byte for byte."""
     prompt = render(get_template("llava_llama_3_1"), [("user", "<image>\nWhat is this?")])
     assert prompt == LLAMA_3_1_GOLDEN
 
@@ -73,12 +78,6 @@ def test_jinja_templates_render_byte_for_byte_what_the_python_writers_did():
     5d25d5a): every conv mode, the default, an empty and another system prompt, one to four
     turns, several images, text only, an empty conversation, with and without the generation
     prompt."""
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    from llavamini.conversation import TEMPLATES
-
     cases = json.loads((Path(__file__).parents[1] / "fixtures" / "chat_templates.json").read_text())
     tokenizer = build_tiny_tokenizer(chat_format="compact")
     assert len(cases) == 108 and {c["template"] for c in cases} == set(TEMPLATES)

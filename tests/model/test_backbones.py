@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from llavamini.constants import IGNORE_INDEX
 from llavamini.constants import IMAGE_TOKEN_INDEX as IMG
-from llavamini.model import FAMILIES, register_backbone
+from llavamini.model import FAMILIES, register_backbone, vision_tower
 from llavamini.model.vision_tower import block_output, encoder_blocks
 from llavamini.tiny import tiny_config
 from tests.conftest import TEST_IMAGE_SIZE, VOCAB, random_images
@@ -118,8 +118,6 @@ def test_encoder_stops_at_the_selected_block(encoder, layer):
 
 def test_encoder_runs_whole_under_zero3(monkeypatch):
     """Under ZeRO-3 the forward is not cut short (its hooks release gathered weights after)."""
-    from llavamini.model import vision_tower
-
     monkeypatch.setattr(vision_tower, "is_deepspeed_zero3_enabled", lambda: True)
     model = build("llama", "clip")
     blocks = encoder_blocks(model.model.vision_tower.encoder)

@@ -1,8 +1,8 @@
 """Checkpoint keys are public API: the release's names, shapes and parameter counts.
 
-The expected layout is reference.md §2.1 (Llama-3.1-8B, C = 1, 4 pre-fusion layers), checked on
-a model built on the meta device (no memory), and the reference's own key list of its tiny
-checkpoint when ../shared is present.
+The expected layout is the release's (docs/compatibility.md K1: Llama-3.1-8B, C = 1, 4 pre-fusion
+layers), checked on a model built on the meta device (no memory), and the reference's own key list
+of its tiny checkpoint when ../shared is present.
 """
 
 import json
@@ -73,7 +73,7 @@ def test_release_layout_names_and_shapes():
 
 
 def test_release_parameter_counts():
-    """The counts of reference.md §2.1, computed from the module tree."""
+    """The release's parameter counts, computed from the module tree."""
     inner = release_model().model
 
     def count(module):

@@ -1,5 +1,8 @@
 """Behaviour of LlavaMiniForCausalLM on tiny random models."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -115,7 +118,7 @@ def test_training_step_gradients_reach_the_right_modules():
     inner = model.model
     for module in (inner.compressor, inner.mm_projector, inner.prefusion_layers, inner.layers):
         assert all(p.grad is not None for p in module.parameters())
-    assert inner.embed_tokens.weight.grad.abs().sum() > 0  # reference bug #4: never trained
+    assert inner.embed_tokens.weight.grad.abs().sum() > 0  # docs/compatibility.md F4: never trained
     assert all(p.grad is None for p in inner.vision_tower.parameters())
 
 
@@ -269,9 +272,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 def test_video_peak_memory_does_not_grow_with_frames():
     """Peak RSS growth of one `encode_video` (KiB), measured in fresh processes: 32 frames cost
     what 4 do, within allocator noise (a chunk of 32 would hold 8x the activations)."""
-    import subprocess
-    import sys
-
     def growth(frames: int) -> int:
         run = subprocess.run(
             [sys.executable, "-c", VIDEO_PEAK_SCRIPT.replace("CHUNK", "None"), str(frames)],
