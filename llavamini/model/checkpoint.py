@@ -289,11 +289,12 @@ def load_checked(
     strict = kwargs.pop("strict", True)
     output_loading_info = kwargs.pop("output_loading_info", False)
     hub = hub_options(kwargs)
+    cache_dir = hub.get("cache_dir")
     checkpoint_dir = resolve_checkpoint_dir(str(pretrained_model_name_or_path), **hub)
     config = kwargs.pop("config", None)
     if config is None:
         config = model_class.config_class.from_pretrained(checkpoint_dir)
-    resolve_vision_config(config, checkpoint_dir, hub.get("cache_dir"))
+    resolve_vision_config(config, checkpoint_dir, cache_dir)
     model, info = load(
         pretrained_model_name_or_path,
         *model_args,
@@ -301,7 +302,7 @@ def load_checked(
         output_loading_info=True,
         **kwargs,
     )
-    missing = set(info["missing_keys"]) | tower_keys_missing(model, checkpoint_dir, hub)
+    missing = set(info["missing_keys"]) | tower_keys_missing(model, checkpoint_dir, cache_dir)
     unexpected = set(info["unexpected_keys"])
     if strict and (missing or unexpected):
         raise ValueError(
@@ -314,7 +315,9 @@ def load_checked(
     return (model, info) if output_loading_info else model
 
 
-def tower_keys_missing(model: torch.nn.Module, checkpoint_dir: str, hub: dict) -> set[str]:
+def tower_keys_missing(
+    model: torch.nn.Module, checkpoint_dir: str, cache_dir: str | None = None
+) -> set[str]:
     """The vision encoder keys a checkpoint that stores its tower lacks; a checkpoint that
     stores none gets its tower from `load_vision_tower` (the models ignore these keys when
     transformers reports missing ones, as they may come from elsewhere)."""
@@ -322,7 +325,7 @@ def tower_keys_missing(model: torch.nn.Module, checkpoint_dir: str, hub: dict) -
     tower_keys = {k for k in model.state_dict() if k.startswith(VISION_ENCODER_PREFIX)}
     if keys is not None and keys & tower_keys:
         return tower_keys - keys
-    load_vision_tower(model, checkpoint_dir, hub.get("cache_dir"))
+    load_vision_tower(model, checkpoint_dir, cache_dir)
     return set()
 
 

@@ -1,6 +1,9 @@
 """`ModelSpec` and `load_pretrained`: model and processor of a checkpoint, offline.
 
-Dispatch is by `config.model_type` (through the Auto classes), never by the folder's name.
+Dispatch is by `config.model_type` (through the Auto classes), never by the folder's name. Where
+the checkpoint, its vision tower and their weights come from, and how the keys are checked, is
+the loading policy of `llavamini.model.checkpoint`; this module adds the device, dtype,
+attention and quantization a caller chooses.
 """
 
 from __future__ import annotations
