@@ -7,13 +7,13 @@ import torch
 import yaml
 from PIL import Image
 
+from llavamini.apps.tiny import build_tiny_tokenizer, tiny_config, tiny_image_processor
 from llavamini.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render, render_with_spans
 from llavamini.data.dataset import BadSampleError, DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records, read_mixture
 from llavamini.data.tokenization import tokenize_conversation
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
-from llavamini.tiny import build_tiny_tokenizer, tiny_config, tiny_image_processor
 
 TURNS = [
     ("user", "<image>\nWhat colour?"),

@@ -19,11 +19,11 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, pipeline
 
 from llavamini import LlavaMiniProcessor
+from llavamini.apps.tiny import build_tiny_checkpoint
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render
 from llavamini.data import load_video, process_images, process_video, tokenizer_image_token
 from llavamini.model.image_processors import load_image_processor
-from llavamini.tiny import build_tiny_checkpoint
 from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ GREEDY = {"max_new_tokens": 6, "do_sample": False}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny checkpoint written by `llavamini train` (two steps), with its processor."""
-    from llavamini.tiny import build_tiny_assets
+    from llavamini.apps.tiny import build_tiny_assets
     from llavamini.train.train import train
 
     root = tmp_path_factory.mktemp("processing")

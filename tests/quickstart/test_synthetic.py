@@ -5,7 +5,7 @@ import random
 import re
 from collections import Counter
 
-from llavamini.synthetic import (
+from llavamini.apps.synthetic import (
     NUMBER_WORDS,
     POSITIONS,
     QUESTION_MIX,

@@ -113,16 +113,6 @@ def ask(shapes: list[Shape], kind: str, rng: random.Random) -> tuple[str, str]:
     raise ValueError(f"Unknown question type {kind!r}; known: {sorted(QUESTION_MIX)}.")
 
 
-def vocabulary() -> list[str]:
-    """Sentences using every word of the captions and questions (to train a small tokenizer)."""
-    rng = random.Random(0)
-    scene = [Shape(c, s, p) for p, (c, s) in enumerate(zip(COLOURS, SHAPES * 2, strict=False))]
-    texts = [caption(scene), "Describe the image.", SHORT_ANSWER, " ".join(NUMBER_WORDS), "yes no"]
-    texts += [" ".join(POSITIONS), " ".join(COLOURS), " ".join(SHAPES)]
-    texts += [ask(scene, kind, rng)[0] for kind in QUESTION_MIX for _ in range(3)]
-    return texts
-
-
 def write_dataset(
     output_dir: str,
     num_train: int,
