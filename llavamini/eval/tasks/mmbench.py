@@ -313,31 +313,34 @@ def _mean_percent(hits: list[bool]) -> float | None:
     return 100.0 * sum(hits) / len(hits) if hits else None
 
 
+def _mmbench_task(name: str, description: str, tsv: str, suffix: str) -> Task:
+    """A dev split of MMBench: questions, images and answers all in one TSV."""
+    return Task(
+        name=name,
+        description=description,
+        benchmark=name,
+        questions=tsv,
+        visual_folder="",
+        annotations=tsv,
+        read_questions=read_questions,
+        score=score,
+        prompt_suffix=suffix,
+        suffix_in_file=False,
+        max_new_tokens=1024,
+    )
+
+
 TASKS = (
-    Task(
-        name="mmbench",
-        description="MMBench dev (English), CircularEval from the TSV",
-        benchmark="mmbench",
-        questions="mmbench_dev_20230712.tsv",
-        visual_folder="",
-        annotations="mmbench_dev_20230712.tsv",
-        read_questions=read_questions,
-        score=score,
-        prompt_suffix=OPTION_LETTER,
-        suffix_in_file=False,
-        max_new_tokens=1024,
+    _mmbench_task(
+        "mmbench",
+        "MMBench dev (English), CircularEval from the TSV",
+        "mmbench_dev_20230712.tsv",
+        OPTION_LETTER,
     ),
-    Task(
-        name="mmbench_cn",
-        description="MMBench-CN dev (Chinese), CircularEval from the TSV",
-        benchmark="mmbench_cn",
-        questions="mmbench_dev_cn_20231003.tsv",
-        visual_folder="",
-        annotations="mmbench_dev_cn_20231003.tsv",
-        read_questions=read_questions,
-        score=score,
-        prompt_suffix=OPTION_LETTER_CN,
-        suffix_in_file=False,
-        max_new_tokens=1024,
+    _mmbench_task(
+        "mmbench_cn",
+        "MMBench-CN dev (Chinese), CircularEval from the TSV",
+        "mmbench_dev_cn_20231003.tsv",
+        OPTION_LETTER_CN,
     ),
 )
