@@ -1,11 +1,10 @@
 """Synthetic visual QA: coloured shapes on a 3 x 3 grid, with captions and questions.
 
-The design follows shared/docs/quickstart-feasibility.md: a tiny vision tower trained from
-scratch learns colour and position in minutes but shape slowly, so stage 2 is dominated by
-position-referenced colour questions ("What colour is at the top left?"), which one
-question-independent token cannot answer for every cell. Global questions (counts) show where
-compression is harmless. Every image comes from a seed: a data set is reproducible from its size
-and seed.
+The design: a tiny vision tower trained from scratch learns colour and position in minutes but
+shape slowly, so stage 2 is dominated by position-referenced colour questions ("What colour is
+at the top left?"), which one question-independent token cannot answer for every cell. Global
+questions (counts) show where compression is harmless. Every image comes from a seed: a data set
+is reproducible from its size and seed.
 """
 
 from __future__ import annotations
