@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from llavamini.apps.tiny import tiny_config  # noqa: E402
 from llavamini.constants import IMAGE_TOKEN_INDEX  # noqa: E402
-from llavamini.tiny import tiny_config  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 """`../shared` beside the checkout: reference fixtures and assets, present in CI only."""

@@ -56,6 +56,9 @@ from llavamini.analysis.tokens import (
     prefusion_kinds,
     prompt_tokens,
 )
+from llavamini.conversation import get_template
+from llavamini.data.video import media_kind
+from llavamini.inference import stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +223,6 @@ def _transpose(summaries: list[dict | None]) -> dict:
 def generate_answer_ids(loaded, prompt: PromptTokens, visual: torch.Tensor, template, limit: int):
     """Greedy answer token ids (the stop token included when reached), as `inference.generate`
     produces them."""
-    from llavamini.inference import stop_token_ids
 
     model, tokenizer = loaded.model, loaded.tokenizer
     ids = torch.tensor([prompt.input_ids], device=model.device)
@@ -290,8 +292,6 @@ def analyze_attention(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> dict:
     """The attention report of the module docstring over `samples` (a JSON-ready dict)."""
-    from llavamini.conversation import get_template
-    from llavamini.data.video import media_kind
 
     model, tokenizer = loaded.model, loaded.tokenizer
     template = get_template(conv_mode)

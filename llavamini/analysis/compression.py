@@ -7,6 +7,12 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from llavamini.data.video import media_kind
+from llavamini.model.compressor import QueryCompressor, grid_side
+from llavamini.model.packing import stitch_crops
 
 logger = logging.getLogger(__name__)
 
@@ -17,10 +23,6 @@ def compression_attention(loaded, image_path: str) -> tuple[torch.Tensor, torch.
 
     Raises `ValueError` when the checkpoint has no query compressor (nothing to show).
     """
-    from llavamini.data.video import media_kind
-    from llavamini.model.compressor import QueryCompressor, grid_side
-    from llavamini.model.packing import stitch_crops
-
     model = loaded.model
     compressor = model.model.compressor
     if not isinstance(compressor, QueryCompressor):
@@ -51,16 +53,11 @@ def compression_attention(loaded, image_path: str) -> tuple[torch.Tensor, torch.
 
 def plot_compression(pixels: torch.Tensor, attention: torch.Tensor, path: str, title: str) -> str:
     """Save the image and one attention overlay per compressed token (up to 8) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch.nn.functional as F
-
     shown = attention[:8]
     size = pixels.shape[-1]
     heat = F.interpolate(shown[:, None], size=(size, size), mode="bilinear")[:, 0]
-    figure, axes = plt.subplots(1, len(shown) + 1, figsize=(3 * (len(shown) + 1), 3.2))
+    figure = Figure(figsize=(3 * (len(shown) + 1), 3.2))
+    axes = figure.subplots(1, len(shown) + 1)
     axes[0].imshow(pixels.permute(1, 2, 0).numpy())
     axes[0].set_title("image")
     for index, (axis, values) in enumerate(zip(axes[1:], heat, strict=True)):
@@ -72,6 +69,4 @@ def plot_compression(pixels: torch.Tensor, attention: torch.Tensor, path: str, t
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
-

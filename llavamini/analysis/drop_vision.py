@@ -26,6 +26,18 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
+from llavamini.conversation import get_template
+from llavamini.eval.answers import AnswerWriter, read_answers, record_key
+from llavamini.eval.runner import (
+    answer_record,
+    check_visuals_exist,
+    load_question_visual,
+    pending_questions,
+    question_conversation,
+)
+from llavamini.eval.tasks.base import ScoreInputs, read_jsonl, write_json
+from llavamini.inference import stop_token_ids
+
 logger = logging.getLogger(__name__)
 
 
@@ -157,8 +169,6 @@ def greedy_answer_dropping_vision(
 
 def answer_dropping_vision(loaded, question, config, drop_layer: int, template) -> str:
     """One question's answer text with the vision tokens dropped from `drop_layer` on."""
-    from llavamini.eval.runner import load_question_visual, question_conversation
-    from llavamini.inference import stop_token_ids
 
     model = loaded.model
     processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
@@ -191,9 +201,6 @@ def answers_file_for(output_dir: str, drop_layer: int) -> str:
 def answer_questions(loaded, config, drop_layer: int) -> str:
     """Answer `config`'s questions (resuming `config.answers_file`) with vision dropped from
     `drop_layer` on; returns the answer file."""
-    from llavamini.conversation import get_template
-    from llavamini.eval.answers import AnswerWriter
-    from llavamini.eval.runner import answer_record, check_visuals_exist, pending_questions
 
     template = get_template(config.conv_mode)
     todo, chunk_size, done = pending_questions(config)
@@ -222,7 +229,6 @@ def scoring_questions(task, questions_file: str, answers: Sequence[dict], output
     """The question file to score against: for a task whose labels live in its question JSONL
     (no separate annotations, e.g. `synthetic`), only the answered rows (so `--limit` does not
     count the rest as wrong); otherwise the file itself."""
-    from llavamini.eval.tasks.base import read_jsonl
 
     if task.annotations is not None or not questions_file.endswith(".jsonl"):
         return questions_file
@@ -240,8 +246,6 @@ def scoring_questions(task, questions_file: str, answers: Sequence[dict], output
 
 def score_answers(task, answers_file: str, questions: str, annotations: str | None) -> dict:
     """The task's scorer on one answer file (result beside it as `.score.json`)."""
-    from llavamini.eval.answers import read_answers
-    from llavamini.eval.tasks.base import ScoreInputs, write_json
 
     answers = read_answers(answers_file)
     prefix = answers_file[: -len(".jsonl")]
@@ -254,7 +258,6 @@ def score_answers(task, answers_file: str, questions: str, annotations: str | No
 
 def agreement_with(baseline: Sequence[dict], answers: Sequence[dict]) -> float | None:
     """Percentage of the baseline's questions answered with exactly the same text."""
-    from llavamini.eval.answers import record_key
 
     texts = {record_key(record): record["text"] for record in answers}
     same = sum(texts.get(record_key(record)) == record["text"] for record in baseline)
@@ -283,7 +286,6 @@ def run_drop_vision(
         The report: `{"task", "layers", "accuracy", "same_answer", "scores", ...}`, where
         `same_answer` is the percentage of answers identical to the no-drop ones.
     """
-    from llavamini.eval.answers import read_answers
 
     os.makedirs(output_dir, exist_ok=True)
     num_layers = len(loaded.model.model.layers)

@@ -1,9 +1,13 @@
-"""Figures of the analysis reports (matplotlib, Agg backend), layer on the x axis."""
+"""Figures of the analysis reports (matplotlib figures written to files, without pyplot's global
+state), layer on the x axis."""
 
 from __future__ import annotations
 
 import math
 import os
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from llavamini.analysis.tokens import GROUPS, QUERY_KINDS
 
@@ -16,22 +20,17 @@ ATTENTION_MEASURES = {
 }
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _values(values: list) -> list[float]:
     return [math.nan if value is None else value for value in values]
 
 
-def _layer_axis(axis, layers: list[int], title: str) -> None:
-    from matplotlib.ticker import MaxNLocator
+def _part_panels(parts: list[str]) -> tuple[Figure, list]:
+    """A figure with one panel per part (pre-fusion, LLM), side by side."""
+    figure = Figure(figsize=(5.5 * len(parts), 4.2))
+    return figure, list(figure.subplots(1, len(parts), squeeze=False)[0])
 
+
+def _layer_axis(axis, layers: list[int], title: str) -> None:
     axis.set_xlabel("layer")
     axis.set_title(title)
     if len(layers) <= 16:
@@ -56,12 +55,11 @@ def _parts(report: dict) -> list[str]:
 def plot_attention(report: dict, output_dir: str, title: str = "") -> list[str]:
     """`attention_share.png`, `attention_mass.png` and `vision_entropy.png` (one panel per part:
     pre-fusion, LLM); returns their paths."""
-    plt = _pyplot()
     parts = _parts(report)
     paths = []
     for measure, label in ATTENTION_MEASURES.items():
-        figure, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.2), squeeze=False)
-        for axis, part in zip(axes[0], parts, strict=True):
+        figure, axes = _part_panels(parts)
+        for axis, part in zip(axes, parts, strict=True):
             section = report[part]
             for kind in (k for k in QUERY_KINDS if k in section):
                 for group in GROUPS:
@@ -80,8 +78,8 @@ def plot_attention(report: dict, output_dir: str, title: str = "") -> list[str]:
             axis.legend(fontsize=8)
         paths.append(_save(figure, os.path.join(output_dir, f"attention_{measure}.png"), title))
 
-    figure, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.2), squeeze=False)
-    for axis, part in zip(axes[0], parts, strict=True):
+    figure, axes = _part_panels(parts)
+    for axis, part in zip(axes, parts, strict=True):
         section = report[part]
         for kind in (k for k in QUERY_KINDS if k in section):
             axis.plot(
@@ -104,8 +102,8 @@ def plot_attention(report: dict, output_dir: str, title: str = "") -> list[str]:
 def plot_drop_vision(report: dict, path: str, title: str = "") -> str:
     """Accuracy, and the share of answers unchanged, against the first layer without vision
     tokens; the last point (L = number of layers) drops nothing (dashed line)."""
-    plt = _pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure = Figure(figsize=(11, 4.2))
+    left, right = figure.subplots(1, 2)
     layers, baseline = report["layers"], report["baseline_layer"]
     panels = (
         (left, "accuracy", f"{report['task']}: {report.get('metric') or 'accuracy'}"),
@@ -136,7 +134,4 @@ def _save(figure, path: str, title: str) -> str:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
     return path

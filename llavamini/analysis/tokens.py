@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llavamini.conversation import get_template, render
+from llavamini.data.dataset import conversation_messages
+from llavamini.data.tokenization import tokenize_conversation, tokenizer_image_token
+from llavamini.eval.tasks.base import read_json, read_llava_questions
+from llavamini.model.packing import prefusion_text_keep
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +86,6 @@ def read_samples(path: str, image_folder: str | None = None) -> list[AnalysisSam
 
 
 def _read_question_file(path: str, folder: str) -> list[AnalysisSample]:
-    from llavamini.eval.tasks.base import read_llava_questions
 
     questions = read_llava_questions(path, folder)
     samples = [
@@ -94,9 +98,6 @@ def _read_question_file(path: str, folder: str) -> list[AnalysisSample]:
 
 
 def _read_conversation_file(path: str, folder: str) -> list[AnalysisSample]:
-    from llavamini.conversation import get_template
-    from llavamini.data.dataset import conversation_messages
-    from llavamini.eval.tasks.base import read_json
 
     records = read_json(path, "LLaVA-format conversation file")
     if not isinstance(records, list):
@@ -149,7 +150,6 @@ class PromptTokens:
 
 def system_text(template, tokenizer) -> str:
     """The system segment the template writes before the first user turn ('' for none)."""
-    from llavamini.conversation import render
 
     return render(template, [], add_generation_prompt=False, tokenizer=tokenizer)
 
@@ -161,8 +161,6 @@ def prompt_tokens(template, tokenizer, user_message: str, sample_id: str = "?") 
     them (an added BOS); found through the tokenizer's offsets (`tokenize_conversation`).
     Tokens after the (first) image placeholder are `TEXT`, the others `BEFORE_IMAGE`.
     """
-    from llavamini.conversation import render
-    from llavamini.data.tokenization import tokenize_conversation, tokenizer_image_token
 
     prompt = render(template, [("user", user_message)], tokenizer=tokenizer)
     input_ids = tokenizer_image_token(prompt, tokenizer)
@@ -198,7 +196,6 @@ def given_answer_ids(
     (Tokenizing prompt and answer together can split the prompt's last characters differently,
     e.g. a byte-level BPE merging the header's newlines with the answer's first word.)
     """
-    from llavamini.conversation import render
 
     messages = [("user", user_message), ("assistant", answer)]
     text = render(template, messages, add_generation_prompt=False, tokenizer=tokenizer)
@@ -228,7 +225,6 @@ def llm_kinds(prompt: PromptTokens, vision_mask: torch.Tensor, num_answer: int) 
 def prefusion_kinds(prompt: PromptTokens, sequence_length: int) -> torch.Tensor:
     """`(S,)` kinds of the pre-fusion sequence `[vision prefix; prompt text]`: the prefix is
     vision, text positions pre-fusion does not read are `EXCLUDED`."""
-    from llavamini.model.packing import prefusion_text_keep
 
     ids = torch.tensor([prompt.input_ids])
     keep = prefusion_text_keep(ids, torch.ones_like(ids), None)[0]

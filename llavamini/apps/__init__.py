@@ -4,6 +4,9 @@ imports them.
 
 - `quickstart`: train, evaluate and chat with a tiny LLaVA-Mini from scratch (and the ablation);
 - `demo`: a tiny random checkpoint answering about an image; `tiny-assets` for the tiny recipes.
+
+`tiny` (tiny random models and tokenizers) and `synthetic` (the shapes data) are what these apps,
+and the tests, build on; they add no sub-command.
 """
 
 APPS = ("llavamini.apps.quickstart", "llavamini.apps.demo")

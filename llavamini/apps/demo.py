@@ -39,9 +39,9 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from llavamini.apps.tiny import build_tiny_checkpoint
     from llavamini.inference import GenerationSettings, generate
     from llavamini.model.loading import load_pretrained
-    from llavamini.tiny import build_tiny_checkpoint
 
     if not os.path.isfile(args.image):
         raise SystemExit(f"error: --image {args.image!r} does not exist")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_tiny_assets(args: argparse.Namespace) -> None:
-    from llavamini.tiny import build_tiny_assets
+    from llavamini.apps.tiny import build_tiny_assets
 
     paths = build_tiny_assets(
         args.output_dir, args.image_size, args.num_train, args.num_val, args.seed

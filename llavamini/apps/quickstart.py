@@ -1,7 +1,7 @@
 """`llavamini quickstart`: train, evaluate and chat with a tiny LLaVA-Mini in minutes, offline.
 
 Everything goes through the real entry points with small configs: the synthetic shapes data
-(`llavamini.synthetic`) is written to playground/data/synthetic/, a tiny Llama, CLIP-shaped
+(`llavamini.apps.synthetic`) is written to playground/data/synthetic/, a tiny Llama, CLIP-shaped
 tower and tokenizer are built, stage 1 (`configs/train/quickstart_stage1.yaml`) and stage 2
 (`quickstart_stage2.yaml`) run through `llavamini train`, the held-out split is scored through
 `llavamini eval` (task `synthetic`), and the final checkpoint answers questions about a freshly
@@ -158,7 +158,7 @@ def losses(trainer) -> list[tuple[int, float]]:
 
 def chat_about_a_fresh_image(model_dir: str, output_dir: str, plan: Plan) -> list[dict]:
     """Draw a scene no split contains, ask the trained model about it, return Q, A and truth."""
-    from llavamini import synthetic
+    from llavamini.apps import synthetic
     from llavamini.inference import GenerationSettings
     from llavamini.model.loading import load_pretrained
     from llavamini.serve.session import ChatSession, resolve_template
@@ -248,8 +248,8 @@ def plot_results(results: dict, curves: dict, baseline: dict, output_dir: str) -
 def run(args: argparse.Namespace) -> None:
     from transformers.utils import logging as transformers_logging
 
-    from llavamini import synthetic
-    from llavamini.tiny import build_tiny_assets
+    from llavamini.apps import synthetic
+    from llavamini.apps.tiny import build_tiny_assets
 
     # One bar per training stage: transformers' per-file bars ("Loading weights", "Writing
     # model shards") would interleave with them; the trainer's log goes to each stage's folder.

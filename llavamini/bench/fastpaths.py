@@ -65,21 +65,13 @@ def generation_rows(path: str, variant: str, results: dict, before: str, after: 
         speedup_row(
             path,
             variant,
-            "ttft_ms",
-            (before, results[before].ttft_ms),
-            (after, results[after].ttft_ms),
-            False,
+            metric,
+            (before, getattr(results[before], metric)),
+            (after, getattr(results[after], metric)),
+            higher_is_better,
             same,
-        ),
-        speedup_row(
-            path,
-            variant,
-            "decode_tokens_per_s",
-            (before, results[before].decode_tokens_per_s),
-            (after, results[after].decode_tokens_per_s),
-            True,
-            same,
-        ),
+        )
+        for metric, higher_is_better in (("ttft_ms", False), ("decode_tokens_per_s", True))
     ]
 
 

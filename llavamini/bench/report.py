@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+from matplotlib.figure import Figure
+
 from llavamini.bench.configs import baseline_of
 
 MIB = 2**20
@@ -230,22 +232,24 @@ def write_json(results: dict, path: str) -> None:
 
 
 def write_png(results: dict, path: str) -> None:
-    """Four panels: FLOPs per component, TTFT, KV cache per image, video frames/s."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a server
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(2, 2, figsize=(13, 9))
-    plot_flops(axes[0][0], results)
-    plot_ttft(axes[0][1], results)
-    plot_kv_cache(axes[1][0], results)
-    plot_video(axes[1][1], results)
+    """Four panels: FLOPs per component, TTFT, KV cache per image, video frames/s (a panel
+    whose section did not run stays empty)."""
+    figure = Figure(figsize=(13, 9))
+    panels = (
+        ("flops", plot_flops),
+        ("timing", plot_ttft),
+        ("flops", plot_kv_cache),
+        ("video", plot_video),
+    )
+    for axis, (section, plot) in zip(figure.subplots(2, 2).flat, panels, strict=True):
+        if section in results:
+            plot(axis, results)
+        else:
+            axis.set_visible(False)
     figure.suptitle(results["meta"]["title"])
     figure.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 COMPONENT_LABELS = {
@@ -257,51 +261,53 @@ COMPONENT_LABELS = {
 }
 
 
-def plot_flops(axis, results: dict) -> None:
-    """Stacked prefill FLOPs per variant, for the first LLM of the FLOPs section."""
-    if "flops" not in results:
-        axis.set_visible(False)
-        return
-    llm, variants = next(iter(results["flops"]["models"].items()))
-    names = list(variants)
+def _stacked_bars(axis, names: list[str], stacks: dict[str, list[float]]) -> None:
+    """One bar per name, stacked from `stacks` (label -> one value per name), bottom first."""
     bottom = [0.0] * len(names)
-    for component, label in COMPONENT_LABELS.items():
-        values = [variants[name][component] / 1e12 for name in names]
+    for label, values in stacks.items():
         axis.bar(names, values, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    axis.set_ylabel("prefill TFLOPs")
-    axis.set_title(f"FLOPs per component, {llm}, {results['flops']['text_tokens']} text tokens")
+
+
+def _label_bar_chart(axis, ylabel: str, title: str) -> None:
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.tick_params(axis="x", rotation=30)
     axis.legend(fontsize=8)
+
+
+def plot_flops(axis, results: dict) -> None:
+    """Stacked prefill FLOPs per variant, for the first LLM of the FLOPs section."""
+    llm, variants = next(iter(results["flops"]["models"].items()))
+    names = list(variants)
+    stacks = {
+        label: [variants[name][component] / 1e12 for name in names]
+        for component, label in COMPONENT_LABELS.items()
+    }
+    _stacked_bars(axis, names, stacks)
+    title = f"FLOPs per component, {llm}, {results['flops']['text_tokens']} text tokens"
+    _label_bar_chart(axis, "prefill TFLOPs", title)
 
 
 def plot_ttft(axis, results: dict) -> None:
     """Measured TTFT per variant, split into components."""
-    if "timing" not in results:
-        axis.set_visible(False)
-        return
     variants = results["timing"]["variants"]
     names = list(variants)
-    bottom = [0.0] * len(names)
-    for component, label in {**COMPONENT_LABELS, "other": "other"}.items():
-        values = [variants[name]["components_ms"].get(component, 0.0) for name in names]
-        axis.bar(names, values, bottom=bottom, label=label)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    stacks = {
+        label: [variants[name]["components_ms"].get(component, 0.0) for name in names]
+        for component, label in {**COMPONENT_LABELS, "other": "other"}.items()
+    }
+    _stacked_bars(axis, names, stacks)
     axis.scatter(
         names, [variants[n]["ttft_ms"] for n in names], color="black", label="TTFT", zorder=3
     )
     timing = results["timing"]
-    axis.set_ylabel("ms")
-    axis.set_title(f"Time to first token, scale {timing['scale']}, {timing['device']}")
-    axis.tick_params(axis="x", rotation=30)
-    axis.legend(fontsize=8)
+    title = f"Time to first token, scale {timing['scale']}, {timing['device']}"
+    _label_bar_chart(axis, "ms", title)
 
 
 def plot_kv_cache(axis, results: dict) -> None:
     """KV-cache MiB per image (bf16), per LLM and variant, log scale."""
-    if "flops" not in results:
-        axis.set_visible(False)
-        return
     models = results["flops"]["models"]
     width = 0.8 / len(models)
     for index, (llm, variants) in enumerate(models.items()):
@@ -318,9 +324,6 @@ def plot_kv_cache(axis, results: dict) -> None:
 
 def plot_video(axis, results: dict) -> None:
     """Frames/s of video encoding against the number of frames, one line per chunk size."""
-    if "video" not in results:
-        axis.set_visible(False)
-        return
     rows = results["video"]["rows"]
     for chunk in sorted({row["chunk"] for row in rows}):
         points = [(row["frames"], row["frames_per_s"]) for row in rows if row["chunk"] == chunk]

@@ -27,6 +27,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
+from llavamini import inference
+from llavamini.conversation import ChatTemplate, get_template
 from llavamini.eval.answers import AnswerWriter, prepare_for_resume, record_key, run_settings
 from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
@@ -274,11 +278,6 @@ def run_questions(config: RunConfig, loaded=None) -> str:
         loaded: an already loaded `LoadedModel` (tests, notebooks); loaded from
             `config.model_path` when None and there is something to answer.
     """
-    from tqdm import tqdm
-
-    from llavamini.conversation import get_template
-    from llavamini.inference import generate
-
     template = get_template(config.conv_mode)
     todo, chunk_size, done = pending_questions(config)
     logger.info(
@@ -298,32 +297,43 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     check_visuals_exist(todo)
     loaded = loaded if loaded is not None else load_model(config)
     settings = config.settings()
-    generation = config.generation()
     metadata = {
         "settings": settings,
         "batch_size": config.batch_size,
         "chunk": f"{config.chunk_idx}/{config.num_chunks}",
     }
     logger.info("Settings: %s", settings)
-
-    processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
-
-    def load_batch(batch: list[Question]) -> list:
-        return [load_question_visual(q, processor, config.task) for q in batch]
-
+    answered = answer_batches(config, loaded, todo, template)
     description = f"{config.task.name} [{config.chunk_idx}/{config.num_chunks}]"
     with (
         AnswerWriter(config.answers_file) as writer,
         tqdm(total=chunk_size, initial=done, desc=description, unit="q") as bar,
     ):
-        batches = _batches(todo, config.batch_size)
-        for batch, visuals in prefetched(batches, load_batch, config.num_workers):
-            conversations = [question_conversation(q, config.task, config.prefix) for q in batch]
-            prompts, _ = processor.render(conversations, True, chat_template=config.conv_mode)
-            per_sample = [[v] if v is not None else [] for v in visuals]
-            inputs = processor.model_inputs(prompts, per_sample)
-            texts = generate(loaded, inputs, generation, template)
+        for batch, texts in answered:
             for question, text in zip(batch, texts, strict=True):
                 writer.write(answer_record(question, text, config, metadata))
             bar.update(len(batch))
     return config.answers_file
+
+
+def answer_batches(
+    config: RunConfig, loaded, questions: Sequence[Question], template: ChatTemplate
+) -> Iterator[tuple[list[Question], list[str]]]:
+    """`(batch, answers)` for each batch of `questions` in order, the next batches' visuals
+    loading in worker threads. The decoding and video settings are checked at the call, before
+    the first batch."""
+    generation = config.generation()
+    processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
+
+    def load_batch(batch: list[Question]) -> list:
+        return [load_question_visual(q, processor, config.task) for q in batch]
+
+    def answer(batch: list[Question], visuals: list) -> list[str]:
+        conversations = [question_conversation(q, config.task, config.prefix) for q in batch]
+        prompts, _ = processor.render(conversations, True, chat_template=config.conv_mode)
+        per_sample = [[v] if v is not None else [] for v in visuals]
+        inputs = processor.model_inputs(prompts, per_sample)
+        return inference.generate(loaded, inputs, generation, template)
+
+    batches = prefetched(_batches(questions, config.batch_size), load_batch, config.num_workers)
+    return ((batch, answer(batch, visuals)) for batch, visuals in batches)

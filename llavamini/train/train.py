@@ -27,7 +27,13 @@ from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.train.arguments import parse_args, save_run_config
 from llavamini.train.checkpointing import resolve_resume
 from llavamini.train.model_setup import build_model
-from llavamini.train.stages import ADAPTER_FILE, apply_trainable, get_stage, parameter_counts
+from llavamini.train.stages import (
+    ADAPTER_FILE,
+    Stage,
+    apply_trainable,
+    get_stage,
+    parameter_counts,
+)
 from llavamini.train.trainer import LlavaMiniTrainer
 from llavamini.utils.atomic import atomic_write
 
@@ -60,7 +66,7 @@ def load_tokenizer(path: str, model_max_length: int):
 
 def apply_lora(model, training_args):
     """LoRA on the LLM's linear layers (peft); the multimodal modules train fully."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # optional (the `train` extra)
 
     config = LoraConfig(
         r=training_args.lora_r,
@@ -150,7 +156,9 @@ class TrainingProgress(ProgressCallback):
             self.postfix["loss"] = f"{float(record['loss']):.4g}"
             self.training_bar.set_postfix(self.postfix)
 
+
 def train(argv: list[str]) -> LlavaMiniTrainer:
+    """Run one stage from its flags (`parse_args`); returns the trainer after saving."""
     model_args, data_args, training_args = parse_args(argv)
     set_seed(training_args.seed)
     stage = get_stage(model_args.stage)
@@ -162,7 +170,7 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
             training_args,
         )
     if training_args.deepspeed:
-        import deepspeed
+        import deepspeed  # optional (the `train` extra), and slow to import
 
         # ZeRO-3 partitions the model while from_pretrained builds it, reading the world size
         # from deepspeed.comm, which must be up by then.
@@ -177,11 +185,23 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
         video_fps=data_args.video_fps,
         video_max_frames=data_args.video_max_frames,
     )
+    model = set_trainable(model, stage, model_args, training_args)
+    trainer = build_trainer(model, processor, stage, model_args, data_args, training_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    finish(trainer, model_args, data_args, training_args)
+    report_skipped(trainer.all_skipped_samples(), training_args)
+    return trainer
+
+
+def set_trainable(model, stage: Stage, model_args, training_args):
+    """The stage's trainable modules, or LoRA (QLoRA with `bits` < 16) on the LLM; returns the
+    model to train (peft wraps it)."""
     if training_args.lora_enable:
         if stage.saves == "adapter":
             raise ValueError(f"lora_enable: stage {model_args.stage!r} does not train the LLM.")
         if training_args.bits < 16:
-            from peft import prepare_model_for_kbit_training
+            from peft import prepare_model_for_kbit_training  # optional (the `train` extra)
 
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=training_args.activation_checkpointing
@@ -192,7 +212,13 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     else:
         counts = apply_trainable(model, stage.trainable, model_args.unfreeze_mm_vision_tower)
     logger.info("Stage %s: %s parameters", model_args.stage, counts)
+    return model
 
+
+def build_trainer(
+    model, processor: LlavaMiniProcessor, stage: Stage, model_args, data_args, training_args
+) -> LlavaMiniTrainer:
+    """The trainer over the run's data, with the time budget and the console bar."""
     records = load_records(data_args.data_path, data_args.image_folder, data_args.mixture_seed)
     dataset = SupervisedDataset(
         records=records,
@@ -206,7 +232,7 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=DataCollator(tokenizer.pad_token_id),
+        data_collator=DataCollator(processor.tokenizer.pad_token_id),
         processing_class=processor,
         stage=stage,
         modality_lengths=dataset.modality_lengths(),
@@ -216,10 +242,6 @@ def train(argv: list[str]) -> LlavaMiniTrainer:
     if not training_args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(TrainingProgress(training_args.max_train_minutes))
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-    finish(trainer, model_args, data_args, training_args)
-    report_skipped(trainer.all_skipped_samples(), training_args)
     return trainer
 
 
@@ -262,7 +284,7 @@ def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> N
 
 def merge_into_16bit_base(peft_model, model_args, data_args, training_args, stage):
     """Save the QLoRA adapter, rebuild the base unquantized, load the adapter onto it, merge."""
-    from peft import PeftModel
+    from peft import PeftModel  # optional (the `train` extra)
 
     adapter_dir = os.path.join(training_args.output_dir, "adapter")
     peft_model.save_pretrained(adapter_dir)
@@ -278,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train(sys.argv[1:] if argv is None else argv)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Without this, ZeRO-3 runs sometimes abort at interpreter exit (deps.md §5).
+        # Without this, ZeRO-3 runs sometimes abort at interpreter exit.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

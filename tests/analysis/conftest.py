@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from llavamini.tiny import build_tiny_checkpoint
+from llavamini.apps.tiny import build_tiny_checkpoint
 
 IMAGE_SIZE = 56  # a 4 x 4 patch grid: 16 vision tokens in LLaVA-1.5 mode
 SHARP = {"initializer_range": 0.2}
@@ -43,7 +43,7 @@ def question_inputs(loaded, data, index: int, image_index: int | None = None):
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     """The synthetic shapes data: `val_questions.jsonl` (8 questions) and `instruct.json`."""
-    from llavamini import synthetic
+    from llavamini.apps import synthetic
 
     folder = tmp_path_factory.mktemp("analysis-data")
     return synthetic.write_dataset(str(folder), num_train=4, num_val=8, image_size=IMAGE_SIZE)

@@ -182,7 +182,7 @@ def test_small_chunks_give_the_same_statistics(mini, data):
 def test_llava_1_5_mode_checkpoint_of_the_quickstart_recipe(tmp_path):
     """The quickstart's stage 1 (LLaVA-1.5 mode, `configs/train/quickstart_stage1.yaml`), trained
     for two steps on tiny assets: one vision share per LLM layer, no pre-fusion section."""
-    from llavamini.tiny import build_tiny_assets
+    from llavamini.apps.tiny import build_tiny_assets
     from llavamini.train.train import train
     from tests.train.conftest import run_args
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from llavamini.apps.tiny import build_tiny_checkpoint
 from llavamini.cli import main
-from llavamini.tiny import build_tiny_checkpoint
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import yaml
 from PIL import Image
 
 from llavamini import LlavaMiniForCausalLM
+from llavamini.apps.tiny import build_tiny_tokenizer, tiny_config, tiny_image_processor
 from llavamini.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render, render_with_spans
 from llavamini.data import tokenizer_image_token
@@ -15,7 +16,6 @@ from llavamini.data.dataset import BadSampleError, DataCollator, SupervisedDatas
 from llavamini.data.mixture import load_records, read_mixture
 from llavamini.data.tokenization import tokenize_conversation
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
-from llavamini.tiny import build_tiny_tokenizer, tiny_config, tiny_image_processor
 from tests.conftest import ramp_frames, write_video
 
 TURNS = [

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from llavamini.apps.tiny import tiny_config, tiny_image_processor
 from llavamini.data import expand_to_square, process_images, split_image
-from llavamini.tiny import tiny_config, tiny_image_processor
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "playground" / "examples" / "extreme_ironing.jpg"
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])

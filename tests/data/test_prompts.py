@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from llavamini.apps.tiny import build_tiny_tokenizer
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.conversation import (
     LLAMA_3_1_SYSTEM,
@@ -16,7 +17,6 @@ from llavamini.conversation import (
     render_with_spans,
 )
 from llavamini.data import tokenizer_image_token
-from llavamini.tiny import build_tiny_tokenizer
 
 LLAMA_3_1_GOLDEN = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"

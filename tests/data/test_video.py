@@ -5,8 +5,8 @@ import importlib.util
 import numpy as np
 import pytest
 
+from llavamini.apps.tiny import tiny_config, tiny_image_processor
 from llavamini.data import load_video, process_video, sample_frame_indices
-from llavamini.tiny import tiny_config, tiny_image_processor
 from tests.conftest import ramp_frames, write_video
 
 

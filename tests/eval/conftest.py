@@ -6,7 +6,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny random LLaVA-Mini (56 px images) saved like a release."""
-    from llavamini.tiny import build_tiny_checkpoint
+    from llavamini.apps.tiny import build_tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("ckpt") / "tiny-llavamini"
     return build_tiny_checkpoint(str(folder), image_size=56)

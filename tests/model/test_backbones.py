@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from llavamini.apps.tiny import tiny_config
 from llavamini.constants import IGNORE_INDEX
 from llavamini.constants import IMAGE_TOKEN_INDEX as IMG
 from llavamini.model import FAMILIES, register_backbone, vision_tower
 from llavamini.model.vision_tower import block_output, encoder_blocks
-from llavamini.tiny import tiny_config
 from tests.conftest import TEST_IMAGE_SIZE, VOCAB, random_images
 
 register_backbone("mistral")  # any transformers causal LM with rotary decoder layers

@@ -254,7 +254,7 @@ VIDEO_PEAK_SCRIPT = """
 import resource, sys, torch
 from llavamini import LlavaMiniForCausalLM
 from llavamini.model.packing import prefusion_text_keep
-from llavamini.tiny import tiny_config
+from llavamini.apps.tiny import tiny_config
 # 257 tokens a frame: activations dominate the peak.
 model = LlavaMiniForCausalLM(tiny_config(96, image_size=224, video_chunk_frames=CHUNK)).eval()
 frames = torch.randn(int(sys.argv[1]), 1, 3, 224, 224)

@@ -40,8 +40,8 @@ def test_compression_attention_rows_are_distributions(tmp_path):
     from PIL import Image
 
     from llavamini.analysis.compression import compression_attention
+    from llavamini.apps.tiny import build_tiny_checkpoint
     from llavamini.model.loading import load_pretrained
-    from llavamini.tiny import build_tiny_checkpoint
 
     Image.new("RGB", (60, 60), (10, 20, 200)).save(tmp_path / "image.png")
     build_tiny_checkpoint(

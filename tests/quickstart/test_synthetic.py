@@ -5,7 +5,8 @@ import random
 import re
 from collections import Counter
 
-from llavamini.synthetic import (
+from llavamini.apps import synthetic
+from llavamini.apps.synthetic import (
     NUMBER_WORDS,
     POSITIONS,
     QUESTION_MIX,
@@ -14,6 +15,7 @@ from llavamini.synthetic import (
     random_scene,
     write_dataset,
 )
+from llavamini.apps.tiny import build_tiny_tokenizer
 
 
 def expected_answer(shapes, kind: str, question: str) -> str:
@@ -65,3 +67,13 @@ def test_dataset_files_and_a_held_out_split_balanced_by_type(tmp_path):
     for sample in captions + instruct:
         assert (tmp_path / sample["image"]).is_file()
         assert sample["conversations"][0]["value"].startswith("<image>\n")
+
+
+def test_rewording_the_data_leaves_the_tiny_tokenizer_as_it_is(monkeypatch):
+    """The tests' token ids come from the tiny tokenizer's own fixed text (`TINY_CORPUS`), not
+    from the synthetic data's wording."""
+    before = build_tiny_tokenizer().get_vocab()
+    positions = tuple(p.replace("top", "upper") for p in POSITIONS)
+    monkeypatch.setattr(synthetic, "POSITIONS", positions)
+    monkeypatch.setattr(synthetic, "COLOURS", {f"dark{k}": v for k, v in synthetic.COLOURS.items()})
+    assert build_tiny_tokenizer().get_vocab() == before

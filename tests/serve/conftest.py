@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llavamini.apps.tiny import build_tiny_checkpoint
 from llavamini.model.loading import load_pretrained
-from llavamini.tiny import build_tiny_checkpoint
 from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
 
 

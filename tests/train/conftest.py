@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llavamini.tiny import build_tiny_assets
+from llavamini.apps.tiny import build_tiny_assets
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -262,7 +262,7 @@ def test_console_shows_one_bar_and_the_log_goes_to_a_file(assets, tmp_path, caps
 def test_stage2_on_a_qwen2_backbone_with_siglip(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from llavamini.tiny import build_tiny_assets
+    from llavamini.apps.tiny import build_tiny_assets
 
     qwen = build_tiny_assets(str(tmp_path / "assets"), image_size=56, num_train=16, num_val=4,
                              backbone="qwen2", encoder="siglip")  # fmt: skip

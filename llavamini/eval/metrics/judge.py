@@ -89,8 +89,20 @@ def load_video_qa_prompt(path: str | None) -> VideoQAPrompt:
     missing = [key for key in ("system", "user") if key not in data]
     if missing:
         raise ValueError(f"{path}: a video-QA judge prompt file needs the keys {missing}.")
+    return VideoQAPrompt(data["system"], data["user"], prompt_file_version(data))
+
+
+def prompt_file_version(data: dict) -> str:
+    """The version naming a judge prompt read from a JSON file: a digest of its content."""
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
-    return VideoQAPrompt(data["system"], data["user"], f"file:{digest[:16]}")
+    return f"file:{digest[:16]}"
+
+
+def judge_settings(options: dict, output_prefix: str) -> dict:
+    """A scorer's `config_from_env` keywords (cache: `<output_prefix>.judge_cache` unless set)."""
+    settings = dict(options.get("judge", {}))
+    settings.setdefault("cache_dir", output_prefix + ".judge_cache")
+    return settings
 
 
 class JudgeError(RuntimeError):
@@ -248,6 +260,19 @@ class Judge:
 
     def close(self) -> None:
         self.client.close()
+
+    def summary(self, prompt_version: str) -> dict:
+        """Who judged and how often it was asked, for a score's JSON."""
+        config = self.config
+        return {
+            "model": config.model,
+            "base_url": config.base_url,
+            "temperature": config.temperature,
+            "prompt_version": prompt_version,
+            "requests_sent": self.requests_sent,
+            "cache_hits": self.cache_hits,
+            "cache_dir": config.cache_dir,
+        }
 
     def _post(self, messages: list[dict]) -> str:
         """One request -> the reply's text; raises httpx errors or `MalformedReplyError`."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llavamini.constants import SHORT_ANSWER as SHORT_ANSWER  # the tasks import it from here
@@ -205,11 +205,7 @@ def answers_by_key(questions: Sequence[Question], answers: Sequence[dict], sourc
                 f"{record['prompt'][:60]!r}) is not in {source}: wrong --questions file?"
             )
         by_key[key] = record
-    missing = len(known) - len(by_key)
-    if missing:
-        logger.warning(
-            "%d of %d questions have no answer; they count as wrong.", missing, len(known)
-        )
+    warn_missing(len(known) - len(by_key), len(known))
     return by_key
 
 
@@ -222,6 +218,17 @@ def answers_by_id(answers: Sequence[dict], source: str = "answer file") -> dict[
             raise ValueError(f"{source}: question_id {qid!r} is answered more than once.")
         by_id[qid] = record
     return by_id
+
+
+def check_known(answered: Iterable, known: Container, source: str, flag: str) -> None:
+    """Raise `ValueError` when some answered ids are not among the `known` ids of `source`
+    (the file the `flag` option named is the wrong one, usually)."""
+    unknown = [qid for qid in answered if qid not in known]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} answered question ids are not in {source} (first: {unknown[0]!r}): "
+            f"wrong {flag} file?"
+        )
 
 
 def warn_missing(missing: int, total: int) -> None:

@@ -21,6 +21,7 @@ from llavamini.eval.tasks.base import (
     SHORT_ANSWER,
     ScoreInputs,
     Task,
+    check_known,
     read_json,
     read_llava_questions,
     require,
@@ -73,28 +74,57 @@ def _mean_percent(values: list[float]) -> float:
     return float(sum(values)) / len(values) * 100 if values else 0
 
 
+class _Tally:
+    """`eval.py`'s counts over the balanced questions: hits overall, binary and open, per
+    group, and the answer counts of each global group for the distribution score."""
+
+    def __init__(self):
+        self.scores: dict[str, list[float]] = {"accuracy": [], "binary": [], "open": []}
+        self.groups: dict[str, dict] = {
+            "per_structural_type": defaultdict(list),
+            "per_semantic_type": defaultdict(list),
+            "per_steps": defaultdict(list),
+            "per_words": defaultdict(list),
+        }
+        self.gold_counts = defaultdict(lambda: defaultdict(int))
+        self.predicted_counts = defaultdict(lambda: defaultdict(int))
+
+    def add(self, question: dict, prediction: str | None, right: float) -> None:
+        self.scores["accuracy"].append(right)
+        structural = question["types"]["structural"]
+        self.scores["open" if structural == "query" else "binary"].append(right)
+        self.groups["per_structural_type"][structural].append(right)
+        self.groups["per_semantic_type"][question["types"]["semantic"]].append(right)
+        self.groups["per_steps"][steps_number(question)].append(right)
+        self.groups["per_words"][len(question["question"].split())].append(right)
+        global_group = question.get("groups", {}).get("global")
+        if global_group is not None:
+            self.gold_counts[global_group][question["answer"]] += 1
+            self.predicted_counts[global_group][prediction] += 1
+
+    def result(self) -> dict:
+        gold, predicted = self.gold_counts, self.predicted_counts
+        result = {
+            "accuracy": _mean_percent(self.scores["accuracy"]),
+            "metric": "exact match (%) of text.rstrip('.').lower() with the gold answer",
+            "scorer": [GQA_EVAL],
+            "binary": _mean_percent(self.scores["binary"]),
+            "open": _mean_percent(self.scores["open"]),
+            "distribution": chi_square(gold, predicted) / 100 if gold else None,
+        }
+        for name, group in self.groups.items():
+            result[name] = {str(k): _mean_percent(v) for k, v in sorted(group.items())}
+        return result
+
+
 def score(inputs: ScoreInputs) -> dict:
     """LLaVA's GQA `eval.py` over the balanced questions of the official questions JSON."""
     questions = read_json(inputs.annotations, "GQA questions JSON (testdev_balanced_questions)")
     if not isinstance(questions, dict):
         raise ValueError(f"{inputs.annotations}: expected {{question_id: question}}.")
     by_id = {record["question_id"]: record for record in inputs.answers}
-    unknown = [qid for qid in by_id if qid not in questions]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} answered question ids are not in {inputs.annotations} "
-            f"(first: {unknown[0]!r}): wrong --annotations file?"
-        )
-    predictions, items = [], {}
-    scores: dict[str, list[float]] = {"accuracy": [], "binary": [], "open": []}
-    groups: dict[str, dict] = {
-        "per_structural_type": defaultdict(list),
-        "per_semantic_type": defaultdict(list),
-        "per_steps": defaultdict(list),
-        "per_words": defaultdict(list),
-    }
-    gold_counts = defaultdict(lambda: defaultdict(int))
-    predicted_counts = defaultdict(lambda: defaultdict(int))
+    check_known(by_id, questions, inputs.annotations, "--annotations")
+    predictions, items, tally = [], {}, _Tally()
     for qid, question in questions.items():
         require(
             question, ("answer", "question", "types", "semantic"), f"{inputs.annotations}[{qid}]"
@@ -105,39 +135,18 @@ def score(inputs: ScoreInputs) -> dict:
             predictions.append({"questionId": qid, "prediction": prediction})
         right = float(prediction == question["answer"])
         items[qid] = int(right)
-        if not question.get("isBalanced", True):
-            continue
-        scores["accuracy"].append(right)
-        structural = question["types"]["structural"]
-        scores["open" if structural == "query" else "binary"].append(right)
-        groups["per_structural_type"][structural].append(right)
-        groups["per_semantic_type"][question["types"]["semantic"]].append(right)
-        groups["per_steps"][steps_number(question)].append(right)
-        groups["per_words"][len(question["question"].split())].append(right)
-        global_group = question.get("groups", {}).get("global")
-        if global_group is not None:
-            gold_counts[global_group][question["answer"]] += 1
-            predicted_counts[global_group][prediction] += 1
+        if question.get("isBalanced", True):
+            tally.add(question, prediction, right)
     warn_missing(len(questions) - len(by_id), len(questions))
-    result = {
-        "accuracy": _mean_percent(scores["accuracy"]),
-        "metric": "exact match (%) of text.rstrip('.').lower() with the gold answer",
-        "scorer": [GQA_EVAL],
-        "binary": _mean_percent(scores["binary"]),
-        "open": _mean_percent(scores["open"]),
-        "distribution": chi_square(gold_counts, predicted_counts) / 100 if gold_counts else None,
-    }
-    for name, group in groups.items():
-        result[name] = {str(k): _mean_percent(v) for k, v in sorted(group.items())}
-    result.update(
-        count=len(scores["accuracy"]),
-        missing=len(questions) - len(by_id),
-        items=write_json(inputs.output_prefix + ".items.json", items),
-        predictions=write_json(
+    return {
+        **tally.result(),
+        "count": len(tally.scores["accuracy"]),
+        "missing": len(questions) - len(by_id),
+        "items": write_json(inputs.output_prefix + ".items.json", items),
+        "predictions": write_json(
             inputs.output_prefix + ".testdev_balanced_predictions.json", predictions
         ),
-    )
-    return result
+    }
 
 
 TASKS = (

@@ -27,24 +27,17 @@ category, source, image, comment, l2-category, plus a `prediction` column).
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import math
 import os
-import re
 import string
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 
 from llavamini.eval.metrics.choice import DEFAULT_MATCHER, Matcher, get_matcher, infer_choice
-from llavamini.eval.metrics.judge import (
-    Judge,
-    JudgeError,
-    JudgeUnreachableError,
-    config_from_env,
-)
+from llavamini.eval.metrics.choice_judge import JudgeFallback, load_match_prompt
+from llavamini.eval.metrics.judge import Judge, config_from_env, judge_settings
 from llavamini.eval.tasks.base import (
     OPTION_LETTER,
     OPTION_LETTER_CN,
@@ -53,6 +46,7 @@ from llavamini.eval.tasks.base import (
     ScoreInputs,
     Task,
     answers_by_id,
+    check_known,
     require,
     warn_missing,
     write_json,
@@ -199,81 +193,7 @@ class _Row:
     letter: str | None = None
 
 
-@dataclass(frozen=True)
-class MatchPrompt:
-    """The judge prompt of the LLM fallback: `template.format(question, options, answer)`
-    (positional), `template_cn` for questions with Chinese characters, and `options_header`
-    put before the "A. text" option lines."""
-
-    template: str = (
-        "Match an answer to a multiple-choice question with one of the options. Reply with "
-        "the letter of the option whose meaning is closest to the answer, or Z if the answer "
-        "means none of them. Reply with one capital letter only.\n"
-        "Question: {}\n{}Answer: {}\nYour output: "
-    )
-    template_cn: str = (
-        "请把一道单选题的回答与选项对应起来。输出与回答意思最接近的选项字母；"
-        "如果回答与所有选项的意思都不同，输出 Z。只输出一个大写字母。\n"
-        "问题: {}\n{}答案: {}\n输出: "
-    )
-    options_header: str = ""
-    version: str = "llavamini-mcq-match-v1"
-
-
-def load_match_prompt(path: str | None) -> MatchPrompt:
-    """`MatchPrompt` from a JSON file with `template`, optional `template_cn` and
-    `options_header` (e.g. VLMEvalKit's own texts, for an exact parity run); the default
-    prompt when `path` is None."""
-    if path is None:
-        return MatchPrompt()
-    with open(path, encoding="utf-8") as file:
-        data = json.load(file)
-    if "template" not in data:
-        raise ValueError(f"{path}: a match prompt file needs a 'template' key.")
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
-    return MatchPrompt(
-        template=data["template"],
-        template_cn=data.get("template_cn", data["template"]),
-        options_header=data.get("options_header", ""),
-        version=f"file:{digest[:16]}",
-    )
-
-
-def _has_chinese(text: str) -> bool:
-    return re.search("[\u4e00-\u9fff]", text) is not None
-
-
-@dataclass
-class _Fallback:
-    """The LLM fallback's judge and settings, and the judgments that failed."""
-
-    judge: Judge
-    prompt: MatchPrompt
-    matcher: Matcher
-    allow_failures: bool
-    failed: int = 0
-
-    def letter(self, row: _Row) -> str | None:
-        """The letter the judge matches `row`'s answer to (read with the same rules), or
-        None; a judgment that keeps failing raises `JudgeError` unless failures are allowed
-        (then the row is wrong, as VLMEvalKit's random pick mostly is)."""
-        prompt = self.prompt
-        options = prompt.options_header + "".join(f"{k}. {v}\n" for k, v in row.choices.items())
-        template = prompt.template_cn if _has_chinese(row.question) else prompt.template
-        content = template.format(row.question, options, row.prediction)
-        try:
-            reply = self.judge.ask([{"role": "user", "content": content}], str, prompt.version)
-        except JudgeUnreachableError:
-            raise
-        except JudgeError:
-            if not self.allow_failures:
-                raise
-            self.failed += 1
-            return None
-        return infer_choice(reply, row.choices, self.matcher)
-
-
-def _group_hit(rows: list[_Row], fallback: _Fallback | None) -> bool:
+def _group_hit(rows: list[_Row], fallback: JudgeFallback | None) -> bool:
     """VLMEvalKit's circular group: wrong at the first row read as a wrong letter; right when
     every row is read right; otherwise the unread rows go to the judge in order (wrong
     without one)."""
@@ -285,36 +205,35 @@ def _group_hit(rows: list[_Row], fallback: _Fallback | None) -> bool:
     if fallback is None:
         return False
     for row in rows:
-        if row.letter is None and fallback.letter(row) != row.answer:
+        if (
+            row.letter is None
+            and fallback.letter(row.question, row.choices, row.prediction) != row.answer
+        ):
             return False
     return True
 
 
-def _make_judge(inputs: ScoreInputs) -> Judge | None:
-    """The configured judge for the LLM fallback, or None when neither an endpoint nor a
+def _make_fallback(inputs: ScoreInputs, matcher: Matcher) -> JudgeFallback | None:
+    """The LLM fallback with the configured judge, or None when neither an endpoint nor a
     model is configured (flags or environment); half a configuration raises `JudgeError`."""
-    settings = dict(inputs.options.get("judge", {}))
-    settings.setdefault("cache_dir", inputs.output_prefix + ".judge_cache")
+    settings = judge_settings(inputs.options, inputs.output_prefix)
     names = ("LLAVAMINI_JUDGE_BASE_URL", "OPENAI_BASE_URL", "LLAVAMINI_JUDGE_MODEL")
     configured = settings.get("base_url") or settings.get("model")
-    if not configured and not any(os.environ.get(name) for name in names):
+    configured = configured or any(os.environ.get(name) for name in names)
+    judge = Judge(config_from_env(**settings)) if configured else None
+    prompt = load_match_prompt(inputs.options.get("judge_prompt_file"))  # checked in any case
+    if judge is None:
         return None
-    return Judge(config_from_env(**settings))
+    allow = inputs.options.get("allow_judge_failures", False)
+    return JudgeFallback(judge, prompt, matcher, allow)
 
 
-def score(inputs: ScoreInputs) -> dict:
-    """VLMEvalKit's CircularEval (see the module docstring)."""
-    path = inputs.annotations or inputs.questions
-    matcher = get_matcher(inputs.options.get("matcher", DEFAULT_MATCHER))
-    in_file_order = read_tsv(path)
-    table = sorted(in_file_order, key=lambda row: int(row["index"]))
-    by_id = answers_by_id(inputs.answers)
-    known = {str(int(row["index"])) for row in table}
-    unknown = [qid for qid in by_id if qid not in known]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} answered indices are not in {path} (first: {unknown[0]})."
-        )
+def _read_rows(
+    table: list[dict], by_id: dict[str, dict], matcher: Matcher, path: str
+) -> tuple[list[_Row], dict[int, list[_Row]], dict[int, dict]]:
+    """Every row with its answer read by the rules, the circular groups (index modulo
+    `CIRCULAR_STRIDE` -> rows in index order) and the original rows (index -> TSV line)."""
+    check_known(by_id, {str(int(row["index"])) for row in table}, path, "--annotations")
     rows, groups, mains = [], defaultdict(list), {}
     for line in table:
         require(line, ("index", "answer", "question"), f"{path}, index {line['index']}")
@@ -338,23 +257,24 @@ def score(inputs: ScoreInputs) -> dict:
             path,
             CIRCULAR_STRIDE,
         )
+    return rows, groups, mains
+
+
+def score(inputs: ScoreInputs) -> dict:
+    """VLMEvalKit's CircularEval (see the module docstring)."""
+    path = inputs.annotations or inputs.questions
+    matcher = get_matcher(inputs.options.get("matcher", DEFAULT_MATCHER))
+    in_file_order = read_tsv(path)
+    table = sorted(in_file_order, key=lambda row: int(row["index"]))
+    by_id = answers_by_id(inputs.answers)
+    rows, groups, mains = _read_rows(table, by_id, matcher, path)
     warn_missing(len(table) - len(by_id), len(table))
-    judge = _make_judge(inputs)
-    prompt = load_match_prompt(inputs.options.get("judge_prompt_file"))
-    fallback = None
-    if judge is not None:
-        allow = inputs.options.get("allow_judge_failures", False)
-        fallback = _Fallback(judge, prompt, matcher, allow)
+    fallback = _make_fallback(inputs, matcher)
     try:
         hits = {index: _group_hit(groups[index], fallback) for index in mains}
     finally:
-        if judge is not None:
-            judge.close()
-    per_category, per_l2, per_split = defaultdict(list), defaultdict(list), defaultdict(list)
-    for index, line in mains.items():
-        per_category[line.get("category", "unknown")].append(hits[index])
-        per_l2[line.get("l2-category", "unknown")].append(hits[index])
-        per_split[line.get("split", "none")].append(hits[index])
+        if fallback is not None:
+            fallback.judge.close()
     single_pass = [groups[index][0].letter == groups[index][0].answer for index in mains]
     predictions = {qid: record["text"] for qid, record in by_id.items()}
     submission = _write_submission(
@@ -365,19 +285,27 @@ def score(inputs: ScoreInputs) -> dict:
         "accuracy": _mean_percent(list(hits.values())),
         "metric": "CircularEval accuracy (%): a question counts if all its rotations are right",
         "scorer": [matcher.scorer],
-        "per_category": {k: _mean_percent(v) for k, v in sorted(per_category.items())},
-        "per_l2_category": {k: _mean_percent(v) for k, v in sorted(per_l2.items())},
+        "per_category": _per_column(mains, hits, "category", "unknown"),
+        "per_l2_category": _per_column(mains, hits, "l2-category", "unknown"),
         # VLMEvalKit reports every number per split; `accuracy` pools the splits.
-        "per_split": {k: _mean_percent(v) for k, v in sorted(per_split.items())},
+        "per_split": _per_column(mains, hits, "split", "none"),
         "single_pass_accuracy": _mean_percent(single_pass),
         "questions": len(hits),
         "rows": len(table),
         "missing": len(table) - len(by_id),
         "unparsed_answers": sum(row.letter is None for row in rows),
-        "judge": _judge_summary(fallback),
+        "judge": fallback.summary() if fallback is not None else None,
         "items": write_json(inputs.output_prefix + ".items.json", items),
         "submission": submission,
     }
+
+
+def _per_column(mains: dict[int, dict], hits: dict[int, bool], column: str, default: str):
+    """CircularEval accuracy per value of a TSV column (`default` where a row has none)."""
+    values = defaultdict(list)
+    for index, line in mains.items():
+        values[line.get(column, default)].append(hits[index])
+    return {key: _mean_percent(value) for key, value in sorted(values.items())}
 
 
 def _mean_percent(hits: list[bool]) -> float | None:
@@ -385,47 +313,34 @@ def _mean_percent(hits: list[bool]) -> float | None:
     return 100.0 * sum(hits) / len(hits) if hits else None
 
 
-def _judge_summary(fallback: _Fallback | None) -> dict | None:
-    if fallback is None:
-        return None
-    judge, prompt = fallback.judge, fallback.prompt
-    return {
-        "model": judge.config.model,
-        "base_url": judge.config.base_url,
-        "temperature": judge.config.temperature,
-        "prompt_version": prompt.version,
-        "requests_sent": judge.requests_sent,
-        "cache_hits": judge.cache_hits,
-        "cache_dir": judge.config.cache_dir,
-        "judge_failed": fallback.failed,
-    }
+def _mmbench_task(name: str, description: str, tsv: str, suffix: str) -> Task:
+    """A dev split of MMBench: questions, images and answers all in one TSV."""
+    return Task(
+        name=name,
+        description=description,
+        benchmark=name,
+        questions=tsv,
+        visual_folder="",
+        annotations=tsv,
+        read_questions=read_questions,
+        score=score,
+        prompt_suffix=suffix,
+        suffix_in_file=False,
+        max_new_tokens=1024,
+    )
 
 
 TASKS = (
-    Task(
-        name="mmbench",
-        description="MMBench dev (English), CircularEval from the TSV",
-        benchmark="mmbench",
-        questions="mmbench_dev_20230712.tsv",
-        visual_folder="",
-        annotations="mmbench_dev_20230712.tsv",
-        read_questions=read_questions,
-        score=score,
-        prompt_suffix=OPTION_LETTER,
-        suffix_in_file=False,
-        max_new_tokens=1024,
+    _mmbench_task(
+        "mmbench",
+        "MMBench dev (English), CircularEval from the TSV",
+        "mmbench_dev_20230712.tsv",
+        OPTION_LETTER,
     ),
-    Task(
-        name="mmbench_cn",
-        description="MMBench-CN dev (Chinese), CircularEval from the TSV",
-        benchmark="mmbench_cn",
-        questions="mmbench_dev_cn_20231003.tsv",
-        visual_folder="",
-        annotations="mmbench_dev_cn_20231003.tsv",
-        read_questions=read_questions,
-        score=score,
-        prompt_suffix=OPTION_LETTER_CN,
-        suffix_in_file=False,
-        max_new_tokens=1024,
+    _mmbench_task(
+        "mmbench_cn",
+        "MMBench-CN dev (Chinese), CircularEval from the TSV",
+        "mmbench_dev_cn_20231003.tsv",
+        OPTION_LETTER_CN,
     ),
 )

@@ -21,6 +21,7 @@ from llavamini.eval.tasks.base import (
     OPTION_LETTER,
     ScoreInputs,
     Task,
+    check_known,
     read_json,
     read_llava_questions,
     require,
@@ -59,11 +60,7 @@ def score(inputs: ScoreInputs) -> dict:
     for record in inputs.answers:
         by_id[record["question_id"]] = record
     known = {_label_key(row.get("question_id")) for row in data["questions"]}
-    unknown = [qid for qid in by_id if qid not in known]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} answered ids are not in {inputs.annotations} (first: {unknown[0]!r})."
-        )
+    check_known(by_id, known, inputs.annotations, "--annotations")
     per_type, per_data_type, everything = defaultdict(list), defaultdict(list), []
     items = {}
     for index, row in enumerate(data["questions"]):

@@ -1,10 +1,10 @@
 """The quickstart's synthetic shapes data: held-out exact match per question type.
 
-Questions: `val_questions.jsonl` written by `llavamini.synthetic.write_dataset` (LLaVA's question
-schema plus `answer` and `question_type`), images beside it. The prediction and the answer go
-through the VQA normaliser; the majority baseline (the most frequent answer of each question type,
-always given) is reported beside the accuracy, since a constant answer already scores on
-yes/no and count questions.
+Questions: `val_questions.jsonl` written by `llavamini.apps.synthetic.write_dataset` (LLaVA's
+question schema plus `answer` and `question_type`), images beside it. The prediction and the
+answer go through the VQA normaliser; the majority baseline (the most frequent answer of each
+question type, always given) is reported beside the accuracy, since a constant answer already
+scores on yes/no and count questions.
 """
 
 from __future__ import annotations

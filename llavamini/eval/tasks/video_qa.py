@@ -27,12 +27,15 @@ import logging
 import os
 from collections import defaultdict
 
+from tqdm import tqdm
+
 from llavamini.data.video import VIDEO_EXTENSIONS
 from llavamini.eval.metrics.judge import (
     REFERENCE_VIDEO_QA,
     Judge,
     JudgeError,
     config_from_env,
+    judge_settings,
     load_video_qa_prompt,
 )
 from llavamini.eval.tasks.base import (
@@ -40,6 +43,7 @@ from llavamini.eval.tasks.base import (
     ScoreInputs,
     Task,
     answers_by_id,
+    check_known,
     read_json,
     require,
     warn_missing,
@@ -131,16 +135,10 @@ def score(inputs: ScoreInputs) -> dict:
     """Judge every answer and tally as the reference's `eval_video_qa.py` does."""
     gold = read_gold_answers(inputs.questions, inputs.annotations)
     by_id = answers_by_id(inputs.answers)
-    unknown = [qid for qid in by_id if qid not in gold]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} answered question ids are not in {inputs.questions} "
-            f"(first: {unknown[0]!r}): wrong --questions file?"
-        )
-    judge_options = dict(inputs.options.get("judge", {}))
-    judge_options.setdefault("cache_dir", inputs.output_prefix + ".judge_cache")
+    check_known(by_id, gold, inputs.questions, "--questions")
     prompt = load_video_qa_prompt(inputs.options.get("judge_prompt_file"))
-    judge = Judge(config_from_env(**judge_options), prompt=prompt)
+    settings = judge_settings(inputs.options, inputs.output_prefix)
+    judge = Judge(config_from_env(**settings), prompt=prompt)
     answered = [qid for qid in gold if qid in by_id]
     items = [(gold[qid][0], gold[qid][1], by_id[qid]["text"]) for qid in answered]
     try:
@@ -154,9 +152,20 @@ def score(inputs: ScoreInputs) -> dict:
             f"{len(failed)} of {len(items)} judgments failed (first: question {qid}: {error}). "
             f"The others are cached: rerun to retry only the failed ones."
         )
-    # The reference tallies the judgments it kept: every one counts towards the mean score,
-    # and towards the accuracy when its 'pred' reads as yes or no.
     kept = {qid: r for qid, r in results.items() if not isinstance(r, JudgeError)}
+    warn_missing(len(gold) - len(answered), len(gold))
+    return {
+        **_tally(kept, gold),
+        "missing": len(gold) - len(answered),
+        "judge_failed": len(failed),
+        "items": write_json(inputs.output_prefix + ".items.json", kept),
+        "judge": judge.summary(prompt.version),
+    }
+
+
+def _tally(kept: dict[str, dict], gold: dict[str, tuple[str, str]]) -> dict:
+    """The reference's tallies of the judgments it kept: every one counts towards the mean
+    score, and towards the accuracy when its 'pred' reads as yes or no."""
     yes = sum(r["pred"] == "yes" for r in kept.values())
     no = sum(r["pred"] == "no" for r in kept.values())
     score_sum = sum(r["score"] for r in kept.values() if r["score"] is not None)
@@ -164,8 +173,6 @@ def score(inputs: ScoreInputs) -> dict:
     for qid, judgment in kept.items():
         if judgment["pred"] is not None:
             per_word[_question_word(gold[qid][0])].append(judgment["pred"] == "yes")
-    warn_missing(len(gold) - len(answered), len(gold))
-    config = judge.config
     return {
         "accuracy": 100 * (yes / (yes + no)) if yes + no else None,
         "metric": "judge accuracy (%): yes / (yes + no)",
@@ -175,24 +182,10 @@ def score(inputs: ScoreInputs) -> dict:
         "yes": yes,
         "no": no,
         "judged": len(kept),
-        "missing": len(gold) - len(answered),
-        "judge_failed": len(failed),
-        "items": write_json(inputs.output_prefix + ".items.json", kept),
-        "judge": {
-            "model": config.model,
-            "base_url": config.base_url,
-            "temperature": config.temperature,
-            "prompt_version": prompt.version,
-            "requests_sent": judge.requests_sent,
-            "cache_hits": judge.cache_hits,
-            "cache_dir": config.cache_dir,
-        },
     }
 
 
 def _judge_with_progress(judge: Judge, items: list[tuple[str, str, str]]) -> list:
-    from tqdm import tqdm
-
     with tqdm(total=len(items), desc="judging", unit="q") as bar:
         return judge.judge_many(items, on_done=lambda: bar.update(1))
 

@@ -30,6 +30,7 @@ from llavamini.eval.tasks.base import (
     ScoreInputs,
     Task,
     answers_by_id,
+    check_known,
     read_json,
     read_llava_questions,
     require,
@@ -52,20 +53,11 @@ def read_official_questions(path: str, image_folder: str) -> list[Question]:
     return questions
 
 
-def _check_known(by_id: dict, known: set, source: str) -> None:
-    unknown = [qid for qid in by_id if qid not in known]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} answered question ids are not in {source} (first: {unknown[0]!r}): "
-            f"wrong --questions file?"
-        )
-
-
 def score_test_dev(inputs: ScoreInputs) -> dict:
     """Write the EvalAI upload file; no local accuracy (the labels are private)."""
     split = read_llava_questions(inputs.questions, "")
     by_id = answers_by_id(inputs.answers)
-    _check_known(by_id, {str(q.question_id) for q in split}, inputs.questions)
+    check_known(by_id, {str(q.question_id) for q in split}, inputs.questions, "--questions")
     upload = []
     for question in split:
         record = by_id.get(str(question.question_id))
@@ -110,7 +102,7 @@ def score_val(inputs: ScoreInputs) -> dict:
     questions = read_official_questions(inputs.questions, "")
     by_id = answers_by_id(inputs.answers)
     question_ids = {str(q.question_id) for q in questions}
-    _check_known(by_id, question_ids, inputs.questions)
+    check_known(by_id, question_ids, inputs.questions, "--questions")
     submitted = {
         qid: normalize_for_submission(by_id[qid]["text"]) if qid in by_id else ""
         for qid in question_ids

@@ -29,12 +29,10 @@ def register() -> None:
     """Register the LLaVA-Mini architectures with vLLM's model registry (idempotent).
 
     The model class is named lazily ("module:Class"), so loading the plug-in costs only the
-    config registration that `import llavamini` does (vLLM reads config.json through
-    `AutoConfig`, which must know the `llava_mini_*` model types).
+    config registration that importing this package (`llavamini` first) does: vLLM reads
+    config.json through `AutoConfig`, which must know the `llava_mini_*` model types.
     """
-    from vllm import ModelRegistry
-
-    import llavamini  # noqa: F401  (registers the configs and processor with the Auto classes)
+    from vllm import ModelRegistry  # optional: imported only when vLLM itself calls this
 
     supported = set(ModelRegistry.get_supported_archs())
     for name in ARCHITECTURES:

@@ -49,7 +49,7 @@ ENGINE_ARGS = dict(
 def checkpoint(tmp_path_factory) -> str:
     """A tiny LLaVA-Mini written by `llavamini train configs/train/tiny.yaml` on the tiny
     assets (a few seconds on a CPU)."""
-    from llavamini.tiny import build_tiny_assets
+    from llavamini.apps.tiny import build_tiny_assets
 
     root = tmp_path_factory.mktemp("vllm-tiny")
     assets = build_tiny_assets(str(root / "assets"), image_size=56, num_train=32, num_val=4)

@@ -16,7 +16,7 @@ vllm = pytest.importorskip("vllm", reason=SKIP_REASON)
 
 @pytest.fixture(scope="module")
 def hd_checkpoint(tmp_path_factory) -> str:
-    from llavamini.tiny import build_tiny_checkpoint
+    from llavamini.apps.tiny import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("vllm-hd")
     return build_tiny_checkpoint(str(root / "checkpoint"), image_size=56, resolution_ratio=2)

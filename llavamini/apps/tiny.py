@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from llavamini import synthetic
+from llavamini.apps import synthetic
 from llavamini.model import family_of
 from llavamini.model.image_processors import CLIP_L_336_PROCESSOR
 
@@ -65,13 +65,49 @@ CHAT_FORMATS = {
 }
 """Tiny tokenizer formats: name -> (special tokens, chat template or None)."""
 
-_CORPUS = [
+CHAT_CORPUS = (
     "system user assistant You are a helpful language and vision assistant.",
     "What is unusual about this image? What is the man doing? Describe the picture in detail.",
     "A man is ironing clothes on an ironing board attached to the back of a yellow taxi.",
     "red green blue yellow circle square triangle left right top bottom middle one two three",
     "Answer the question using a single word or phrase. yes no how many what colour where",
-]
+)
+"""General chat and question text."""
+
+SHAPES_CORPUS = (
+    "top left red circle, top centre green square, top right blue triangle, middle left yellow "
+    "circle, centre purple square, middle right orange triangle.",
+    "Describe the image.",
+    "Answer the question using a single word or phrase.",
+    "zero one two three four five",
+    "yes no",
+    "top left top centre top right middle left centre middle right bottom left bottom centre "
+    "bottom right",
+    "red green blue yellow purple orange",
+    "circle square triangle",
+    "What colour is at the middle left?",
+    "What colour is at the middle left?",
+    "What colour is at the top left?",
+    "Is there an object at the centre?",
+    "Is there an object at the top right?",
+    "Is there an object at the bottom centre?",
+    "How many yellow objects are there?",
+    "How many yellow objects are there?",
+    "How many blue objects are there?",
+    "What shape is at the top centre?",
+    "What shape is at the top right?",
+    "What shape is at the top centre?",
+    "Is there a purple square?",
+    "Is there a purple triangle?",
+    "Is there a green square?",
+)
+"""Captions and questions in the words of the synthetic shapes data (`synthetic.py`), written
+out here once rather than generated from it: rewording the quickstart's data leaves every tiny
+tokenizer, and so every test's token ids, as they are (new words still tokenize: the BPE is
+byte-level, only into more pieces)."""
+
+TINY_CORPUS = CHAT_CORPUS + SHAPES_CORPUS
+"""What `build_tiny_tokenizer` is trained on."""
 
 
 TINY_LLM = dict(
@@ -111,7 +147,7 @@ TINY_BACKBONE_FIELDS = {"llama": {}, "qwen2": {}, "qwen3": {"head_dim": 32}}
 def build_tiny_tokenizer(
     vocab_size: int = 512, chat_format: str = "llama_3_1"
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in memory on a few sentences and the synthetic data's words.
+    """A byte-level BPE trained in memory on `TINY_CORPUS` (fixed text).
 
     `chat_format` (a `CHAT_FORMATS` name): 'llama_3_1' has the Llama-3.1 special tokens (the
     `llava_llama_3_1` template, as the release); 'compact' has role tokens and a chat template
@@ -129,7 +165,7 @@ def build_tiny_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS + synthetic.vocabulary(), trainer)
+    tokenizer.train_from_iterator(TINY_CORPUS, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",

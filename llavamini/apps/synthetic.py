@@ -1,11 +1,10 @@
 """Synthetic visual QA: coloured shapes on a 3 x 3 grid, with captions and questions.
 
-The design follows shared/docs/quickstart-feasibility.md: a tiny vision tower trained from
-scratch learns colour and position in minutes but shape slowly, so stage 2 is dominated by
-position-referenced colour questions ("What colour is at the top left?"), which one
-question-independent token cannot answer for every cell. Global questions (counts) show where
-compression is harmless. Every image comes from a seed: a data set is reproducible from its size
-and seed.
+The design: a tiny vision tower trained from scratch learns colour and position in minutes but
+shape slowly, so stage 2 is dominated by position-referenced colour questions ("What colour is
+at the top left?"), which one question-independent token cannot answer for every cell. Global
+questions (counts) show where compression is harmless. Every image comes from a seed: a data set
+is reproducible from its size and seed.
 """
 
 from __future__ import annotations
@@ -111,16 +110,6 @@ def ask(shapes: list[Shape], kind: str, rng: random.Random) -> tuple[str, str]:
         present = any(s.colour == colour and s.shape == shape for s in shapes)
         return f"Is there a {colour} {shape}?", "yes" if present else "no"
     raise ValueError(f"Unknown question type {kind!r}; known: {sorted(QUESTION_MIX)}.")
-
-
-def vocabulary() -> list[str]:
-    """Sentences using every word of the captions and questions (to train a small tokenizer)."""
-    rng = random.Random(0)
-    scene = [Shape(c, s, p) for p, (c, s) in enumerate(zip(COLOURS, SHAPES * 2, strict=False))]
-    texts = [caption(scene), "Describe the image.", SHORT_ANSWER, " ".join(NUMBER_WORDS), "yes no"]
-    texts += [" ".join(POSITIONS), " ".join(COLOURS), " ".join(SHAPES)]
-    texts += [ask(scene, kind, rng)[0] for kind in QUESTION_MIX for _ in range(3)]
-    return texts
 
 
 def write_dataset(
