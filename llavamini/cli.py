@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser(command)
+    parser = build_parser(None if command in PASS_THROUGH else command)
     try:
         if command in PASS_THROUGH:
             resolve(command)(argv[1:])
