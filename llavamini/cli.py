@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from llavamini.flags import add_verb
+from llavamini.flags import add_verb, add_verbs, parser_kwargs, setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": (
@@ -79,28 +78,15 @@ def add_command(commands, name: str) -> argparse.ArgumentParser:
     if callable(target):
         return add_verb(commands, name, target, help_text, sys.modules[target.__module__].__doc__)
     module = sys.modules[next(iter(target.values())).__module__]
-    parser = commands.add_parser(
-        name,
-        help=help_text,
-        description=module.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    verbs = parser.add_subparsers(dest=f"{name}_command", required=True)
-    for verb_name, function in target.items():
-        add_verb(verbs, verb_name, function)
+    parser = commands.add_parser(name, help=help_text, **parser_kwargs(module.__doc__))
+    add_verbs(parser, target, dest=f"{name}_command")
     return parser
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `llavamini` parser. Every command is listed, but only `command`'s flags are added
     (and only its module imported): the others are placeholders that keep `--help` fast."""
-    parser = argparse.ArgumentParser(
-        prog="llavamini",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
+    parser = argparse.ArgumentParser(prog="llavamini", **parser_kwargs(__doc__))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         if name == command:
@@ -117,7 +103,7 @@ def parse(argv: Sequence[str]) -> tuple[Callable, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(None if command in PASS_THROUGH else command)

@@ -217,7 +217,8 @@ def add_flags(parser: argparse.ArgumentParser, function: Callable) -> argparse.A
     return parser
 
 
-def _parser_kwargs(description: str | None) -> dict:
+def parser_kwargs(description: str | None) -> dict:
+    """The `ArgumentParser` settings of every `llavamini` parser (no abbreviated flags)."""
     return dict(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -236,7 +237,7 @@ def add_verb(
     from its dataclass parameters; help and description default to its docstring."""
     doc = inspect.getdoc(function) or ""
     summary = doc.split("\n\n")[0].replace("\n", " ")
-    parser = commands.add_parser(name, help=help or summary, **_parser_kwargs(description or doc))
+    parser = commands.add_parser(name, help=help or summary, **parser_kwargs(description or doc))
     return add_flags(parser, function)
 
 
@@ -255,7 +256,7 @@ def standalone_parser(
     target: Callable | dict[str, Callable], prog: str, description: str | None
 ) -> argparse.ArgumentParser:
     """The parser of `python -m MODULE`: one verb's flags, or a group of verbs."""
-    parser = argparse.ArgumentParser(prog=prog, **_parser_kwargs(description))
+    parser = argparse.ArgumentParser(prog=prog, **parser_kwargs(description))
     if callable(target):
         return add_flags(parser, target)
     add_verbs(parser, target, "command")
