@@ -7,7 +7,7 @@ the answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import BatchFeature
 
@@ -26,10 +26,17 @@ class GenerationSettings:
         num_beams: beam search width (>= 1).
     """
 
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float | None = None
-    num_beams: int = 1
+    max_new_tokens: int = field(
+        default=128, metadata={"aliases": ["--max_new_tokens"], "help": "answer length limit"}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "0 means greedy"})
+    top_p: float | None = field(
+        default=None, metadata={"aliases": ["--top_p"], "help": "nucleus sampling (with T > 0)"}
+    )
+    num_beams: int = field(
+        default=1,
+        metadata={"aliases": ["--num_beams"], "help": "beam search (chat: > 1 prints unstreamed)"},
+    )
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

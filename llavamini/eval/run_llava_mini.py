@@ -87,7 +87,7 @@ def chat_argv(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the reference's flags and answer with `llavamini chat`."""
-    # Imported here: run as a script, the checkout's root is on sys.path only from `__main__`.
+    # Imported here: run as a script, this file first puts the checkout on sys.path (below).
     from llavamini.serve.cli import main as chat_main
 
     chat_main(chat_argv(build_parser().parse_args(argv)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -93,11 +94,30 @@ class ModelSpec:
             and lm_head stay unquantized).
     """
 
-    path: str
-    device: str | None = None
-    dtype: str | None = None
-    attn_implementation: str | None = None
-    quantization: str | None = None
+    path: str = dataclass_field(
+        metadata={"flag": "--model-path", "help": "checkpoint folder or cached hub id"}
+    )
+    device: str | None = dataclass_field(
+        default=None, metadata={"help": "cuda, cuda:1, mps, cpu (default: best)"}
+    )
+    dtype: str | None = dataclass_field(
+        default=None,
+        metadata={
+            "choices": ("auto", "float32", "float16", "bfloat16"),
+            "help": "weights dtype (default: float16 on CUDA, else 'auto', the checkpoint's own)",
+        },
+    )
+    attn_implementation: str | None = dataclass_field(
+        default=None, metadata={"help": "sdpa (default), eager or flash_attention_2"}
+    )
+    quantization: str | None = dataclass_field(
+        default=None,
+        metadata={
+            "choices": ("8bit", "4bit"),
+            "const_flags": {"--load-8bit": "8bit", "--load-4bit": "4bit"},
+            "help": "bitsandbytes quantization (CUDA GPU)",
+        },
+    )
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:

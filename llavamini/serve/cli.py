@@ -11,12 +11,17 @@ Llama-3 header token `<|start_header_id|>`, else `vicuna_v1`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 
-from llavamini.cli import add_device_arguments
+from llavamini.args import InputSettings
+from llavamini.data.video import media_kind
+from llavamini.flags import standalone_main, standalone_parser
+from llavamini.inference import GenerationSettings
+from llavamini.model.loading import ModelLoadError, ModelSpec
+from llavamini.serve.session import CHAT_DEFAULTS, ChatSession, resolve_template
 
 logger = logging.getLogger(__name__)
 
@@ -32,84 +37,43 @@ CHAT_COMMANDS = {
 USER_LABEL, ASSISTANT_LABEL = "USER", "ASSISTANT"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, max_frames: int | None = None) -> None:
-    """Flags that choose and load the model (shared by chat, serve and the Gradio demo)."""
-    parser.add_argument("--model-path", required=True, help="checkpoint folder or cached hub id")
-    parser.add_argument(
-        "--conv-mode",
-        default=None,
-        help="chat template (default: the checkpoint processor's)",
+@dataclass(frozen=True)
+class ChatOptions:
+    """What `chat` starts with.
+
+    Attributes:
+        image_file, video_file: a local file for the first message (at most one).
+        query: answer this one message and return instead of chatting on stdin.
+    """
+
+    image_file: str | None = field(
+        default=None, metadata={"exclusive": "media", "help": "an image for the first message"}
     )
-    add_device_arguments(parser)
-    quantization = parser.add_mutually_exclusive_group()
-    quantization.add_argument("--load-8bit", action="store_true", help="bitsandbytes 8-bit (GPU)")
-    quantization.add_argument("--load-4bit", action="store_true", help="bitsandbytes 4-bit (GPU)")
-    parser.add_argument(
-        "--fps",
-        type=float,
-        default=None,
-        help="video frames per second of video (default: the checkpoint's processor's, 1)",
+    video_file: str | None = field(
+        default=None, metadata={"exclusive": "media", "help": "a video for the first message"}
     )
-    parser.add_argument(
-        "--max-frames",
-        type=int,
-        default=max_frames,
-        help=f"cap on video frames (default: {max_frames or 'the checkpoint processor’s'})",
-    )
+    query: str | None = field(default=None, metadata={"help": "answer this one message and exit"})
+
+    def __post_init__(self):
+        if self.image_file is not None and self.video_file is not None:
+            raise ValueError("give image_file or video_file, not both")
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags (the defaults of the reference's documented command)."""
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with T > 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument(
-        "--num-beams", type=int, default=1, help="beam search (> 1 prints answers unstreamed)"
-    )
+@dataclass(frozen=True)
+class Address:
+    """Where a server listens (`serve`, `gradio`): loopback unless `host` says otherwise."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (loopback)"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
+
+    def __post_init__(self):
+        if not 0 <= self.port < 2**16:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
 
 
-def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    """All `chat` flags."""
-    add_model_arguments(parser)
-    add_generation_arguments(parser)
-    media = parser.add_mutually_exclusive_group()
-    media.add_argument("--image-file", default=None, help="an image for the first message")
-    media.add_argument("--video-file", default=None, help="a video for the first message")
-    parser.add_argument("--query", default=None, help="answer this one message and exit")
-    parser.set_defaults(func=run)
-
-
-def add_parser(commands) -> None:
-    """Register the `chat` subcommand on the `llavamini` command."""
-    parser = commands.add_parser(
-        "chat",
-        help="chat with a LLaVA-Mini checkpoint about images and videos (streamed, multi-turn)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_chat_arguments(parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The stand-alone parser of `python -m llavamini.serve.cli`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m llavamini.serve.cli",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_chat_arguments(parser)
-    return parser
-
-
-def check_generation_arguments(args: argparse.Namespace) -> None:
-    """Exit with a message naming the flag when a decoding or video setting is out of range."""
-    generation_settings(args)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise SystemExit(f"error: --max-frames must be >= 1, got {args.max_frames}")
-    if args.fps is not None and args.fps <= 0:
-        raise SystemExit(f"error: --fps must be > 0, got {args.fps}")
+    return standalone_parser(chat, "python -m llavamini.serve.cli", __doc__)
 
 
 def check_media_file(path: str, flag: str) -> None:
@@ -122,62 +86,38 @@ def check_media_file(path: str, flag: str) -> None:
         raise SystemExit(f"error: {flag} {path!r} does not exist or is not a file")
 
 
-def generation_settings(args: argparse.Namespace):
-    """`GenerationSettings` from the decoding flags (validated there, as for evaluation);
-    exits naming the flags when one is out of range."""
-    from llavamini.inference import GenerationSettings
-
+def load(model: ModelSpec, inputs: InputSettings):
+    """`(LoadedModel, ChatTemplate)` of `model` and `inputs.conv_mode`; exits with a message on
+    failure."""
     try:
-        return GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            num_beams=args.num_beams,
-        )
-    except ValueError as error:
-        flags = "--max-new-tokens / --temperature / --top-p / --num-beams"
-        raise SystemExit(f"error: {flags}: {error}") from error
-
-
-def load_from_args(args: argparse.Namespace):
-    """`(LoadedModel, ChatTemplate)` from the model flags; exits with a message on failure."""
-    from llavamini.conversation import get_template
-    from llavamini.model.loading import ModelLoadError, ModelSpec
-    from llavamini.serve.session import resolve_template
-
-    if args.conv_mode is not None:  # checked before the slow model load
-        try:
-            get_template(args.conv_mode)
-        except KeyError as error:
-            raise SystemExit(f"error: --conv-mode: {error.args[0]}") from error
-    quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else None
-    try:
-        spec = ModelSpec(args.model_path, args.device, args.dtype, quantization=quantization)
-        loaded = spec.load()
+        loaded = model.load()
     except (FileNotFoundError, ValueError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}") from error
-    return loaded, resolve_template(args.conv_mode, loaded.processor)
+    return loaded, resolve_template(inputs.conv_mode, loaded.processor)
 
 
-def run(args: argparse.Namespace) -> None:
-    """The `chat` command: load, attach the first file, then answer once or chat."""
-    from llavamini.serve.session import ChatSession
-
-    check_generation_arguments(args)
-    first_file = args.image_file or args.video_file
+def chat(
+    model: ModelSpec,
+    generation: GenerationSettings = CHAT_DEFAULTS,
+    inputs: InputSettings = InputSettings(),
+    options: ChatOptions = ChatOptions(),
+) -> None:
+    """The `chat` command: load, attach the first file, then answer `options.query` once or
+    chat on stdin."""
+    first_file = options.image_file or options.video_file
     if first_file is not None:
-        check_media_file(first_file, "--image-file" if args.image_file else "--video-file")
-    loaded, template = load_from_args(args)
+        check_media_file(first_file, "--image-file" if options.image_file else "--video-file")
+    loaded, template = load(model, inputs)
     session = ChatSession(
-        loaded, template, generation_settings(args), fps=args.fps, max_frames=args.max_frames
+        loaded, template, generation, fps=inputs.fps, max_frames=inputs.max_frames
     )
     if first_file is not None:
         try:
             session.attach(first_file)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"error: {error}") from error
-    if args.query is not None:
-        answer_once(session, args.query)
+    if options.query is not None:
+        answer_once(session, options.query)
     else:
         chat_loop(session)
 
@@ -266,8 +206,6 @@ def handle_command(session, text: str, write) -> str | None:
 
 def attach_from_chat(session, command: str, argument: str, write) -> bool:
     """`/image PATH` or `/video PATH`; reports a bad file and returns False."""
-    from llavamini.data.video import media_kind
-
     # Terminals quote dragged-and-dropped paths.
     path = os.path.expanduser(argument.strip().strip("'\""))
     if not path:
@@ -288,9 +226,7 @@ def attach_from_chat(session, command: str, argument: str, write) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llavamini.serve.cli`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    standalone_main(chat, "python -m llavamini.serve.cli", __doc__, argv)
 
 
 if __name__ == "__main__":

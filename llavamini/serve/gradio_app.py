@@ -10,14 +10,19 @@ Each browser session has its own `ChatSession`; an uploaded file goes into the n
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from llavamini.serve.cli import add_generation_arguments, add_model_arguments
+from llavamini.args import InputSettings
+from llavamini.flags import standalone_main
+from llavamini.inference import GenerationSettings
+from llavamini.model.loading import ModelSpec
+from llavamini.serve.cli import Address, load
+from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +43,6 @@ class DemoChat:
     """
 
     def __init__(self, loaded, template, defaults=None, fps: float | None = None, max_frames=180):
-        from llavamini.serve.session import CHAT_DEFAULTS
-
         self.loaded = loaded
         self.template = template
         self.defaults = defaults or CHAT_DEFAULTS
@@ -48,8 +51,6 @@ class DemoChat:
 
     def new_session(self):
         """An empty conversation."""
-        from llavamini.serve.session import ChatSession
-
         return ChatSession(
             self.loaded, self.template, self.defaults, fps=self.fps, max_frames=self.max_frames
         )
@@ -71,8 +72,6 @@ class DemoChat:
         success the message box and uploads are cleared (they went into this turn), on failure
         they are kept and the conversation is unchanged.
         """
-        from llavamini.inference import GenerationSettings
-
         history = list(history or [])
         session = session or self.new_session()
         text = (message or "").strip()
@@ -154,7 +153,7 @@ def _stream_answer(session, text: str) -> Iterator[tuple[str, str]]:
 
 def build_demo(chat: DemoChat, title: str = "LLaVA-Mini"):
     """The Gradio app (`gr.Blocks`) for `chat`; `.launch()` it, or call `chat.respond`."""
-    import gradio as gr
+    import gradio as gr  # the serve extra: optional, and slow to import
 
     defaults = chat.defaults
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
@@ -185,50 +184,30 @@ def build_demo(chat: DemoChat, title: str = "LLaVA-Mini"):
     return demo
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """All flags of the Gradio demo."""
-    add_model_arguments(parser, max_frames=180)
-    add_generation_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.set_defaults(func=run)
+@dataclass(frozen=True)
+class GradioOptions:
+    """Gradio's own settings. `share`: also open a public gradio.live link."""
+
+    share: bool = field(default=False, metadata={"help": "also open a public gradio.live link"})
 
 
-def add_parser(commands) -> None:
-    """Register a `gradio` subcommand on the `llavamini` command (optional)."""
-    parser = commands.add_parser(
-        "gradio",
-        help="a browser demo of a checkpoint (Gradio, single process; needs the serve extra)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_demo_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> None:
+def gradio(
+    model: ModelSpec,
+    generation: GenerationSettings = CHAT_DEFAULTS,
+    inputs: InputSettings = InputSettings(max_frames=180),
+    address: Address = Address(port=7860),
+    options: GradioOptions = GradioOptions(),
+) -> None:
     """Load the model and serve the demo until interrupted."""
-    from llavamini.serve.cli import check_generation_arguments, generation_settings, load_from_args
-
-    check_generation_arguments(args)
-    loaded, template = load_from_args(args)
-    chat = DemoChat(loaded, template, generation_settings(args), args.fps, args.max_frames)
-    build_demo(chat).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    loaded, template = load(model, inputs)
+    chat = DemoChat(loaded, template, generation, inputs.fps, inputs.max_frames)
+    demo = build_demo(chat).queue()
+    demo.launch(server_name=address.host, server_port=address.port, share=options.share)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llavamini.serve.gradio_app`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(
-        prog="python -m llavamini.serve.gradio_app",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_demo_arguments(parser)
-    args = parser.parse_args(argv)
-    args.func(args)
+    standalone_main(gradio, "python -m llavamini.serve.gradio_app", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -10,120 +10,129 @@ generation at a time (later requests wait in arrival order).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
+from dataclasses import dataclass, field
 
-from llavamini.serve.cli import add_generation_arguments, add_model_arguments
+from llavamini.args import InputSettings
+from llavamini.flags import standalone_main, standalone_parser
+from llavamini.inference import GenerationSettings
+from llavamini.model.loading import ModelSpec
+from llavamini.serve.cli import Address, load
+from llavamini.serve.session import CHAT_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+PROG = "python -m llavamini.serve.server"
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """All `serve` flags."""
-    add_model_arguments(parser, max_frames=180)
-    add_generation_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--allowed-media-dir",
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `serve` accepts in requests.
+
+    Attributes:
+        allowed_media_dir: the only folder whose files requests may name by path (None: data
+            URLs only).
+        served_model_name: model id in responses (None: the checkpoint folder's name).
+        max_media_mb: largest media file in a request, in MiB.
+    """
+
+    allowed_media_dir: str | None = field(
         default=None,
-        help="folder whose files requests may name by path (default: none, data URLs only)",
+        metadata={
+            "help": "folder whose files requests may name by path (default: none, data URLs only)"
+        },
     )
-    parser.add_argument(
-        "--served-model-name", default=None, help="model id in responses (default: folder name)"
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "model id in responses (default: folder name)"}
     )
-    parser.add_argument(
-        "--max-media-mb", type=float, default=100.0, help="largest media file in a request"
+    max_media_mb: float = field(
+        default=100.0, metadata={"help": "largest media file in a request (MiB)"}
     )
-    parser.set_defaults(func=run)
+
+    def __post_init__(self):
+        if not self.max_media_mb > 0:
+            raise ValueError(f"max_media_mb must be > 0, got {self.max_media_mb}")
 
 
-def add_parser(commands) -> None:
-    """Register the `serve` subcommand on the `llavamini` command."""
-    parser = commands.add_parser(
-        "serve",
-        help="serve a checkpoint over an OpenAI-compatible HTTP API (chat completions)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_server_arguments(parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The stand-alone parser of `python -m llavamini.serve.server`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m llavamini.serve.server",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_server_arguments(parser)
-    return parser
-
-
-def server_config(args: argparse.Namespace):
-    """`ServerConfig` from the flags; exits with a message naming a bad one."""
-    from llavamini.serve.cli import check_generation_arguments, generation_settings
+def server_config(
+    model: ModelSpec, generation: GenerationSettings, inputs: InputSettings, options: ServeOptions
+):
+    """`ServerConfig` of the settings; exits with a message naming a bad one."""
+    # fastapi (the serve extra) is imported by the command that serves, not by `--help`.
     from llavamini.serve.openai_api import ServerConfig, default_model_name
 
-    check_generation_arguments(args)
-    if args.num_beams != 1:
+    if generation.num_beams != 1:
         raise SystemExit("error: --num-beams: the server streams, so it decodes with one beam")
-    if args.allowed_media_dir is not None and not os.path.isdir(args.allowed_media_dir):
-        raise SystemExit(f"error: --allowed-media-dir {args.allowed_media_dir!r} is not a folder")
-    if args.max_media_mb <= 0:
-        raise SystemExit(f"error: --max-media-mb must be > 0, got {args.max_media_mb}")
+    if options.allowed_media_dir is not None and not os.path.isdir(options.allowed_media_dir):
+        raise SystemExit(
+            f"error: --allowed-media-dir {options.allowed_media_dir!r} is not a folder"
+        )
     return ServerConfig(
-        model_name=args.served_model_name or default_model_name(args.model_path),
-        conv_mode=args.conv_mode,
-        defaults=generation_settings(args),
-        fps=args.fps,
-        max_frames=args.max_frames,
-        allowed_media_dir=args.allowed_media_dir,
-        max_media_bytes=int(args.max_media_mb * 2**20),
+        model_name=options.served_model_name or default_model_name(model.path),
+        conv_mode=inputs.conv_mode,
+        defaults=generation,
+        fps=inputs.fps,
+        max_frames=inputs.max_frames,
+        allowed_media_dir=options.allowed_media_dir,
+        max_media_bytes=int(options.max_media_mb * 2**20),
     )
 
 
-def build_server(args: argparse.Namespace):
-    """A `uvicorn.Server` serving the checkpoint named by the flags (not yet started)."""
+def build_server(
+    model: ModelSpec,
+    generation: GenerationSettings,
+    inputs: InputSettings,
+    address: Address,
+    options: ServeOptions,
+):
+    """A `uvicorn.Server` serving the checkpoint (not yet started); `serve`'s arguments."""
+    # uvicorn and fastapi (the serve extra) are imported by the command that serves.
     import uvicorn
 
-    from llavamini.serve.cli import load_from_args
     from llavamini.serve.openai_api import create_app
 
-    config = server_config(args)  # checks the flags before the slow model load
-    loaded, template = load_from_args(args)
+    config = server_config(model, generation, inputs, options)  # before the slow model load
+    loaded, template = load(model, inputs)
     app = create_app(loaded, dataclasses.replace(config, conv_mode=template.name))
-    if args.host not in LOOPBACK_HOSTS:
+    if address.host not in LOOPBACK_HOSTS:
         logger.warning(
             "Listening on %s: anyone who can reach this machine can use the model (no auth).",
-            args.host,
+            address.host,
         )
     logger.info(
         "Serving %s (conv mode %s) at http://%s:%d/v1",
         config.model_name,
         template.name,
-        args.host,
-        args.port,
+        address.host,
+        address.port,
     )
-    return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+    return uvicorn.Server(
+        uvicorn.Config(app, host=address.host, port=address.port, log_level="info")
+    )
 
 
-def run(args: argparse.Namespace) -> None:
+def serve(
+    model: ModelSpec,
+    generation: GenerationSettings = CHAT_DEFAULTS,
+    inputs: InputSettings = InputSettings(max_frames=180),
+    address: Address = Address(port=8000),
+    options: ServeOptions = ServeOptions(),
+) -> None:
     """The `serve` command: load the model, then serve until interrupted."""
-    build_server(args).run()
+    build_server(model, generation, inputs, address, options).run()
+
+
+def build_parser():
+    """The stand-alone parser of `python -m llavamini.serve.server`."""
+    return standalone_parser(serve, PROG, __doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llavamini.serve.server`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    standalone_main(serve, PROG, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,17 @@
-"""`llavamini train`: the training subcommand (the run's arguments follow the recipe)."""
+"""`llavamini train`: train one stage from a YAML recipe; later `--key value` flags override it.
+
+Multi-GPU and multi-node: launch `torchrun ... -m llavamini.train` (scripts/train/). The recipe's
+fields are `llavamini.train.arguments`' dataclasses, parsed by HfArgumentParser (`--help` lists
+them).
+"""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
+
+from llavamini.train.train import main
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "train",
-        help="train one stage: llavamini train RECIPE.yaml [--key value ...]",
-        description="Train one stage from a YAML recipe; later --key value flags override it. "
-        "Multi-GPU and multi-node: launch `torchrun ... -m llavamini.train` (scripts/train/).",
-        add_help=False,
-    )
-    parser.add_argument("arguments", nargs=argparse.REMAINDER)
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    from llavamini.train.train import main
-
-    main(args.arguments)
+def train(arguments: Sequence[str]) -> None:
+    """Train one stage: `arguments` are `RECIPE.yaml [--key value ...]`."""
+    main(list(arguments))

@@ -8,55 +8,58 @@ counts per problem; the exit status is 1 when anything is wrong.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
+
+from transformers import AutoTokenizer
+
+from llavamini.conversation import get_template
+from llavamini.data import dataset, load_image, load_video
+from llavamini.data.dataset import BadSampleError
+from llavamini.data.mixture import load_records
 
 logger = logging.getLogger(__name__)
 
 
-def add_parser(commands) -> None:
-    data = commands.add_parser("data", help="data tools: check", allow_abbrev=False)
-    tools = data.add_subparsers(dest="data_command", required=True)
-    check = tools.add_parser(
-        "check", help="report every bad sample of a manifest", allow_abbrev=False
+@dataclass(frozen=True)
+class CheckOptions:
+    """The manifest to check, and the training settings it is checked against.
+
+    Attributes:
+        data: JSON/JSONL/YAML manifests.
+        image_folder: one media folder per manifest.
+        tokenizer: tokenizer folder (None: label and length checks are skipped).
+        version: conversation template.
+        max_length: longest sample in tokens, `vision_tokens` per image or video frame.
+        video_fps, video_max_frames: video frame sampling.
+        mixture_seed: the seed of mixture sampling.
+    """
+
+    data: tuple[str, ...] = field(metadata={"help": "JSON/JSONL/YAML files"})
+    image_folder: tuple[str, ...] = field(metadata={"help": "one per --data file"})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer folder (enables label and length checks)"}
     )
-    check.add_argument("--data", nargs="+", required=True, help="JSON/JSONL/YAML files")
-    check.add_argument("--image-folder", nargs="+", required=True, help="one per --data file")
-    check.add_argument("--tokenizer", help="tokenizer folder (enables label and length checks)")
-    check.add_argument("--version", default="llava_llama_3_1", help="conversation template")
-    check.add_argument("--max-length", type=int, default=2048)
-    check.add_argument(
-        "--vision-tokens",
-        type=int,
-        default=1,
-        help="LLM tokens per image or frame (1; 576 in stage 1)",
+    version: str = field(default="llava_llama_3_1", metadata={"help": "conversation template"})
+    max_length: int = 2048
+    vision_tokens: int = field(
+        default=1, metadata={"help": "LLM tokens per image or frame (1; 576 in stage 1)"}
     )
-    check.add_argument("--video-fps", type=float, default=1.0)
-    check.add_argument("--video-max-frames", type=int, default=None)
-    check.add_argument("--mixture-seed", type=int, default=1)
-    check.set_defaults(func=run)
+    video_fps: float = 1.0
+    video_max_frames: int | None = None
+    mixture_seed: int = 1
 
 
-def check_record(record: dict, index: int, args, template, tokenizer) -> None:
+def check_record(record: dict, index: int, options: CheckOptions, template, tokenizer) -> None:
     """Raise `BadSampleError` for the first problem of one record."""
-    from llavamini.data import load_image, load_video
-    from llavamini.data.dataset import (
-        BadSampleError,
-        check_length,
-        conversation_messages,
-        media_paths,
-        prepare_text,
-        sample_name,
-    )
-
-    name = sample_name(record, index)
+    name = dataset.sample_name(record, index)
     frames = 0
-    for kind, path in media_paths(record):
+    for kind, path in dataset.media_paths(record):
         try:
             if kind == "video":
-                frames += len(load_video(path, args.video_fps, args.video_max_frames))
+                frames += len(load_video(path, options.video_fps, options.video_max_frames))
             else:
                 load_image(path)
                 frames += 1
@@ -64,41 +67,43 @@ def check_record(record: dict, index: int, args, template, tokenizer) -> None:
             raise BadSampleError(f"Sample {name}: {error}", "missing media") from error
         except (ValueError, OSError) as error:
             raise BadSampleError(f"Sample {name}: {error}", "undecodable media") from error
-    num_visuals = len(media_paths(record))
+    num_visuals = len(dataset.media_paths(record))
     if tokenizer is None:
         try:
-            conversation_messages(record, template, num_visuals)
+            dataset.conversation_messages(record, template, num_visuals)
         except ValueError as error:
             raise BadSampleError(f"Sample {name}: {error}", "malformed conversation") from error
         return
-    input_ids, _ = prepare_text(record, name, template, tokenizer, num_visuals)
-    check_length(name, len(input_ids) - num_visuals + frames * args.vision_tokens, args.max_length)
+    input_ids, _ = dataset.prepare_text(record, name, template, tokenizer, num_visuals)
+    length = len(input_ids) - num_visuals + frames * options.vision_tokens
+    dataset.check_length(name, length, options.max_length)
 
 
-def run(args: argparse.Namespace) -> None:
-    from llavamini.conversation import get_template
-    from llavamini.data.dataset import PROBLEM_KINDS, BadSampleError
-    from llavamini.data.mixture import load_records
-
-    records = load_records(args.data, args.image_folder, args.mixture_seed)
+def check(options: CheckOptions) -> Counter:
+    """Report every bad sample of a manifest on stdout; returns the count per problem and exits
+    with status 1 when there is any."""
+    records = load_records(list(options.data), list(options.image_folder), options.mixture_seed)
     tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if options.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)
     else:
         logger.info("No --tokenizer: label and length checks are skipped.")
-    template = get_template(args.version)
+    template = get_template(options.version)
     counts: Counter = Counter()
     out = sys.stdout
     for index, record in enumerate(records):
         try:
-            check_record(record, index, args, template, tokenizer)
+            check_record(record, index, options, template, tokenizer)
         except BadSampleError as error:
             counts[error.kind] += 1
             out.write(f"[{error.kind}] {error}\n")
     out.write(f"\n{len(records)} samples checked, {sum(counts.values())} bad\n")
-    for kind in PROBLEM_KINDS:
+    for kind in dataset.PROBLEM_KINDS:
         out.write(f"  {kind}: {counts[kind]}\n")
     if counts:
         raise SystemExit(1)
+    return counts
+
+
+VERBS = {"check": check}
+"""The `llavamini data` sub-commands."""

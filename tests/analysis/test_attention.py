@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from llavamini.analysis import cli
 from llavamini.analysis.attention import analyze_attention, attention_statistics
 from llavamini.analysis.recorder import AttentionRecorder, recompute_attention
 from llavamini.analysis.tokens import (
@@ -23,14 +22,13 @@ from llavamini.analysis.tokens import (
     read_samples,
     system_text,
 )
+from llavamini.cli import build_parser
 from llavamini.conversation import get_template
 
 
 def parse(*argv: str) -> argparse.Namespace:
     """Arguments of `llavamini analyze ...` through the sub-command's own parser."""
-    parser = argparse.ArgumentParser(prog="llavamini")
-    cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["analyze", *argv])
+    return build_parser("analyze").parse_args(["analyze", *argv])
 
 
 def test_statistics_normalise_per_token_of_each_group():
@@ -128,7 +126,7 @@ def test_attention_command_writes_the_report_and_figures(mini_checkpoint, mini, 
         "--max-new-tokens",
         "3",
     )
-    report = cli.attention_command(args, loaded=mini)
+    report = args.func(args, loaded=mini)
     saved = json.loads((out / "attention.json").read_text())
     assert saved["samples"] == 2 and saved["groups"] == list(GROUPS)
     assert saved["llm"]["layers"] == [0, 1] and saved["prefusion"]["layers"] == [0]
@@ -208,7 +206,7 @@ def test_llava_1_5_mode_checkpoint_of_the_quickstart_recipe(tmp_path):
         "--device",
         "cpu",
     )
-    cli.attention_command(args)
+    args.func(args)
     saved = json.loads((out / "attention.json").read_text())
     layers = config["num_hidden_layers"]
     assert saved["llm"]["layers"] == list(range(layers)) and "prefusion" not in saved

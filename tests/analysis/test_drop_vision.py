@@ -166,7 +166,8 @@ def test_drop_vision_command_scores_each_layer_and_resumes(full_checkpoint, full
         "--device",
         "cpu",
     ]
-    report = cli.drop_vision_command(parse(*argv), loaded=full)
+    args = parse(*argv)
+    report = args.func(args, loaded=full)
     out = tmp_path / "synthetic"
     saved = json.loads((out / "drop_vision.json").read_text())
     assert saved["layers"] == [0, 1, 2] and saved["baseline_layer"] == 2
@@ -179,7 +180,9 @@ def test_drop_vision_command_scores_each_layer_and_resumes(full_checkpoint, full
     answers = {layer: read_answers(str(out / f"answers.drop{layer:02d}.jsonl")) for layer in (0, 2)}
     assert {r["metadata"]["drop_vision_from_layer"] for r in answers[0]} == {0}
     # The no-drop answers are the evaluation runner's.
-    config = cli.build_run_config(parse(*argv))
+    arguments = args.func.arguments(args)
+    arguments.pop("report")
+    config = cli.drop_vision_config(**arguments)
     runner_file = str(tmp_path / "runner.jsonl")
     import dataclasses
 
@@ -188,7 +191,7 @@ def test_drop_vision_command_scores_each_layer_and_resumes(full_checkpoint, full
 
     # A second run resumes: nothing is answered again.
     size = (out / "answers.drop00.jsonl").stat().st_size
-    again = cli.drop_vision_command(parse(*argv), loaded=full)
+    again = args.func(args, loaded=full)
     assert (out / "answers.drop00.jsonl").stat().st_size == size
     assert again["accuracy"] == saved["accuracy"]
 
@@ -204,7 +207,7 @@ def test_analyze_compression_draws_the_heat_map(mini_checkpoint, mini, data, tmp
         "--output-dir",
         str(tmp_path),
     )
-    path = cli.compression_command(args, loaded=mini)
+    path = args.func(args, loaded=mini)
     assert path == str(tmp_path / "compression.png") and os.path.getsize(path) > 5000
 
 
@@ -212,4 +215,4 @@ def test_analyze_compression_needs_a_query_compressor(full_checkpoint, full, dat
     image = os.path.join(os.path.dirname(data["val_questions"]), _questions(data)[0]["image"])
     args = parse("compression", "--model-path", full_checkpoint, "--image", image)
     with pytest.raises(SystemExit, match="only the query compressor"):
-        cli.compression_command(args, loaded=full)
+        args.func(args, loaded=full)

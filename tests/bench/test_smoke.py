@@ -7,18 +7,16 @@ import json
 import pytest
 import torch
 
-from llavamini.bench import cli as bench_cli
 from llavamini.bench.timing import GenerationCase, TensorPeak, generation_run
+from llavamini.cli import build_parser
 from tests.conftest import make_model, random_images
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    """A `llavamini` parser with only the `bench` subcommand (as `llavamini.cli` registers it)."""
-    parser = argparse.ArgumentParser(prog="llavamini", allow_abbrev=False)
-    bench_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
+    """The `llavamini` parser with the `bench` subcommand's flags."""
+    return build_parser("bench")
 
 
 @pytest.fixture(scope="module")

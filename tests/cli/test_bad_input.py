@@ -43,7 +43,7 @@ def test_quickstart_refuses_bad_sizes_and_budgets(flag, value, capsys):
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--top-p", "1.5"], "top_p must be in (0, 1]"),
         (["--num-beams", "0"], "num_beams must be an integer >= 1"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "0"], "--batch-size: batch_size must be at least 1"),
     ],
 )
 def test_eval_run_checks_generation_settings_before_anything(flags, message, tmp_path, capsys):

@@ -1,6 +1,5 @@
 """The LLM judge against a fake OpenAI-compatible server on loopback, and video-QA scoring."""
 
-import argparse
 import json
 import re
 import socket
@@ -10,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llavamini.eval.cli import add_commands
+from llavamini.eval.cli import build_parser
 from llavamini.eval.metrics.judge import (
     Judge,
     JudgeConfig,
@@ -213,8 +212,7 @@ def _msvd_files(tmp_path):
 
 
 def _score_args(argv):
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="eval_command", required=True))
+    parser = build_parser()
     return parser.parse_args(argv)
 
 

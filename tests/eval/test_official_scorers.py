@@ -5,7 +5,6 @@ Each folder under `tests/fixtures/scoring/` holds benchmark-format inputs, `expe
 commit and command that produced them. The scorer runs through `llavamini eval score`.
 """
 
-import argparse
 import json
 import re
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llavamini.eval.cli import add_commands, compute_score
+from llavamini.eval.cli import build_parser, compute_score
 from llavamini.eval.metrics import judge as judge_module
 from llavamini.eval.metrics.judge import JudgeError
 
@@ -30,12 +29,12 @@ def _score(task: str, fixture: str, tmp_path: Path, *flags: str, **files: str) -
     """
     folder = tmp_path / fixture
     shutil.copytree(FIXTURES / fixture, folder)
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="eval_command", required=True))
+    parser = build_parser()
     arguments = ["score", task, "--answers", str(folder / "answers.jsonl"), *flags]
     for name, file in files.items():
         arguments += [f"--{name}", str(folder / file)]
-    return compute_score(parser.parse_args(arguments))
+    args = parser.parse_args(arguments)
+    return compute_score(**args.func.arguments(args))
 
 
 def _expected(fixture: str, name: str = "expected.json") -> dict:
@@ -167,8 +166,7 @@ def test_mmbench_cn_scores_like_mmbench(tmp_path):
 def test_matcher_flag_offers_every_matcher():
     from llavamini.eval.metrics.choice import MATCHERS
 
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="eval_command", required=True))
+    parser = build_parser()
     for name in MATCHERS:
         assert parser.parse_args(["score", "mmbench", "--answers", "a", "--matcher", name])
     with pytest.raises(SystemExit):

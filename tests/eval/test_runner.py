@@ -1,6 +1,5 @@
 """The runner and the CLI on the tiny checkpoint: batching, resuming, sharding, end to end."""
 
-import argparse
 import json
 import math
 import os
@@ -9,7 +8,7 @@ import pytest
 
 import llavamini.inference
 from llavamini.eval.answers import read_answers
-from llavamini.eval.cli import add_commands
+from llavamini.eval.cli import build_parser
 from llavamini.eval.metrics.choice import infer_choice
 from llavamini.eval.runner import RunConfig, run_questions
 from llavamini.eval.tasks import get_task
@@ -147,9 +146,7 @@ def test_missing_images_are_reported_before_any_generation(gqa_root, tmp_path, m
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="eval_command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_cli_sharded_run_merge_and_score(
@@ -333,18 +330,18 @@ def test_video_qa_run_uses_the_instruction_and_one_frame_per_second(
 
 
 def test_eval_subcommand_registers_run_score_merge_and_list():
-    from llavamini.eval.cli import add_parser, list_tasks, merge_command, run_command, score_command
+    from llavamini.cli import build_parser as llavamini_parser
+    from llavamini.eval.cli import list_tasks, merge, run, score
 
-    parser = argparse.ArgumentParser(allow_abbrev=False)
-    add_parser(parser.add_subparsers(dest="command", required=True))
+    parser = llavamini_parser("eval")
     expected = {
-        ("run", "gqa", "--model-path", "m"): run_command,
-        ("score", "gqa", "--answers", "a.jsonl"): score_command,
-        ("merge", "--output", "m.jsonl", "a.jsonl"): merge_command,
+        ("run", "gqa", "--model-path", "m"): run,
+        ("score", "gqa", "--answers", "a.jsonl"): score,
+        ("merge", "--output", "m.jsonl", "a.jsonl"): merge,
         ("list",): list_tasks,
     }
     for argv, func in expected.items():
-        assert parser.parse_args(["eval", *argv]).func is func
+        assert parser.parse_args(["eval", *argv]).func.function is func
     args = parser.parse_args(["eval", "run", "gqa", "--model-path", "m", "--max_new_tokens", "9"])
     assert args.max_new_tokens == 9  # LLaVA's underscore spelling is accepted
 

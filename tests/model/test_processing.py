@@ -19,12 +19,11 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, pipeline
 
 from llavamini import LlavaMiniProcessor
-from llavamini.apps.tiny import build_tiny_checkpoint
+from llavamini.apps.tiny import build_tiny_assets, build_tiny_checkpoint
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render
 from llavamini.data import load_video, process_images, process_video, tokenizer_image_token
 from llavamini.model.image_processors import load_image_processor
-from llavamini.apps.tiny import build_tiny_assets, build_tiny_checkpoint
 from llavamini.train.train import train
 from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
 

@@ -188,25 +188,24 @@ def test_documented_commands_run_as_subprocesses(tiny_checkpoint, media_dir):
 
 
 def test_subcommands_register_on_the_llavamini_command(tiny_checkpoint):
-    """The `add_parser` hooks that `llavamini.cli.SUBCOMMANDS` calls."""
-    import argparse
-
+    """`chat`, `serve` and `gradio` as `llavamini.cli` registers them."""
+    from llavamini.cli import build_parser
     from llavamini.serve import gradio_app
 
-    parser = argparse.ArgumentParser(allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for module in (cli, server, gradio_app):
-        module.add_parser(commands)
-    chat_args = parser.parse_args(["chat", "--model-path", tiny_checkpoint, "--query", "Hi"])
-    assert chat_args.func is cli.run and chat_args.temperature == 0.0
+    def parse(*argv):
+        return build_parser(argv[0]).parse_args(argv)
+
+    chat_args = parse("chat", "--model-path", tiny_checkpoint, "--query", "Hi")
+    assert chat_args.func.function is cli.chat and chat_args.temperature == 0.0
     assert chat_args.max_new_tokens == 512 and chat_args.max_frames is None
-    serve_args = parser.parse_args(["serve", "--model-path", tiny_checkpoint])
+    serve_args = parse("serve", "--model-path", tiny_checkpoint)
     assert (serve_args.host, serve_args.port, serve_args.allowed_media_dir) == (
         "127.0.0.1",
         8000,
         None,
     )
-    assert serve_args.func is server.run and serve_args.max_frames == 180
-    assert parser.parse_args(["gradio", "--model-path", "x"]).host == "127.0.0.1"
+    assert serve_args.func.function is server.serve and serve_args.max_frames == 180
+    gradio_args = parse("gradio", "--model-path", "x")
+    assert gradio_args.func.function is gradio_app.gradio and gradio_args.host == "127.0.0.1"
     with pytest.raises(SystemExit):  # one file kind at a time
-        parser.parse_args(["chat", "--model-path", "x", "--image-file", "a", "--video-file", "b"])
+        parse("chat", "--model-path", "x", "--image-file", "a", "--video-file", "b")

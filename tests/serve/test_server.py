@@ -27,7 +27,7 @@ def base_url(tiny_checkpoint, media_dir):
         + ["--allowed-media-dir", str(media_dir)]
     )
     assert args.host == "127.0.0.1"
-    uvicorn_server = server.build_server(args)
+    uvicorn_server = server.build_server(**args.func.arguments(args))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))  # the OS picks a free port; no race with other tests
     port = listener.getsockname()[1]
