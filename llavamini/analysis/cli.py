@@ -23,12 +23,11 @@ from llavamini.analysis.compression import compression_attention, plot_compressi
 from llavamini.analysis.drop_vision import answers_file_for, parse_layers, run_drop_vision
 from llavamini.analysis.plots import plot_attention, plot_drop_vision
 from llavamini.analysis.tokens import read_samples
-from llavamini.args import InputSettings
 from llavamini.conversation import default_template_name
 from llavamini.eval import arguments as eval_args
 from llavamini.eval.runner import RunConfig, check_visuals_exist
 from llavamini.flags import only
-from llavamini.inference import GenerationSettings
+from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 
 logger = logging.getLogger(__name__)

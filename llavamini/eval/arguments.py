@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from llavamini.args import InputSettings
 from llavamini.eval.runner import RunConfig
 from llavamini.eval.tasks import get_task
 from llavamini.eval.tasks.base import DEFAULT_DATA_ROOT, Task
 from llavamini.flags import only
+from llavamini.inference import InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.model.processing_llavamini import checkpoint_conv_mode
 

@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from llavamini.args import InputSettings
 from llavamini.eval.answers import merge_answer_files, read_answers, run_settings
 from llavamini.eval.arguments import (
     TASK_HELP,
@@ -35,7 +34,7 @@ from llavamini.eval.runner import run_questions
 from llavamini.eval.tasks import TASKS
 from llavamini.eval.tasks.base import ScoreInputs, write_json
 from llavamini.flags import only, standalone_main, standalone_parser
-from llavamini.inference import GenerationSettings
+from llavamini.inference import GenerationSettings, InputSettings
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from llavamini.args import InputSettings
 from llavamini.data.video import media_kind
 from llavamini.flags import standalone_main, standalone_parser
-from llavamini.inference import GenerationSettings
+from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelLoadError, ModelSpec
 from llavamini.serve.session import CHAT_DEFAULTS, ChatSession, resolve_template
 

@@ -17,9 +17,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from llavamini.args import InputSettings
 from llavamini.flags import standalone_main
-from llavamini.inference import GenerationSettings
+from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.serve.cli import Address, load
 from llavamini.serve.session import CHAT_DEFAULTS, ChatSession

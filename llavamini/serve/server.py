@@ -15,9 +15,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from llavamini.args import InputSettings
 from llavamini.flags import standalone_main, standalone_parser
-from llavamini.inference import GenerationSettings
+from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.serve.cli import Address, load
 from llavamini.serve.session import CHAT_DEFAULTS
