@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from llavamini.flags import add_verb, add_verbs, parser_kwargs, setup_logging
+from llavamini.flags import add_verb, add_verbs, parser_kwargs, start_process
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": (
@@ -103,7 +103,7 @@ def parse(argv: Sequence[str]) -> tuple[Callable, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    setup_logging()
+    start_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(None if command in PASS_THROUGH else command)

@@ -21,6 +21,7 @@ from transformers.trainer_callback import ProgressCallback
 from llavamini.conversation import get_template
 from llavamini.data.dataset import DataCollator, SupervisedDataset
 from llavamini.data.mixture import load_records
+from llavamini.flags import start_process
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.image_processors import load_image_processor
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
@@ -297,7 +298,7 @@ def merge_into_16bit_base(peft_model, model_args, data_args, training_args, stag
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    start_process()
     train(sys.argv[1:] if argv is None else argv)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Without this, ZeRO-3 runs sometimes abort at interpreter exit.
