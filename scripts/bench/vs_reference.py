@@ -119,6 +119,9 @@ def load(impl: str, checkpoint_dir: str):
     """The model of `impl`, float32, SDPA, in eval mode."""
     if impl == "ours":
         from llavamini import LlavaMiniForCausalLM
+        from llavamini.utils.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as every `llavamini` command's process does (llavamini.flags)
 
         model = LlavaMiniForCausalLM.from_pretrained(
             checkpoint_dir, dtype=torch.float32, attn_implementation="sdpa"
