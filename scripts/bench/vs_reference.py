@@ -132,11 +132,18 @@ def load(impl: str, checkpoint_dir: str):
     model = LlavaMiniLlamaForCausalLM.from_pretrained(
         checkpoint_dir, torch_dtype=torch.float32, attn_implementation="sdpa"
     )
-    tower = model.get_model().get_vision_tower()
+    tower = vision_tower(impl, model)
     if not tower.is_loaded:
         tower.load_model()  # as the reference's own builder does after from_pretrained
     tower.to(torch.float32)
     return model.to(DEVICE).eval()
+
+
+def vision_tower(impl: str, model) -> torch.nn.Module:
+    """The CLIP tower module of `impl`'s model."""
+    if impl == "ours":
+        return model.model.vision_tower
+    return model.get_model().get_vision_tower()
 
 
 def prompt(batch: int, seed: int = 0) -> torch.Tensor:
@@ -226,6 +233,9 @@ def run_row(impl: str, checkpoint_dir: str, row: str, repeats: int, frames: int)
         result["ms"] = [(m - o) / 31 for m, o in zip(sorted(many), sorted(one), strict=True)]
     elif row == "train":
         model.train()
+        # Both codebases' training keeps the vision tower frozen (the reference's tower even
+        # runs under no_grad); the rest trains, as in stage 2.
+        vision_tower(impl, model).requires_grad_(False)
         batch_ids, batch_images = prompt(4, seed=4), pixels(4, 1, seed=4)
         result["ms"] = timed(lambda: train_step(model, batch_ids, batch_images), repeats)
     elif row == "video":
