@@ -48,8 +48,11 @@ def multimodal_config(family, llm_config, model_args, data_args, training_args, 
     fields = {k: v for k, v in llm_config.to_dict().items() if k not in LLM_CONFIG_DROP}
     # The vision config's own model_type tells the encoder (CLIP, SigLIP).
     vision_config = vision_config.to_dict()
+    tower = model_args.vision_tower
     fields.update(
-        mm_vision_tower=model_args.vision_tower,
+        # A folder given on the command line is relative to the working directory, but a saved
+        # config's mm_vision_tower is read relative to the checkpoint: store it absolute.
+        mm_vision_tower=os.path.abspath(tower) if os.path.isdir(tower) else tower,
         vision_config=vision_config,
         mm_hidden_size=vision_config["hidden_size"],
         mm_vision_select_layer=model_args.mm_vision_select_layer,

@@ -7,9 +7,12 @@ import pytest
 from llavamini.cli import main
 
 
-def test_smoke_ablation_writes_results_figures_and_chat(tmp_path, capsys):
+def test_smoke_ablation_writes_results_figures_and_chat(tmp_path, capsys, monkeypatch):
+    # Relative folders, as the README's command uses: the tower given to training by a path
+    # relative to the working directory must still be found once saved in a checkpoint.
+    monkeypatch.chdir(tmp_path)
     out, data = tmp_path / "out", tmp_path / "data"
-    main(["quickstart", "--smoke", "--ablation", "--output-dir", str(out), "--data-dir", str(data)])
+    main(["quickstart", "--smoke", "--ablation", "--output-dir", "out", "--data-dir", "data"])
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"all-tokens", "one-token", "one-token-prefusion"}
