@@ -1,1 +1,2 @@
-"""Small helpers shared by training and evaluation (no model code)."""
+"""Helpers with no model code: crash-safe writes (training, evaluation) and the glibc malloc
+settings every command's process starts with."""
