@@ -12,11 +12,13 @@ Two uses:
   change the FLOPs: every kernel counted here computes the full square).
 
 FlopCounterMode counts matmuls, convolutions and SDPA kernels; its table lacks the CPU flash
-kernel, which `COUNTED_KERNELS` adds with the same formula as the CUDA ones.
+kernel, which `COUNTED_KERNELS` adds with the same formula as the CUDA ones, and MKL's packed
+linear (`llavamini.model.packed_linear`), counted as the matmul it is.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from llavamini.bench.flops import prompt_lengths
 from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
+from llavamini.model.packed_linear import mkl_packing_available
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -34,8 +37,15 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _mkl_linear_flops(input_shape, packed_shape, weight_shape, *args, **kwargs) -> int:
+    """FLOPs of `mkl._mkl_linear` (the vision tower's packed linears on a CPU), as a matmul's."""
+    rows = math.prod(input_shape[:-1])
+    return 2 * rows * weight_shape[0] * weight_shape[1]
+
+
 COUNTED_KERNELS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
-"""Kernels added to FlopCounterMode's table."""
+"""Kernels added to FlopCounterMode's table (`new_counter` adds MKL's packed linear where this
+torch has it)."""
 
 HOOKED_COMPONENTS = {
     "vision_tower": "vision_tower",
@@ -73,7 +83,10 @@ def attribute_flops(counter: FlopCounterMode, modules: dict[str, nn.Module]) -> 
 
 
 def new_counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=COUNTED_KERNELS)
+    kernels = dict(COUNTED_KERNELS)
+    if mkl_packing_available():
+        kernels[torch.ops.mkl._mkl_linear] = _mkl_linear_flops
+    return FlopCounterMode(display=False, custom_mapping=kernels)
 
 
 @torch.no_grad()

@@ -105,16 +105,17 @@ class TensorPeak(TorchDispatchMode):
         output = func(*args, **kwargs)
         # Views and in-place results share an input's storage (a weight's transpose, say):
         # only storages no input holds are new memory.
-        inputs = {
-            leaf.untyped_storage().data_ptr()
-            for leaf in tree_leaves((args, kwargs))
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta"
-        }
+        inputs = {x.untyped_storage().data_ptr() for x in tree_leaves((args, kwargs)) if _stored(x)}
         for leaf in tree_leaves(output):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
-                if leaf.untyped_storage().data_ptr() not in inputs:
-                    self._track(leaf)
+            if _stored(leaf) and leaf.untyped_storage().data_ptr() not in inputs:
+                self._track(leaf)
         return output
+
+
+def _stored(leaf) -> bool:
+    """A tensor with a storage to count: not on meta, not opaque (MKL-packed weights of
+    `llavamini.model.packed_linear`: weights, not activations)."""
+    return isinstance(leaf, torch.Tensor) and leaf.device.type != "meta" and not leaf.is_mkldnn
 
 
 @contextmanager

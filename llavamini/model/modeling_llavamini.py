@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llavamini.model import checkpoint
@@ -226,7 +227,6 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
             **kwargs,
         )
 
-    @torch.no_grad()
     def generate(
         self,
         inputs: torch.Tensor | None = None,
@@ -241,7 +241,18 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
         with or without `images`. The prompt (with its images) is embedded once, left-padded,
         and handed to `GenerationMixin.generate` as `inputs_embeds`; decode steps are plain
         decoder steps with the KV cache.
+
+        Runs under `torch.inference_mode` (under `torch.no_grad` with DeepSpeed ZeRO-3), so the
+        returned tensors are inference tensors: clone them before changing them in place.
         """
+        # Inference mode skips autograd's version counters and view tracking: 5-8% of a decode
+        # step on a CPU (docs/benchmarks.md). Not under ZeRO-3: parameters it gathers for good
+        # here (the small, persistent ones) would become inference tensors training cannot use.
+        context = torch.no_grad() if is_deepspeed_zero3_enabled() else torch.inference_mode()
+        with context:
+            return self._generate(inputs, images, attention_mask, input_ids, **kwargs)
+
+    def _generate(self, inputs, images, attention_mask, input_ids, **kwargs) -> torch.LongTensor:
         if inputs is not None and input_ids is not None:
             raise ValueError("Pass the prompt ids as `inputs` or as `input_ids`, not both.")
         inputs = input_ids if inputs is None else inputs

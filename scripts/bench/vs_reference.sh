@@ -6,7 +6,7 @@
 # torch pinned to ours so that neither side gets another BLAS), writes one random checkpoint both
 # codebases load, checks their outputs agree, then times every row in both, alternating process
 # by process, and prints the table with ratios (reference time / ours). Run by hand, not by CI:
-# the full run takes about 20 minutes on 2 CPU cores (video at 64 frames is half of it).
+# the full run takes about 22 minutes on 2 CPU cores (video at 64 frames is 40% of it).
 #
 # Environment variables:
 #   OURS_PYTHON      our environment's python (default: .venv/bin/python of this repository)

@@ -8,6 +8,7 @@ import torch
 
 from llavamini.constants import IGNORE_INDEX
 from llavamini.constants import IMAGE_TOKEN_INDEX as IMG
+from llavamini.model import modeling_llavamini
 from llavamini.model.packing import prefusion_text_keep
 from tests.conftest import make_model, random_images
 
@@ -48,6 +49,29 @@ def test_generate_with_and_without_cache_agree(tiny_model):
     without = greedy(tiny_model, ids, mask, images, use_cache=False)
     assert with_cache.shape == (1, 6)  # only the new tokens come back
     assert torch.equal(with_cache, without)
+
+
+class GradModeProbe:
+    """A logits processor that records the autograd mode of every decode step."""
+
+    def __init__(self):
+        self.modes = []
+
+    def __call__(self, input_ids, scores):
+        self.modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        return scores
+
+
+@pytest.mark.parametrize("zero3", [False, True])
+def test_generate_runs_in_inference_mode_except_under_zero3(tiny_model, monkeypatch, zero3):
+    monkeypatch.setattr(modeling_llavamini, "is_deepspeed_zero3_enabled", lambda: zero3)
+    probe = GradModeProbe()
+    ids, mask = left_pad([PROMPT_A])
+    tiny_model.generate(
+        inputs=ids, attention_mask=mask, images=random_images(1), max_new_tokens=3,
+        min_new_tokens=3, do_sample=False, pad_token_id=0, logits_processor=[probe],
+    )  # fmt: skip
+    assert probe.modes == [(not zero3, False)] * 3
 
 
 def test_left_padded_batch_matches_each_sample_alone(tiny_model):
