@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from llavamini.model.packed_linear import pack_linears
+from llavamini.model.packed_linear import pack_linears, prepack
 
 CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 """The vision tower of every released LLaVA-Mini checkpoint."""
@@ -213,8 +213,13 @@ class VisionTower(nn.Module):
         """
         encoder = self.encoder
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+        images = images.to(encoder.dtype)
         with torch.set_grad_enabled(trainable):
-            features = block_output(encoder, images.to(encoder.dtype), self.select_layer)
+            if len(images) == 1:  # the blocks up to the selected one, those that run
+                blocks = encoder_blocks(encoder)
+                selected = self.select_layer % (len(blocks) + 1)
+                prepack(blocks[:selected], images, self.tokens_per_image)
+            features = block_output(encoder, images, self.select_layer)
         return features[:, 1:] if self.drop_class_token else features
 
 

@@ -117,9 +117,17 @@ def test_tower_packs_its_blocks_for_one_image(monkeypatch):
     assert tower.tokens_per_image == 5  # 2 x 2 patches + the class token
     images = torch.randn(3, 3, 28, 28)
     packs = counting_packs(monkeypatch)
+    first_linear = tower.encoder.encoder.layers[0].self_attn.q_proj
+
+    def packed_before_forward(module, args):
+        assert len(packs) == 2 * 6  # all made before the encoder allocates anything
+
+    hook = tower.encoder.register_forward_pre_hook(packed_before_forward)
     with torch.no_grad():
         alone = torch.cat([tower(image[None]) for image in images])
-        assert len(packs) == 2 * 6  # the 2 blocks run, 6 linears each, packed once
+        assert len(packs) == 2 * 6  # the 2 blocks that run (of 3), 6 linears each, packed once
+        assert first_linear._packed is not None
+        hook.remove()
         batch = tower(images)  # 15 rows: the plain path
         assert len(packs) == 12
         tower.double()  # packing does not apply either
