@@ -56,6 +56,6 @@ step "video chunking on CUDA" 90 "$PYTHON" scripts/bench/gpu.py video "$OUT/vide
 cat "$OUT/attention.md" "$OUT/video.md" >> "$RESULTS" 2>/dev/null
 if [ $# -ge 1 ]; then
     step "side by side with the reference (cuda)" 120 env OURS_PYTHON="$PYTHON" \
-        ARGS="--device cuda --frames 8 32 --repetitions 1" scripts/bench/vs_reference.sh "$1"
+        ARGS="--device cuda --frames 8 32 --repetitions 1 --video-repetitions 1" scripts/bench/vs_reference.sh "$1"
 fi
 echo "wrote $RESULTS"
