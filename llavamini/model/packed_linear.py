@@ -2,10 +2,11 @@
 
 Every image puts the same number of rows through the tower's linears (577 for CLIP-L/336), and
 on a CPU MKL re-packs a linear's weight on every call. `PackedLinear` packs it once for that row
-count (MKL's `sgemm_pack`, through `torch.ops.mkl._mkl_linear`) and reuses it: the tower's
-matmuls run 6-8% faster (docs/benchmarks.md). The packed copy costs as much memory again as the
-packed weights (1.2 GB for CLIP-L in float32), made at the first CPU forward, never on a GPU.
-Results agree with `nn.Linear` to float32 rounding (the same sums, blocked differently).
+count (MKL's `sgemm_pack`, through `torch.ops.mkl._mkl_linear`) and reuses it: one image's
+prefill runs about 6% faster (docs/benchmarks.md). The packed copy costs as much memory again as
+the weights packed (1.2 GB for CLIP-L in float32), made once before the first one-image forward
+on a CPU, never on a GPU. Results agree with `nn.Linear` to float32 rounding (the same sums,
+blocked differently).
 
 The packed path is taken only where it applies (`packing_applies`): float32 on a CPU, torch built
 with MKL, nothing that needs a gradient, not under DeepSpeed ZeRO-3 (whose parameters are
