@@ -30,12 +30,13 @@ def mkl_packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def packing_applies(x: torch.Tensor, parameters: list[torch.Tensor]) -> bool:
-    """Whether `x` may go through packed weights among `parameters`: see the module docstring
-    (the row count aside)."""
+def packing_applies(x: torch.Tensor, parameters: list[torch.Tensor | None]) -> bool:
+    """Whether `x` may go through packed weights among `parameters` (None for a missing bias):
+    see the module docstring (the row count aside)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or not mkl_packing_available():
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in parameters)):
+    tensors = [x, *(p for p in parameters if p is not None)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return not is_deepspeed_zero3_enabled()
 

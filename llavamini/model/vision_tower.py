@@ -215,10 +215,10 @@ class VisionTower(nn.Module):
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
         images = images.to(encoder.dtype)
         with torch.set_grad_enabled(trainable):
-            if len(images) == 1:  # the blocks up to the selected one, those that run
+            if len(images) == 1:  # the blocks that run: up to the selected one
                 blocks = encoder_blocks(encoder)
-                selected = self.select_layer % (len(blocks) + 1)
-                prepack(blocks[:selected], images, self.tokens_per_image)
+                count = selected_block(blocks, self.select_layer)
+                prepack(blocks[:count], images, self.tokens_per_image)
             features = block_output(encoder, images, self.select_layer)
         return features[:, 1:] if self.drop_class_token else features
 
@@ -232,6 +232,15 @@ def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
 
 class _SelectedBlockDone(Exception):
     """Raised by `block_output`'s hook to stop the encoder once the selected block has run."""
+
+
+def selected_block(blocks: nn.ModuleList, layer: int) -> int:
+    """The 1-based index of the block whose output `layer` selects (transformers' hidden-states
+    numbering; negative counts from the end)."""
+    index = layer % (len(blocks) + 1)
+    if index == 0:
+        raise ValueError("mm_vision_select_layer must select a block's output, not the embeddings.")
+    return index
 
 
 def block_output(
@@ -251,9 +260,7 @@ def block_output(
     module runs and release them after; a forward cut short would leave them gathered.
     """
     blocks = encoder_blocks(encoder)
-    index = layer % (len(blocks) + 1)
-    if index == 0:
-        raise ValueError("mm_vision_select_layer must select a block's output, not the embeddings.")
+    index = selected_block(blocks, layer)
     if stop_early is None:
         stop_early = not is_deepspeed_zero3_enabled()
     captured = []

@@ -173,3 +173,10 @@ def test_unresolved_vision_config_is_reported():
     with pytest.raises(ValueError, match="vision_config is unresolved"):
         LlavaMiniForCausalLM(config)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_selecting_the_embeddings_is_refused(images):
+    model = make_model(mm_vision_select_layer=0)
+    with pytest.raises(ValueError, match="must select a block's output, not the embeddings"):
+        model(torch.tensor([[1, IMG]] * images), images=random_images(images))

@@ -93,6 +93,17 @@ def test_plain_linear_where_packing_does_not_apply(monkeypatch, case):
     assert packs == []
 
 
+@needs_mkl
+def test_frozen_linear_without_bias_packs_with_gradients_on(monkeypatch):
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 24, bias=False).requires_grad_(False)
+    packed = PackedLinear.from_linear(linear, ROWS)
+    packs = counting_packs(monkeypatch)
+    x = torch.randn(ROWS, 16)
+    torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert packs == [ROWS]
+
+
 def test_pack_linears_keeps_parameters_and_keys():
     block = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Sequential(nn.Linear(8, 4)))
     attention = nn.MultiheadAttention(4, 2)
