@@ -84,3 +84,17 @@ def decode_with_placeholders(tokenizer, ids: list[int]) -> str:
         else:
             piece.append(token)
     return "<image>".join(pieces)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG of `width` x `height` pixels in a few dozen bytes: signature, header, end; no pixel
+    data (a decompression bomb's dimensions without its cost, for the size checks)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")

@@ -14,16 +14,39 @@ from collections.abc import Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+SMALLER = "Send a smaller image: the model sees it at 336 x 336 (or N x N crops of that)."
+
 
 def load_image(path: str) -> Image.Image:
     """Open an image as RGB; errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path}")
+    return open_rgb(path, f"image {path}")
+
+
+def open_rgb(source, name: str) -> Image.Image:
+    """Decode `source` (a path or a binary file object) as RGB.
+
+    Raises `ValueError` starting with `name` when the bytes are not an image Pillow reads, or
+    when the image has more pixels than `Image.MAX_IMAGE_PIXELS` (a decompression bomb: a small
+    file that would take gigabytes to decode), saying the limit and what to do.
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            pixels = image.width * image.height
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and pixels > limit:
+                raise ValueError(
+                    f"Cannot read {name}: {image.width} x {image.height} = {pixels} pixels, more "
+                    f"than the {limit} that are decoded (PIL.Image.MAX_IMAGE_PIXELS). {SMALLER}"
+                )
             return image.convert("RGB")
+    except Image.DecompressionBombError as error:  # past twice the limit, from Image.open
+        raise ValueError(
+            f"Cannot read {name}: {error} (PIL.Image.MAX_IMAGE_PIXELS). {SMALLER}"
+        ) from error
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from error
+        raise ValueError(f"Cannot read {name}: {error}") from error
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -19,10 +19,10 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
-from llavamini.data.image_processing import load_image
+from llavamini.data.image_processing import load_image, open_rgb
 from llavamini.data.tokenization import PLACEHOLDER
 from llavamini.data.video import load_video
 
@@ -216,7 +216,7 @@ def _decode_data_url(url: str) -> Image.Image:
     if not header.endswith(";base64"):
         raise ValueError(f"An image data URL must be base64 encoded, got {header[:40]!r}.")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
-            return image.convert("RGB")
-    except (binascii.Error, UnidentifiedImageError, OSError) as error:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error as error:
         raise ValueError(f"Cannot decode the image of a data URL: {error}") from error
+    return open_rgb(io.BytesIO(data), "the image of a data URL")

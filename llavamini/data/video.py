@@ -68,18 +68,18 @@ def load_video(
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Video file not found: {path}")
-    readers = {"decord": _read_with_decord, "av": _read_with_av}
-    if backend is not None and backend not in readers:
-        raise ValueError(f"Unknown video backend {backend!r}; known: {sorted(readers)}.")
+    if backend is not None and backend not in READERS:
+        raise ValueError(f"Unknown video backend {backend!r}; known: {sorted(READERS)}.")
     chosen = backend or video_backend()
     try:
-        frames = readers[chosen](path, fps, max_frames)
+        frames = READERS[chosen](path, fps, max_frames)
     except ValueError as error:
         if backend is not None or chosen == "av":
             raise
-        # decord2 fails on some frame sizes (e.g. 32, 48 or 96 pixels wide) that PyAV reads.
+        # decord2 fails on some frame sizes (e.g. 32, 48 or 96 pixels wide) on some CPUs, where
+        # PyAV reads them.
         logger.warning("decord could not read %s (%s); decoding it with PyAV", path, error)
-        frames = _read_with_av(path, fps, max_frames)
+        frames = READERS["av"](path, fps, max_frames)
     if len(frames) == 0:
         raise ValueError(f"No decodable video frames in {path}.")
     return frames
@@ -128,6 +128,11 @@ def _read_with_av(path: str, fps: float, max_frames: int | None) -> np.ndarray:
             if index >= indices[-1]:
                 break
     return np.stack([frames[i] for i in indices if i in frames]) if frames else frames
+
+
+READERS = {"decord": _read_with_decord, "av": _read_with_av}
+"""Video decoders by backend name: `(path, fps, max_frames) -> (T, H, W, 3)` uint8, raising
+`ValueError` naming the file when it cannot be decoded."""
 
 
 def _count_frames(path: str) -> int:

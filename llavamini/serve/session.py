@@ -75,7 +75,11 @@ class Reply:
 
 class _CallbackStreamer(TextStreamer):
     """Hands finished pieces of text to a callback, counts the new tokens, and aborts generation
-    (by raising from `put`, the only hook `generate` calls per token) once `cancel` is set."""
+    (by raising from `put`, the only hook `generate` calls per token) once `cancel` is set.
+
+    The pieces join to the answer `generate` returns, which is stripped: leading whitespace is
+    dropped and trailing whitespace held back until more text follows it (OpenAI's contract:
+    joined stream deltas equal the message content)."""
 
     def __init__(
         self,
@@ -88,6 +92,8 @@ class _CallbackStreamer(TextStreamer):
         self.cancel = cancel
         self.new_tokens = 0
         self.last_token: int | None = None
+        self.started = False
+        self.held = ""
 
     def put(self, value: torch.Tensor) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -100,8 +106,13 @@ class _CallbackStreamer(TextStreamer):
         super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text and self.on_text is not None:
-            self.on_text(text)
+        text = self.held + text if self.started else text.lstrip()
+        piece = text.rstrip()
+        self.held = text[len(piece) :]
+        if piece:
+            self.started = True
+            if self.on_text is not None:
+                self.on_text(piece)
 
 
 class ChatSession:

@@ -58,3 +58,16 @@ def test_pad_fills_with_the_normalised_clip_mean():
     expected = (torch.tensor([122, 116, 104]) / 255 - CLIP_MEAN) / CLIP_STD
     torch.testing.assert_close(border, expected, atol=2e-2, rtol=0)
     assert not torch.allclose(cropped[:, :10, :].mean(dim=(1, 2)), expected, atol=2e-2)
+
+
+@pytest.mark.parametrize(("width", "height"), [(20000, 20000), (13000, 13000)])
+def test_an_image_too_large_to_decode_is_named_with_the_limit(tmp_path, width, height):
+    """Past Pillow's limit (20000^2: its DecompressionBombError) and between the limit and twice
+    it (13000^2: only a warning from Pillow, gigabytes to decode), a clear `ValueError`."""
+    from llavamini.data.image_processing import load_image
+    from tests.conftest import png_header_only
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header_only(width, height))
+    with pytest.raises(ValueError, match=rf"bomb\.png.*{width * height} pixels.*MAX_IMAGE_PIXELS"):
+        load_image(str(path))

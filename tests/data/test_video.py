@@ -1,12 +1,10 @@
 """Frame sampling policy and both decoders on a clip whose red channel encodes the frame."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from llavamini.apps.tiny import tiny_config, tiny_image_processor
-from llavamini.data import load_video, process_video, sample_frame_indices
+from llavamini.data import load_video, process_video, sample_frame_indices, video
 from tests.conftest import ramp_frames, write_video
 
 
@@ -56,11 +54,39 @@ def test_process_video_shape(clip_path):
     assert hd.shape == (4, 5, 3, 56, 56)
 
 
-def test_automatic_backend_falls_back_to_pyav_where_decord_fails(tmp_path):
-    """decord2 3.4 cannot batch-read 32-pixel-wide frames; PyAV can."""
-    path = write_video(tmp_path / "small.mp4", ramp_frames(8, 32, 32, step=20), fps=4)
-    frames = load_video(str(path))
+@pytest.fixture
+def narrow_clip(tmp_path):
+    """8 frames at 4 fps, 32 x 32 (a width decord2 cannot batch-read on some CPUs)."""
+    return str(write_video(tmp_path / "small.mp4", ramp_frames(8, 32, 32, step=20), fps=4))
+
+
+def assert_narrow_clip_frames(frames):
+    # 2 s at 1 fps: frames 2 and 5 of 8, grey levels 40 and 100.
     assert frames.shape == (2, 32, 32, 3)
-    if importlib.util.find_spec("decord"):
-        with pytest.raises(ValueError, match="decord"):
-            load_video(str(path), backend="decord")
+    np.testing.assert_allclose(frames.reshape(2, -1).mean(1), [40, 100], atol=4)
+
+
+@pytest.mark.parametrize("backend", ["decord", "av"])
+def test_each_backend_reads_the_narrow_clip_or_names_it(narrow_clip, backend):
+    """Whether decord2 reads 32-pixel-wide frames depends on the CPU; a backend either returns
+    the right frames or raises a `ValueError` naming the file, never wrong frames."""
+    pytest.importorskip(backend)
+    try:
+        frames = load_video(narrow_clip, backend=backend)
+    except ValueError as error:
+        assert backend == "decord" and "small.mp4" in str(error)
+    else:
+        assert_narrow_clip_frames(frames)
+
+
+def test_automatic_backend_falls_back_to_pyav_where_decord_fails(narrow_clip, monkeypatch):
+    pytest.importorskip("av")
+
+    def failing_decord(path, fps, max_frames):
+        raise ValueError(f"decord failed on {path}: simulated")
+
+    monkeypatch.setitem(video.READERS, "decord", failing_decord)
+    monkeypatch.setattr(video, "video_backend", lambda: "decord")
+    assert_narrow_clip_frames(load_video(narrow_clip))
+    with pytest.raises(ValueError, match="simulated"):  # a backend asked for by name: no fallback
+        load_video(narrow_clip, backend="decord")

@@ -34,7 +34,7 @@ class FakeJudgeServer:
     (every reply is prose), BUSY (the first reply is HTTP 503).
     """
 
-    def __init__(self, delay_s: float = 1.0):
+    def __init__(self, delay_s: float = 4.0):
         self.requests: list[dict] = []
         self.delay_s = delay_s
         self._lock = threading.Lock()
@@ -97,7 +97,7 @@ def judge_server():
 
 
 def _config(url, tmp_path, model=MODEL, **overrides):
-    options = dict(workers=4, retries=3, timeout_s=0.5, backoff_s=0.01)
+    options = dict(workers=4, retries=3, timeout_s=2.0, backoff_s=0.01)
     options.update(overrides)
     return JudgeConfig(url, model, "secret", str(tmp_path / "cache"), **options)
 

@@ -118,3 +118,18 @@ def test_replayed_turns_render_like_asked_ones(session, media_dir):
     assert len(visuals) == 1
     with pytest.raises(ValueError, match="role"):
         session.add_turn("system", "no")
+
+
+def test_streamed_pieces_join_to_the_stripped_answer(loaded):
+    """The pieces a streamer hands out join to `generate`'s answer, which is stripped: no
+    leading space (the first token of a Llama answer often carries one), no trailing one."""
+    from llavamini.serve.session import _CallbackStreamer
+
+    pieces = []
+    streamer = _CallbackStreamer(loaded.tokenizer, pieces.append, None)
+    decoded = ["", " ", " c", " of", "% ", "", "tax ", " yeH", " \n"]
+    for text in decoded:
+        streamer.on_finalized_text(text)
+    streamer.on_finalized_text("", stream_end=True)
+    assert "".join(pieces) == "".join(decoded).strip() == "c of% tax  yeH"
+    assert all(pieces)  # no empty deltas
