@@ -29,7 +29,7 @@ def test_a_checkpoint_that_is_not_there_is_named(command, tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--image-size", "100"), ("--stage1-minutes", "0"), ("--stage2-minutes", "-1")]
+    "flag, value", [("--image-size", "100"), ("--stage1-steps", "0"), ("--stage2-steps", "-1")]
 )
 def test_quickstart_refuses_bad_sizes_and_budgets(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:

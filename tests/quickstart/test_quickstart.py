@@ -97,3 +97,28 @@ def test_quickstart_output_is_the_summary_not_score_json(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert '"output":' not in printed and "majority baseline" in printed
+
+
+def test_a_run_that_falls_short_says_so_and_how_to_train_longer():
+    from llavamini.apps.quickstart import Plan, falls_short
+
+    result = {
+        "label": "1 token + pre-fusion",
+        "checkpoint": "out/one-token-prefusion",
+        "per_type": {"colour": 41.0},
+        "train_steps": 1100,
+    }
+    message = falls_short(result, {"colour": 20.0}, Plan(seed=2))
+    assert "fell short" in message and "41.0%" in message and "20.0%" in message
+    assert "llavamini quickstart --stage2-steps 2200 --seed 2" in message
+    assert falls_short({**result, "per_type": {"colour": 92.0}}, {"colour": 20.0}, Plan()) is None
+    assert falls_short(result, {"colour": 20.0}, Plan(smoke=True)) is None
+
+
+def test_the_time_estimate_counts_every_stage():
+    from llavamini.apps.quickstart import Plan
+
+    one = Plan().estimated_minutes()
+    assert 4 < one < 10  # the measured machine: about 7 minutes
+    three = Plan(variants=("all-tokens", "one-token", "one-token-prefusion"))
+    assert three.estimated_minutes() > one + 3
