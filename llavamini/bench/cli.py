@@ -3,6 +3,10 @@
 Prints the result tables (Markdown) on stdout and writes `bench.json` and `bench.png` to
 `--output-dir`. The flags are `BenchArgs`' fields; `bench(BenchArgs(...))` runs the same from
 Python.
+
+`llavamini bench checkpoint --scale 8b --output-dir DIR` writes a random-weight checkpoint with
+the release's config and key layout (`CheckpointArgs`, `llavamini.bench.checkpoint`), for
+`--model-path` in chat, serve and `bench --model-path`.
 """
 
 from __future__ import annotations
@@ -97,6 +101,48 @@ class BenchArgs:
         if self.smoke:
             return smoke_options(**{k: v for k, v in fields.items() if k in SMOKE_KEEPS})
         return BenchOptions(**fields)
+
+
+@dataclass(frozen=True)
+class CheckpointArgs:
+    """What `llavamini bench checkpoint` writes (see `write_random_checkpoint`)."""
+
+    output_dir: str = field(metadata={"help": "folder to write the checkpoint to"})
+    scale: Literal["tiny", "small", "7b", "8b"] = field(
+        default="8b",
+        metadata={"help": "8b: the release's shapes (Llama-3.1-8B + CLIP-L/336), ~17 GB on disk"},
+    )
+    variant: Literal["mini-1", "llava-1.5"] = field(
+        default="mini-1",
+        metadata={"help": "mini-1: the release (1 token, 4 pre-fusion layers); llava-1.5: the "
+                  "same LLM and tower in LLaVA-1.5 mode (576 tokens, no compressor)"},
+    )
+    max_shard_gb: float = field(
+        default=2.0, metadata={"help": "largest shard, GB (about the writer's peak memory)"}
+    )
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_shard_gb <= 0:
+            raise ValueError(f"--max-shard-gb must be > 0, got {self.max_shard_gb}.")
+
+
+def checkpoint(args: CheckpointArgs) -> str:
+    """Write a random-weight checkpoint with the release's config, keys, tokenizer-compatible
+    vocabulary and processor, bfloat16, shard by shard. Returns the folder."""
+    from llavamini.bench.checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(
+        args.output_dir,
+        scale=args.scale,
+        variant=args.variant,
+        max_shard_bytes=int(args.max_shard_gb * 2**30),
+        seed=args.seed,
+    )
+
+
+SUBCOMMANDS = {"checkpoint": checkpoint}
+"""`llavamini bench SUBCOMMAND`: verbs beside the benchmark itself (`llavamini.cli`)."""
 
 
 def bench(args: BenchArgs = BenchArgs()) -> dict:
