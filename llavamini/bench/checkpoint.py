@@ -185,6 +185,7 @@ def write_random_checkpoint(
     tokenizer.save_pretrained(output_dir)
     tiny_image_processor(config.vision_config.image_size).save_pretrained(output_dir)
     LlavaMiniProcessor.from_pretrained(output_dir).save_pretrained(output_dir)
-    logger.info("Wrote a random %s %s checkpoint (%.2f GB) to %s", scale, variant, total / 1e9,
-                output_dir)
+    logger.info(
+        "Wrote a random %s %s checkpoint (%.2f GB) to %s", scale, variant, total / 1e9, output_dir
+    )
     return output_dir

@@ -114,8 +114,10 @@ class CheckpointArgs:
     )
     variant: Literal["mini-1", "llava-1.5"] = field(
         default="mini-1",
-        metadata={"help": "mini-1: the release (1 token, 4 pre-fusion layers); llava-1.5: the "
-                  "same LLM and tower in LLaVA-1.5 mode (576 tokens, no compressor)"},
+        metadata={
+            "help": "mini-1: the release (1 token, 4 pre-fusion layers); llava-1.5: the "
+            "same LLM and tower in LLaVA-1.5 mode (576 tokens, no compressor)"
+        },
     )
     max_shard_gb: float = field(
         default=2.0, metadata={"help": "largest shard, GB (about the writer's peak memory)"}

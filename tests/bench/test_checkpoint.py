@@ -71,8 +71,16 @@ def meta_model() -> LlavaMiniForCausalLM:
 
 def test_llava_1_5_variant_through_the_command_line(tmp_path):
     verb, arguments = parse(
-        ["bench", "checkpoint", "--scale", "tiny", "--variant", "llava-1.5",
-         "--output-dir", str(tmp_path)]
+        [
+            "bench",
+            "checkpoint",
+            "--scale",
+            "tiny",
+            "--variant",
+            "llava-1.5",
+            "--output-dir",
+            str(tmp_path),
+        ]
     )
     verb(**arguments)
     model = ModelSpec(str(tmp_path), device="cpu").load().model
