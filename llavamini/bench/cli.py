@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 SMOKE_KEEPS = frozenset(
     {"scale", "device", "dtype", "sections", "output_dir", "threads"}
-    | {"static_cache", "compile", "meta_check"}
+    | {"static_cache", "compile", "meta_check", "model_path", "quantization"}
 )
 """The settings `--smoke` takes from the flags; the sizes are the smoke run's own."""
 
@@ -44,7 +44,11 @@ class BenchArgs:
     )
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
     dtype: str | None = field(
-        default=None, metadata={"help": "float32 (CPU default) or bfloat16 (GPU)"}
+        default=None,
+        metadata={
+            "help": "default: float32 on a CPU at tiny/small scale, else bfloat16 (with "
+            "--quantization: bfloat16 for the unquantized weights)"
+        },
     )
     variants: tuple[str, ...] | None = field(default=None, metadata={"help": "default: all"})
     text_tokens: int = field(default=64, metadata={"help": "prompt tokens besides <image>"})
@@ -78,6 +82,17 @@ class BenchArgs:
         metadata={"help": "also time torch.compile'd decoding (with --static-cache; for GPUs)"},
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+    model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "time this checkpoint (`llavamini bench checkpoint`) instead of random "
+            "weights; on a CPU one model serves its own variant and llava-1.5"
+        },
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={"choices": ("8bit", "4bit"), "help": "load --model-path quantized"},
+    )
     output_dir: str = os.path.join("outputs", "bench")
     smoke: bool = field(
         default=False, metadata={"help": "every section at the smallest sizes (seconds)"}
@@ -90,10 +105,11 @@ class BenchArgs:
             name: getattr(self, name)
             for name in ("scale", "device", "text_tokens", "new_tokens", "warmup", "repeats")
             + ("video_chunk", "sections", "meta_check", "static_cache", "compile", "threads")
-            + ("output_dir",)
+            + ("output_dir", "model_path", "quantization")
         }
+        large = self.scale in ("7b", "8b") or self.model_path is not None
         fields["dtype"] = self.dtype or (
-            "bfloat16" if self.device.startswith("cuda") else "float32"
+            "bfloat16" if self.device.startswith("cuda") or large else "float32"
         )
         for name in ("variants", "fastpath_variants", "video_frames"):
             if getattr(self, name):

@@ -10,6 +10,7 @@ from transformers import AutoProcessor
 
 from llavamini.bench.checkpoint import INDEX_FILE, plan_shards, write_random_checkpoint
 from llavamini.bench.configs import build_config
+from llavamini.bench.run import CaseFactory, run_benchmark, smoke_options
 from llavamini.bench.timing import TensorPeak
 from llavamini.cli import parse
 from llavamini.model import LlavaMiniForCausalLM
@@ -85,3 +86,24 @@ def test_llava_1_5_variant_through_the_command_line(tmp_path):
     verb(**arguments)
     model = ModelSpec(str(tmp_path), device="cpu").load().model
     assert model.model.compressor is None and len(model.model.prefusion_layers) == 0
+
+
+def test_bench_shares_one_quantized_model_between_variants(written):
+    """`bench --model-path --quantization` on a CPU: LLaVA-1.5 mode runs on the LLaVA-Mini
+    model's own weights (576 vision tokens, no compressor), never on a second copy."""
+    folder, _ = written
+    options = smoke_options(
+        model_path=str(folder), quantization="4bit", sections=("timing",), threads=1
+    )
+    factory = CaseFactory(options, keep=True, shared=True)
+    llava, mini = factory("llava-1.5"), factory("mini-1")
+    assert llava.model is mini.model
+    assert mini.model.model.compressor is not None
+    assert factory("llava-1.5").model.model.compressor is None
+    results = run_benchmark(options)["timing"]
+    assert results["shared_model"] and results["load_s"] > 0
+    assert results["process_peak_rss_bytes"] > 0
+    tokens = {name: row["prompt_tokens"] for name, row in results["variants"].items()}
+    assert tokens == {"llava-1.5": 576 + 16, "mini-1": 1 + 16}
+    with pytest.raises(ValueError, match="needs its own weights"):
+        factory("mini-4")
