@@ -155,7 +155,8 @@ def timing_table(timing: dict) -> str:
         header += (
             f"; one model for every variant ({timing['model_path'] or 'random weights'}, "
             f"quantization {timing['quantization'] or 'none'}): loaded in "
-            f"{timing['load_s']:.1f} s, process peak RSS "
+            f"{timing['load_s']:.1f} s (process peak RSS then "
+            f"{timing['load_peak_rss_bytes'] / 2**30:.2f} GiB), process peak RSS after timing "
             f"{timing['process_peak_rss_bytes'] / 2**30:.2f} GiB"
         )
     return header + "\n\n" + markdown_table(headers, rows)

@@ -231,6 +231,7 @@ class CaseFactory:
     cases: dict[str, GenerationCase] = field(default_factory=dict)
     shared_model: SharedModel | None = None
     load_seconds: float | None = None
+    load_peak_rss_bytes: int | None = None
 
     def __call__(self, variant: str) -> GenerationCase:
         if variant in self.cases:
@@ -264,6 +265,7 @@ class CaseFactory:
                     build_config(options.scale, "mini-1"), device, dtype, options.seed
                 )
             self.load_seconds = time.perf_counter() - started
+            self.load_peak_rss_bytes = process_peak_rss_bytes()
             own = next(
                 name
                 for name, spec in VARIANTS.items()
@@ -336,6 +338,7 @@ def timing_section(options: BenchOptions, factory: CaseFactory) -> dict:
         "quantization": options.quantization,
         "shared_model": factory.shared,
         "load_s": factory.load_seconds,
+        "load_peak_rss_bytes": factory.load_peak_rss_bytes,
         "process_peak_rss_bytes": process_peak_rss_bytes(),
         "scale": options.scale,
         "scale_description": spec.description,
