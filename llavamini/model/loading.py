@@ -277,11 +277,26 @@ def load_pretrained(
     if device is not None and quantization is None:
         model.to(device)
     if quantization is not None and on_cpu:
+        own_memory(model)
         for name in CPU_FLOAT32_MODULES:
             model.get_submodule(name).float()
     processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
     check_processor(processor, model.config, checkpoint_dir)
     return LoadedModel(model=model, processor=processor)
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Copy the plain (unquantized) tensors of a model loaded from memory-mapped files into
+    memory of its own, so the files are unmapped once loading ends.
+
+    A quantized load reads every weight through the mapping and keeps only the quantized copy,
+    but the unquantized tensors (embeddings, `lm_head`, ...) are views of the files, and while
+    one is, the pages read for every other weight of its file stay in the process's resident set
+    (clean file pages the kernel may drop, but counted in RSS: 16 GB at 8B for a 6 GB model)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if type(tensor.data) is torch.Tensor:
+                tensor.data = tensor.data.clone()
 
 
 def check_processor(processor: LlavaMiniProcessor, config, checkpoint_dir: str) -> None:

@@ -2,10 +2,14 @@
 unquantized, the logits stay close to the unquantized model's, `generate` runs, and bad
 combinations are refused with a message that says what to do."""
 
+import gc
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from llavamini import LlavaMiniForCausalLM
 from llavamini.apps.tiny import build_tiny_checkpoint
 from llavamini.model.loading import (
     CPU_FLOAT32_MODULES,
@@ -30,9 +34,10 @@ reference's, a cosine near 0."""
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("quant") / "tiny"
-    return build_tiny_checkpoint(
-        str(folder),
+    """A tiny checkpoint stored in bfloat16, as the release (loading then maps its tensors)."""
+    folder = str(tmp_path_factory.mktemp("quant") / "tiny")
+    build_tiny_checkpoint(
+        folder,
         image_size=TEST_IMAGE_SIZE,
         hidden_size=WIDTH,
         intermediate_size=2 * WIDTH,
@@ -40,6 +45,8 @@ def checkpoint(tmp_path_factory) -> str:
         num_key_value_heads=2,
         initializer_range=0.1,
     )
+    LlavaMiniForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +88,14 @@ def test_cpu_quantization_close_to_bfloat16(checkpoint, inputs, reference_logits
     least_cosine, least_top1 = ERROR_BOUNDS[quantization]
     assert cosine >= least_cosine and top1 >= least_top1, (cosine, top1)
 
+    gc.collect()
+    if os.path.exists("/proc/self/maps"):  # Linux: the loaded model maps no checkpoint file
+        with open("/proc/self/maps") as f:
+            assert checkpoint not in f.read()
+
+
+def test_cpu_quantization_generates(checkpoint, inputs):
+    model = ModelSpec(checkpoint, device="cpu", quantization="4bit").load().model
     prompt, image = inputs[0][:1], inputs[1][:1]
     new = model.generate(inputs=prompt, images=image, max_new_tokens=3, min_new_tokens=3)
     assert new.shape == (1, 3)
