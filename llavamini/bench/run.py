@@ -267,10 +267,18 @@ class CaseFactory:
             self.load_seconds = time.perf_counter() - started
             self.load_peak_rss_bytes = process_peak_rss_bytes()
             own = next(
-                name
-                for name, spec in VARIANTS.items()
-                if all(getattr(model.config, k) == v for k, v in spec.overrides().items())
+                (
+                    name
+                    for name, spec in VARIANTS.items()
+                    if all(getattr(model.config, k) == v for k, v in spec.overrides().items())
+                ),
+                None,
             )
+            if own is None:
+                raise ValueError(
+                    f"--model-path {options.model_path}: its compressor and pre-fusion fields "
+                    f"match none of the benchmark's variants {list(VARIANTS)}."
+                )
             self.shared_model = SharedModel(model, own)
         shared = self.shared_model
         shared.use(variant)
