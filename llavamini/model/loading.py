@@ -34,7 +34,7 @@ The token embeddings are not linear layers and stay unquantized too (a lookup re
 
 CPU_FLOAT32_MODULES = ("model.vision_tower",)
 """Modules a quantized CPU load runs in float32 (the rest of the unquantized weights stay
-bfloat16): a CPU without native bfloat16 runs bfloat16 matmuls ~5x slower than float32
+bfloat16): a CPU without native bfloat16 runs bfloat16 matmuls 5-16x slower than float32
 (docs/benchmarks.md, "Quantized inference on a CPU"); the tower is 0.3B parameters."""
 
 QUANTIZATION_BACKENDS = {
@@ -53,7 +53,8 @@ def quantization_config(
     skip_modules: tuple[str, ...] = tuple(QUANTIZATION_SKIP_MODULES),
 ):
     """Transformers' quantization settings for '8bit' or '4bit' on `device`'s backend
-    (`QUANTIZATION_BACKENDS`); `skip_modules` stay unquantized.
+    (`QUANTIZATION_BACKENDS`; the default 'cuda' is bitsandbytes, what QLoRA training uses);
+    `skip_modules` stay unquantized.
 
     CUDA: bitsandbytes (LLM.int8, or NF4 computing in `compute_dtype`). CPU: torchao weight-only
     int8 (per output channel), or int4 in groups of 128 packed for the CPU kernel
