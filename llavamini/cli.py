@@ -3,7 +3,9 @@
 Every command is a plain function (a verb) whose parameters are small dataclasses: `ModelSpec`,
 `GenerationSettings`, and an options class of its own. `COMMANDS` names each command's function
 without importing it; the flags are generated from the dataclass fields (`add_verb`), so calling
-the function from Python with its defaults is running the command with no flags.
+the function from Python with its defaults is running the command with no flags. A verb's module
+may name optional sub-commands in `SUBCOMMANDS` (`llavamini bench checkpoint`): the command runs
+its own verb without one.
 """
 
 from __future__ import annotations
@@ -76,7 +78,14 @@ def add_command(commands, name: str) -> argparse.ArgumentParser:
     """Add command `name` (a verb, or a group of verbs) to the `commands` subparsers."""
     target, help_text = resolve(name), COMMANDS[name][1]
     if callable(target):
-        return add_verb(commands, name, target, help_text, sys.modules[target.__module__].__doc__)
+        module = sys.modules[target.__module__]
+        parser = add_verb(commands, name, target, help_text, module.__doc__)
+        subcommands = getattr(module, "SUBCOMMANDS", None)
+        if subcommands:
+            sub = parser.add_subparsers(dest=f"{name}_command", required=False, metavar="SUB")
+            for verb_name, verb in subcommands.items():
+                add_verb(sub, verb_name, verb)
+        return parser
     module = sys.modules[next(iter(target.values())).__module__]
     parser = commands.add_parser(name, help=help_text, **parser_kwargs(module.__doc__))
     add_verbs(parser, target, dest=f"{name}_command")

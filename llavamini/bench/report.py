@@ -151,6 +151,14 @@ def timing_table(timing: dict) -> str:
         f"{timing['new_tokens']} new tokens, medians of {timing['repeats']} runs after "
         f"{timing['warmup']} warm-up"
     )
+    if timing.get("shared_model"):
+        header += (
+            f"; one model for every variant ({timing['model_path'] or 'random weights'}, "
+            f"quantization {timing['quantization'] or 'none'}): loaded in "
+            f"{timing['load_s']:.1f} s (process peak RSS then "
+            f"{timing['load_peak_rss_bytes'] / 2**30:.2f} GiB), process peak RSS after timing "
+            f"{timing['process_peak_rss_bytes'] / 2**30:.2f} GiB"
+        )
     return header + "\n\n" + markdown_table(headers, rows)
 
 
@@ -186,9 +194,11 @@ def video_table(video: dict) -> str:
     ]
     headers = ["frames", "chunk", "encode s", "frames/s", "peak MiB", "LLM KV MiB (bf16)"]
     speedups = ", ".join(f"{f} frames: {s:.2f}×" for f, s in video["batched_speedup"].items())
+    rss = video.get("process_peak_rss_bytes")
+    rss_text = f"; process peak RSS so far {rss / 2**30:.2f} GiB" if rss else ""
     return (
         f"variant {video['variant']}, scale {video['scale']}; batched over frame by frame: "
-        f"{speedups}\n\n" + markdown_table(headers, rows)
+        f"{speedups}{rss_text}\n\n" + markdown_table(headers, rows)
     )
 
 

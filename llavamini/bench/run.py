@@ -2,7 +2,11 @@
 
 `run_benchmark(options)` returns one results dict (written as JSON by the CLI); each section is a
 function of the options. On a CPU all variants' models stay in memory and their runs interleave;
-on a GPU (real 7B/8B shapes) the variants are built and timed one at a time.
+on a GPU (real 7B/8B shapes) the variants are built and timed one at a time. On a CPU at a real
+scale, or with `model_path` (a checkpoint, e.g. from `llavamini bench checkpoint`, loaded with
+`quantization` if given), one LLaVA-Mini model serves every variant: LLaVA-1.5 mode is the same
+LLM and tower with the compressor and pre-fusion switched off (`SharedModel`), so the weights
+are held once.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import transformers
+from torch import nn
 
 from llavamini.bench import fastpaths
 from llavamini.bench.configs import SCALES, VARIANTS, baseline_of, build_config, image_parts
@@ -39,6 +46,8 @@ from llavamini.bench.timing import (
     time_components,
 )
 from llavamini.bench.video import batched_speedup, video_benchmark
+from llavamini.model import LlavaMiniForCausalLM
+from llavamini.model.loading import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,10 @@ class BenchOptions:
     static_cache: bool = False
     compile: bool = False
     threads: int | None = None
+    model_path: str | None = None
+    """A LLaVA-Mini checkpoint to time instead of random weights (its scale is its own)."""
+    quantization: str | None = None
+    """'8bit' or '4bit' (`ModelSpec.quantization`); needs `model_path`."""
     seed: int = 0
     output_dir: str = os.path.join("outputs", "bench")
     smoke: bool = False
@@ -89,6 +102,11 @@ class BenchOptions:
         if self.compile and not self.static_cache:
             raise ValueError(
                 "--compile needs --static-cache (compiled decoding needs fixed shapes)."
+            )
+        if self.quantization is not None and self.model_path is None:
+            raise ValueError(
+                "--quantization needs --model-path: write a checkpoint first with "
+                "`llavamini bench checkpoint --scale 8b --output-dir DIR`."
             )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device}: CUDA is not available on this machine.")
@@ -168,27 +186,115 @@ def paper_section() -> dict:
     }
 
 
+class SharedModel:
+    """One LLaVA-Mini model (compressor and pre-fusion layers) that also runs as the variants
+    that differ from it only in those: LLaVA-1.5 mode (no compressor, no pre-fusion) and the
+    model itself. `use(variant)` switches the modules and config fields in place."""
+
+    def __init__(self, model: LlavaMiniForCausalLM, variant: str):
+        self.model, self.variant = model, variant
+        inner = model.model
+        self.modules = (inner.compressor, inner.prefusion_layers)
+        self.fields = VARIANTS[variant].overrides()
+
+    def supports(self, variant: str) -> bool:
+        spec = VARIANTS[variant].overrides()
+        return variant == self.variant or (
+            spec["compressor_type"] == "none"
+            and spec["prefusion_layer_num"] == 0
+            and spec["resolution_ratio"] == self.fields["resolution_ratio"]
+        )
+
+    def use(self, variant: str) -> None:
+        if not self.supports(variant):
+            raise ValueError(
+                f"Variant {variant!r} needs its own weights; one model ({self.variant}) serves "
+                f"only itself and LLaVA-1.5 mode here: pass --variants {self.variant} llava-1.5."
+            )
+        inner, config = self.model.model, self.model.config
+        own = variant == self.variant
+        inner.compressor = self.modules[0] if own else None
+        inner.prefusion_layers = self.modules[1] if own else nn.ModuleList()
+        for name, value in VARIANTS[variant].overrides().items():
+            setattr(config, name, value)
+
+
 @dataclass
 class CaseFactory:
     """Builds a variant's model and inputs at the benchmark's scale; on a CPU keeps them, so that
-    timing, fast paths and video share one model per variant."""
+    timing, fast paths and video share one model per variant. With `shared` (see the module
+    docstring) one model serves the variants it supports, switched before each run."""
 
     options: BenchOptions
     keep: bool
+    shared: bool = False
     cases: dict[str, GenerationCase] = field(default_factory=dict)
+    shared_model: SharedModel | None = None
+    load_seconds: float | None = None
+    load_peak_rss_bytes: int | None = None
 
     def __call__(self, variant: str) -> GenerationCase:
         if variant in self.cases:
-            return self.cases[variant]
+            case = self.cases[variant]
+        else:
+            case = self.new_case(variant)
+        if case.prepare is not None:
+            case.prepare()
+        return case
+
+    def model(self, variant: str) -> tuple[LlavaMiniForCausalLM, Callable[[], None] | None]:
+        """The model `variant` runs on, and what switches it to `variant` (None: its own)."""
         options = self.options
         device, dtype = torch.device(options.device), getattr(torch, options.dtype)
-        config = build_config(options.scale, variant)
-        model = build_model(config, device, dtype, options.seed)
+        if not self.shared:
+            return build_model(
+                build_config(options.scale, variant), device, dtype, options.seed
+            ), None
+        if self.shared_model is None:
+            started = time.perf_counter()
+            if options.model_path:
+                spec = ModelSpec(
+                    options.model_path,
+                    device=options.device,
+                    dtype=None if options.quantization else options.dtype,
+                    quantization=options.quantization,
+                )
+                model = spec.load().model
+            else:
+                model = build_model(
+                    build_config(options.scale, "mini-1"), device, dtype, options.seed
+                )
+            self.load_seconds = time.perf_counter() - started
+            self.load_peak_rss_bytes = process_peak_rss_bytes()
+            own = next(
+                (
+                    name
+                    for name, spec in VARIANTS.items()
+                    if all(getattr(model.config, k) == v for k, v in spec.overrides().items())
+                ),
+                None,
+            )
+            if own is None:
+                raise ValueError(
+                    f"--model-path {options.model_path}: its compressor and pre-fusion fields "
+                    f"match none of the benchmark's variants {list(VARIANTS)}."
+                )
+            self.shared_model = SharedModel(model, own)
+        shared = self.shared_model
+        shared.use(variant)
+        return shared.model, partial(shared.use, variant)
+
+    def new_case(self, variant: str) -> GenerationCase:
+        options = self.options
+        device = torch.device(options.device)
+        model, prepare = self.model(variant)
+        config = model.config
         case = GenerationCase(
             model=model,
             input_ids=make_prompt(config, options.text_tokens, options.seed).to(device),
-            images=make_images(config, 1, options.seed).to(device, dtype),
+            images=make_images(config, 1, options.seed).to(device, model.dtype),
             new_tokens=options.new_tokens,
+            prepare=prepare,
             clock_components=device.type == "cpu",
         )
         if self.keep:
@@ -233,8 +339,15 @@ def timing_section(options: BenchOptions, factory: CaseFactory) -> dict:
         baseline = results.get(baseline_of(variant))
         if baseline:
             result["ttft_speedup"] = baseline["ttft_ms"] / result["ttft_ms"]
+        result["decode_ms_per_token"] = 1e3 / result["decode_tokens_per_s"]
     spec = SCALES[options.scale]
     return {
+        "model_path": options.model_path,
+        "quantization": options.quantization,
+        "shared_model": factory.shared,
+        "load_s": factory.load_seconds,
+        "load_peak_rss_bytes": factory.load_peak_rss_bytes,
+        "process_peak_rss_bytes": process_peak_rss_bytes(),
         "scale": options.scale,
         "scale_description": spec.description,
         "device": options.device,
@@ -290,6 +403,7 @@ def video_section(options: BenchOptions, factory: CaseFactory) -> dict:
     return {
         "variant": options.video_variant,
         "scale": options.scale,
+        "process_peak_rss_bytes": process_peak_rss_bytes(),
         "rows": rows,
         "batched_speedup": batched_speedup(rows),
     }
@@ -310,7 +424,10 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict:
             "options": asdict(options),
         }
     }
-    factory = CaseFactory(options, keep=device.type == "cpu")
+    shared = device.type == "cpu" and (
+        SCALES[options.scale].width_divisor == 1 or options.model_path is not None
+    )
+    factory = CaseFactory(options, keep=device.type == "cpu", shared=shared)
     steps = {
         "flops": lambda: ("flops", flops_section(options)),
         "paper": lambda: ("paper_comparison", paper_section()),

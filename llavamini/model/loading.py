@@ -14,31 +14,63 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
 import torch
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATION_SKIP_MODULES = (
-    "model.vision_tower",
-    "model.mm_projector",
-    "model.compressor",
-    "lm_head",
-)
-"""Modules kept in 16-bit under 8/4-bit loading: small, and the first three feed every vision
-token (the reference's 8-bit path quantized lm_head and its 4-bit path failed outright)."""
+QUANTIZATION_SKIP_MODULES = {
+    "model.vision_tower": "feeds every vision token; on a CPU it runs in float32 (see "
+    "`CPU_FLOAT32_MODULES`)",
+    "model.mm_projector": "feeds every vision token; 21M parameters",
+    "model.compressor": "feeds every vision token; 4M parameters",
+    "lm_head": "the logits themselves (the reference's 8-bit path quantized it; its 4-bit path "
+    "failed outright)",
+}
+"""Modules kept unquantized under 8/4-bit loading, with why: the one table both backends read.
+The token embeddings are not linear layers and stay unquantized too (a lookup reads one row)."""
+
+CPU_FLOAT32_MODULES = ("model.vision_tower",)
+"""Modules a quantized CPU load runs in float32 (the rest of the unquantized weights stay
+bfloat16): a CPU without native bfloat16 runs bfloat16 matmuls 5-16x slower than float32
+(docs/benchmarks.md, "Quantized inference on a CPU"); the tower is 0.3B parameters."""
+
+QUANTIZATION_BACKENDS = {
+    "cuda": "bitsandbytes (LLM.int8 / NF4)",
+    "cpu": "torchao (int8 weight-only / int4 weight-only, CPU tinygemm layout)",
+}
+"""Device type -> the library that quantizes there (`quantization_config`)."""
+
+TORCHAO_INSTALL = "pip install -c constraints.txt 'torchao==0.18.0' (or the 'quant' extra)"
 
 
 def quantization_config(
     quantization: str,
     compute_dtype: torch.dtype,
-    skip_modules: tuple[str, ...] = QUANTIZATION_SKIP_MODULES,
-) -> BitsAndBytesConfig:
-    """bitsandbytes settings for '8bit' or '4bit' (NF4) loading; `skip_modules` stay 16-bit."""
+    device: str = "cuda",
+    skip_modules: tuple[str, ...] = tuple(QUANTIZATION_SKIP_MODULES),
+):
+    """Transformers' quantization settings for '8bit' or '4bit' on `device`'s backend
+    (`QUANTIZATION_BACKENDS`; the default 'cuda' is bitsandbytes, what QLoRA training uses);
+    `skip_modules` stay unquantized.
+
+    CUDA: bitsandbytes (LLM.int8, or NF4 computing in `compute_dtype`). CPU: torchao weight-only
+    int8 (per output channel), or int4 in groups of 128 packed for the CPU kernel
+    (`_weight_int4pack_mm_for_cpu`; bfloat16 activations). Both quantize each weight as it is
+    loaded, so a bfloat16 checkpoint is never held whole in a wider dtype.
+    """
     if quantization not in ("8bit", "4bit"):
         raise ValueError(f"Unknown quantization {quantization!r}; expected '8bit' or '4bit'.")
+    device_type = torch.device(device).type
+    if device_type == "cpu":
+        return torchao_config(quantization, skip_modules)
+    if device_type != "cuda":
+        raise ValueError(
+            f"--quantization {quantization} runs on {sorted(QUANTIZATION_BACKENDS)} devices, not "
+            f"{device!r}; drop it, or use --device cpu."
+        )
     return BitsAndBytesConfig(
         load_in_8bit=quantization == "8bit",
         load_in_4bit=quantization == "4bit",
@@ -46,6 +78,19 @@ def quantization_config(
         bnb_4bit_quant_type="nf4",
         llm_int8_skip_modules=list(skip_modules),
     )
+
+
+def torchao_config(quantization: str, skip_modules: tuple[str, ...]) -> TorchAoConfig:
+    """The CPU backend's settings (see `quantization_config`)."""
+    # torchao is optional (the 'quant' extra) and slow to import: only for a quantized CPU load.
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    if quantization == "8bit":
+        quant_type = Int8WeightOnlyConfig(set_inductor_config=False)
+    else:
+        quant_type = PrototypeInt4WeightOnlyConfig(group_size=128, set_inductor_config=False)
+    return TorchAoConfig(quant_type=quant_type, modules_to_not_convert=list(skip_modules))
 
 
 @dataclass
@@ -90,8 +135,10 @@ class ModelSpec:
             'auto', the checkpoint's own).
         attn_implementation: 'sdpa' (None: transformers' default), 'eager',
             'flash_attention_2', ...
-        quantization: None, '8bit' or '4bit' (bitsandbytes on a CUDA GPU; the vision modules
-            and lm_head stay unquantized).
+        quantization: None, '8bit' or '4bit', by the device's backend (`QUANTIZATION_BACKENDS`:
+            bitsandbytes on a CUDA GPU, torchao on a CPU); the modules of
+            `QUANTIZATION_SKIP_MODULES` stay unquantized. On a CPU the other weights load as
+            bfloat16 (any other `dtype` is refused) and the vision tower runs in float32.
     """
 
     path: str = dataclass_field(
@@ -115,7 +162,8 @@ class ModelSpec:
         metadata={
             "choices": ("8bit", "4bit"),
             "const_flags": {"--load-8bit": "8bit", "--load-4bit": "4bit"},
-            "help": "bitsandbytes quantization (CUDA GPU)",
+            "help": "weight quantization: bitsandbytes on a CUDA GPU, torchao on a CPU (vision "
+            "modules and lm_head stay unquantized)",
         },
     )
 
@@ -151,8 +199,7 @@ class ModelSpec:
         logger.info("Loading %s on %s (dtype %s)", self.path, device, dtype)
         torch_dtype = DTYPES[dtype]
         if self.quantization is not None:
-            self._check_quantization(device)
-            torch_dtype = torch.float16 if dtype in ("auto", "float32") else torch_dtype
+            torch_dtype = self._check_quantization(device, dtype)
         try:
             loaded = load_pretrained(
                 self.path,
@@ -168,16 +215,33 @@ class ModelSpec:
         loaded.model.eval()
         return loaded
 
-    def _check_quantization(self, device: str) -> None:
-        flag = f"--load-{self.quantization}"
-        if not device.startswith("cuda") or not torch.cuda.is_available():
+    def _check_quantization(self, device: str, dtype: str) -> torch.dtype:
+        """Raise `ModelLoadError` for a quantization this device cannot run; returns the dtype
+        of the weights left unquantized."""
+        flag, kind = f"--quantization {self.quantization}", torch.device(device).type
+        if kind == "cpu":
+            if importlib.util.find_spec("torchao") is None:
+                raise ModelLoadError(f"{flag} on a CPU quantizes with torchao: {TORCHAO_INSTALL}")
+            if dtype not in ("auto", "bfloat16"):
+                raise ModelLoadError(
+                    f"{flag} on a CPU keeps the unquantized weights in bfloat16 (the vision "
+                    f"tower computes in float32); drop --dtype {dtype}."
+                )
+            return torch.bfloat16
+        if kind != "cuda":
             raise ModelLoadError(
-                f"{flag} quantizes with bitsandbytes, which needs a CUDA GPU, but the device is "
-                f"{device!r}{'' if torch.cuda.is_available() else ' (no CUDA GPU found)'}. "
-                f"Drop {flag} to run unquantized."
+                f"{flag} runs on a CUDA GPU (bitsandbytes) or a CPU (torchao), not on "
+                f"{device!r}. Drop {flag}, or pass --device cpu."
+            )
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"{flag} on {device!r}: no CUDA GPU found. Pass --device cpu (torchao) or drop "
+                f"{flag}."
             )
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise ModelLoadError(f"{flag} needs bitsandbytes: pip install bitsandbytes")
+            raise ModelLoadError(f"{flag} on a GPU needs bitsandbytes: pip install bitsandbytes")
+        dtype = DTYPES[dtype]
+        return torch.float16 if dtype in ("auto", torch.float32) else dtype
 
 
 def load_pretrained(
@@ -194,24 +258,46 @@ def load_pretrained(
         dtype: torch dtype, or 'auto' for the one stored in config.json.
         device: where to put the model ('cpu', 'cuda', 'cuda:1', ...; None keeps it on CPU).
         attn_implementation: 'sdpa' (default), 'eager', 'flash_attention_2', ...
-        quantization: None, '8bit' or '4bit' (bitsandbytes, on a CUDA device; the vision
-            modules and lm_head stay unquantized).
+        quantization: None, '8bit' or '4bit' (`quantization_config`: bitsandbytes on a CUDA
+            device, torchao on a CPU, where the `CPU_FLOAT32_MODULES` then run in float32).
     """
     checkpoint_dir = resolve_checkpoint_dir(model_path)
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if quantization is not None:
+        device = str(device or "cuda")
+        on_cpu = torch.device(device).type == "cpu"
         compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float16
+        if on_cpu:
+            compute_dtype = torch.bfloat16
         kwargs.update(
             dtype=compute_dtype,
-            quantization_config=quantization_config(quantization, compute_dtype),
-            device_map=str(device or "cuda"),
+            quantization_config=quantization_config(quantization, compute_dtype, device),
+            device_map=device,
         )
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
     if device is not None and quantization is None:
         model.to(device)
+    if quantization is not None and on_cpu:
+        own_memory(model)
+        for name in CPU_FLOAT32_MODULES:
+            model.get_submodule(name).float()
     processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
     check_processor(processor, model.config, checkpoint_dir)
     return LoadedModel(model=model, processor=processor)
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Copy the plain (unquantized) tensors of a model loaded from memory-mapped files into
+    memory of its own, so the files are unmapped once loading ends.
+
+    A quantized load reads every weight through the mapping and keeps only the quantized copy,
+    but the unquantized tensors (embeddings, `lm_head`, ...) are views of the files, and while
+    one is, the pages read for every other weight of its file stay in the process's resident set
+    (clean file pages the kernel may drop, but counted in RSS: 16 GB at 8B for a 6 GB model)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if type(tensor.data) is torch.Tensor:
+                tensor.data = tensor.data.clone()
 
 
 def check_processor(processor: LlavaMiniProcessor, config, checkpoint_dir: str) -> None:

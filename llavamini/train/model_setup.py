@@ -92,7 +92,7 @@ def build_model(model_args, data_args, training_args, stage: Stage):
         load_kwargs.update(
             dtype=compute_dtype,
             quantization_config=quantization_config(
-                f"{training_args.bits}bit", compute_dtype, QLORA_SKIP_MODULES
+                f"{training_args.bits}bit", compute_dtype, skip_modules=QLORA_SKIP_MODULES
             ),
             device_map={"": str(training_args.device)},
         )

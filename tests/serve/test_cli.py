@@ -95,6 +95,18 @@ def test_one_shot_query_prints_the_streamed_answer(
     assert capsys.readouterr().out.strip() == answer
 
 
+def test_one_shot_query_quantized_on_a_cpu(
+    monkeypatch, capsys, generations, tiny_checkpoint, media_dir
+):
+    """`--load-8bit --device cpu` loads with torchao and answers (`tests/model/test_quantization`
+    checks the weights and the error)."""
+    pytest.importorskip("torchao")
+    argv = base_argv(tiny_checkpoint, "--image-file", str(media_dir / "picture.png"))
+    chat(monkeypatch, argv + ["--load-8bit", "--device", "cpu", "--query", "What is it?"])
+    [(_, visuals, answer)] = generations
+    assert visuals == 1 and capsys.readouterr().out.strip() == answer
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -104,7 +116,7 @@ def test_one_shot_query_prints_the_streamed_answer(
         (["--image-file", "https://example.com/a.png"], "URLs are not downloaded"),
         (["--conv-mode", "llava_v0"], "Unknown conv mode"),
         (["--max-new-tokens", "100000"], "context"),
-        (["--load-4bit"], "CUDA"),
+        (["--load-4bit", "--dtype", "float32"], "keeps the unquantized weights in bfloat16"),
         (["--top-p", "1.5"], "--top-p"),
     ],
 )

@@ -1,0 +1,125 @@
+"""`ModelSpec.quantization` on a CPU (torchao): the weights are quantized, the skip table is kept
+unquantized, the logits stay close to the unquantized model's, `generate` runs, and bad
+combinations are refused with a message that says what to do."""
+
+import gc
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llavamini import LlavaMiniForCausalLM
+from llavamini.apps.tiny import build_tiny_checkpoint
+from llavamini.model.loading import (
+    CPU_FLOAT32_MODULES,
+    QUANTIZATION_SKIP_MODULES,
+    ModelLoadError,
+    ModelSpec,
+)
+from tests.conftest import TEST_IMAGE_SIZE, random_images
+
+pytest.importorskip("torchao", reason="the CPU quantization backend (the 'quant' extra)")
+
+WIDTH = 256
+"""LLM width of the test checkpoint: a multiple of the int4 group (128), so every LLM linear is
+quantized (torchao leaves a layer whose input width the group does not divide unquantized)."""
+
+ERROR_BOUNDS = {"8bit": (0.995, 0.85), "4bit": (0.75, 0.3)}
+"""Quantization -> (least mean cosine of the logits, least top-1 agreement) against bfloat16.
+Measured on this checkpoint (random weights, 3 decoder layers of width 256): 8-bit 0.9985 /
+0.94, 4-bit 0.833 / 0.40; a wrong scale or layout leaves the hidden states unrelated to the
+reference's, a cosine near 0."""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny checkpoint stored in bfloat16, as the release (loading then maps its tensors)."""
+    folder = str(tmp_path_factory.mktemp("quant") / "tiny")
+    build_tiny_checkpoint(
+        folder,
+        image_size=TEST_IMAGE_SIZE,
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.1,
+    )
+    LlavaMiniForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(6, 400, (2, 24), generator=generator)
+    ids[:, 3] = -200  # the image placeholder
+    return ids, random_images(2)
+
+
+@pytest.fixture(scope="module")
+def reference_logits(checkpoint, inputs):
+    model = ModelSpec(checkpoint, device="cpu", dtype="bfloat16").load().model
+    with torch.inference_mode():
+        return model(input_ids=inputs[0], images=inputs[1]).logits.float()
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_cpu_quantization_close_to_bfloat16(checkpoint, inputs, reference_logits, quantization):
+    from torchao.utils import TorchAOBaseTensor
+
+    model = ModelSpec(checkpoint, device="cpu", quantization=quantization).load().model
+    quantized = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), TorchAOBaseTensor)
+    }
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    skipped = {n for n in linears if n.startswith(tuple(QUANTIZATION_SKIP_MODULES))}
+    assert quantized == linears - skipped and len(quantized) > 10
+    for name in CPU_FLOAT32_MODULES:
+        assert {p.dtype for p in model.get_submodule(name).parameters()} == {torch.float32}
+    assert model.lm_head.weight.dtype == torch.bfloat16
+
+    with torch.inference_mode():
+        logits = model(input_ids=inputs[0], images=inputs[1]).logits.float()
+    cosine = F.cosine_similarity(logits, reference_logits, dim=-1).mean().item()
+    top1 = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
+    least_cosine, least_top1 = ERROR_BOUNDS[quantization]
+    assert cosine >= least_cosine and top1 >= least_top1, (cosine, top1)
+
+    gc.collect()
+    if os.path.exists("/proc/self/maps"):  # Linux: the loaded model maps no checkpoint file
+        with open("/proc/self/maps") as f:
+            assert checkpoint not in f.read()
+
+
+def test_cpu_quantization_generates(checkpoint, inputs):
+    model = ModelSpec(checkpoint, device="cpu", quantization="4bit").load().model
+    prompt, image = inputs[0][:1], inputs[1][:1]
+    new = model.generate(inputs=prompt, images=image, max_new_tokens=3, min_new_tokens=3)
+    assert new.shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (dict(device="cpu", quantization="4bit", dtype="float32"), r"bfloat16.*drop --dtype"),
+        (dict(device="mps", quantization="8bit"), r"not on 'mps'.*--device cpu"),
+        (dict(device="cuda", quantization="8bit"), r"no CUDA GPU.*--device cpu"),
+    ],
+)
+def test_bad_combinations_refused(checkpoint, spec, message):
+    if spec["device"] == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ModelLoadError, match=message):
+        ModelSpec(checkpoint, **spec).load()
+
+
+def test_missing_torchao_names_the_install(checkpoint, monkeypatch):
+    real = __import__("importlib.util").util.find_spec
+    monkeypatch.setattr(
+        "importlib.util.find_spec", lambda name, *a: None if name == "torchao" else real(name, *a)
+    )
+    with pytest.raises(ModelLoadError, match=r"torchao.*pip install"):
+        ModelSpec(checkpoint, device="cpu", quantization="8bit").load()
