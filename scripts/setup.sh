@@ -3,7 +3,7 @@
 # Idempotent: re-running only installs what changed. Usage: bash scripts/setup.sh [EXTRAS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-train,video,serve,qlora,quant,dev}"
+extras="${1:-train,video,serve,qlora,dev}"
 python3 -m venv .venv
 # -c constraints.txt pins torch==2.13.0 and every other version the tests ran with.
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"

@@ -98,3 +98,22 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+REQUIRE_TORCHAO = os.environ.get("LLAVAMINI_REQUIRE_TORCHAO") == "1"
+"""Set by .ci/run, which installs the 'quant' extra: a missing torchao fails, never skips."""
+
+
+def needs_torchao() -> None:
+    """Skip a test of CPU quantization where torchao (the 'quant' extra) is not installed, saying
+    how to install it; under LLAVAMINI_REQUIRE_TORCHAO=1 fail instead."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is not None:
+        return
+    message = (
+        "CPU quantization needs torchao: bash scripts/setup.sh train,video,serve,qlora,quant,dev"
+    )
+    if REQUIRE_TORCHAO:
+        pytest.fail(message)
+    pytest.skip(message)

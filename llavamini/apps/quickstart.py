@@ -38,6 +38,7 @@ from llavamini.model import LlavaMiniConfig
 from llavamini.model.loading import ModelSpec, load_pretrained
 from llavamini.serve.session import ChatSession, resolve_template
 from llavamini.train.train import TRAINER_LOG_FILE
+from llavamini.utils.openmp import wait_policy_environment
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ ABLATION = ("all-tokens", "one-token", "one-token-prefusion")
 
 
 STAGE1_STEPS = 1100
-STAGE2_STEPS = 1100
+STAGE2_STEPS = 1000
 ABLATION_STAGE2_STEPS = 800
 """Default training steps (batches of 32) of stage 1 and of stage 2 per variant (with
 `--ablation`, three variants: fewer steps each, enough to show the ordering). Steps, not
@@ -90,13 +91,13 @@ minutes: a slower or busier machine takes longer but learns the same (a wall-clo
 a machine 27% slower on the wrong side of the learning curve's drop)."""
 
 SAMPLES_PER_SECOND = {
-    "stage 1": 189, "all-tokens": 190, "one-token": 420, "one-token-prefusion": 193,
-    "pooling-prefusion": 193,
+    "stage 1": 140, "all-tokens": 125, "one-token": 250, "one-token-prefusion": 125,
+    "pooling-prefusion": 125,
 }  # fmt: skip
-"""Training throughput measured on a 2-core AMD EPYC (AVX2), for the time estimate printed up
+"""Training throughput on an idle 2-core AMD EPYC (AVX2), for the time estimate printed up
 front; the progress bars show this machine's own."""
 
-OVERHEAD_SECONDS = 45
+OVERHEAD_SECONDS = 50
 """Data, model building, evaluation, latency and chat (the same machine)."""
 
 COLOUR_TARGET = 80.0
@@ -211,18 +212,18 @@ class StageRun:
 def train_run(recipe: str, output_dir: str, flags: list[str], plan: Plan, steps: int) -> StageRun:
     """`python -m llavamini.train RECIPE ...` for `steps` steps, in a child process.
 
-    The child's OpenMP threads sleep while they wait (`OMP_WAIT_POLICY=PASSIVE`, unless the
-    environment sets a policy): libgomp's default, spinning, made training 3-10x slower
-    whenever another program kept one of two cores busy. The policy is read once, when torch
-    loads, hence a process of its own. Raises `RuntimeError` when the stage fails (its error is
-    on the console above).
+    The child's OpenMP threads sleep while they wait when other programs keep the CPU busy
+    (`llavamini.utils.openmp`): libgomp's default, spinning, made training 2-3x slower beside
+    one busy core (and up to 10x beside two more threads), while sleeping is a third slower on
+    an idle machine. The policy is read once, when torch loads, hence a process of its own.
+    Raises `RuntimeError` when the stage fails (its error is on the console above).
     """
     log_path = os.path.join(output_dir, TRAINER_LOG_FILE)
     if os.path.exists(log_path):
         os.remove(log_path)  # appended to by the trainer: a rerun must not read the last run's
     argv = [sys.executable, "-m", "llavamini.train", str(CONFIGS / recipe), *flags, "--output_dir",
             output_dir, "--max_steps", str(steps), "--seed", str(plan.seed)]  # fmt: skip
-    environment = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+    environment = {**os.environ, **wait_policy_environment()}
     completed = subprocess.run(argv, env=environment, check=False)
     if completed.returncode != 0:
         raise RuntimeError(

@@ -16,6 +16,7 @@ from llavamini.cli import parse
 from llavamini.model import LlavaMiniForCausalLM
 from llavamini.model.checkpoint import stored_keys
 from llavamini.model.loading import ModelSpec
+from tests.conftest import needs_torchao
 
 SHARD_BYTES = 8 * 2**20
 
@@ -91,6 +92,7 @@ def test_llava_1_5_variant_through_the_command_line(tmp_path):
 def test_bench_shares_one_quantized_model_between_variants(written):
     """`bench --model-path --quantization` on a CPU: LLaVA-1.5 mode runs on the LLaVA-Mini
     model's own weights (576 vision tokens, no compressor), never on a second copy."""
+    needs_torchao()
     folder, _ = written
     options = smoke_options(
         model_path=str(folder), quantization="4bit", sections=("timing",), threads=1

@@ -17,9 +17,9 @@ from llavamini.model.loading import (
     ModelLoadError,
     ModelSpec,
 )
-from tests.conftest import TEST_IMAGE_SIZE, random_images
+from tests.conftest import TEST_IMAGE_SIZE, needs_torchao, random_images
 
-pytest.importorskip("torchao", reason="the CPU quantization backend (the 'quant' extra)")
+needs_torchao()
 
 WIDTH = 256
 """LLM width of the test checkpoint: a multiple of the int4 group (128), so every LLM linear is

@@ -108,7 +108,7 @@ def test_a_run_that_falls_short_says_so_and_how_to_train_longer():
         "per_type": {"colour": 41.0},
         "train_steps": 1100,
     }
-    message = falls_short(result, {"colour": 20.0}, Plan(seed=2))
+    message = falls_short(result, {"colour": 20.0}, Plan(seed=2, stage2_steps=1100))
     assert "fell short" in message and "41.0%" in message and "20.0%" in message
     assert "llavamini quickstart --stage2-steps 2200 --seed 2" in message
     assert falls_short({**result, "per_type": {"colour": 92.0}}, {"colour": 20.0}, Plan()) is None

@@ -11,7 +11,7 @@ import pytest
 import llavamini.serve.session as session_module
 from llavamini.eval import run_llava_mini
 from llavamini.serve import cli, server
-from tests.conftest import decode_with_placeholders
+from tests.conftest import decode_with_placeholders, needs_torchao
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 120
@@ -100,7 +100,7 @@ def test_one_shot_query_quantized_on_a_cpu(
 ):
     """`--load-8bit --device cpu` loads with torchao and answers (`tests/model/test_quantization`
     checks the weights and the error)."""
-    pytest.importorskip("torchao")
+    needs_torchao()
     argv = base_argv(tiny_checkpoint, "--image-file", str(media_dir / "picture.png"))
     chat(monkeypatch, argv + ["--load-8bit", "--device", "cpu", "--query", "What is it?"])
     [(_, visuals, answer)] = generations
