@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
+from llavamini.utils.allocator import release_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ def load_pretrained(
         own_memory(model)
         for name in CPU_FLOAT32_MODULES:
             model.get_submodule(name).float()
+        release_freed_memory()  # the bfloat16 weights read to be quantized, all freed by now
     processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
     check_processor(processor, model.config, checkpoint_dir)
     return LoadedModel(model=model, processor=processor)

@@ -60,19 +60,20 @@ def test_compression_attention_rows_are_distributions(tmp_path):
 
 @pytest.mark.slow
 def test_full_quickstart_learns(tmp_path):
-    """The README's main job (about 6 minutes on 2 cores): the trained model beats the majority
-    baseline on the position-referenced colour questions."""
+    """The README's main job (about 9 minutes on 2 idle cores): the trained model answers the
+    position-referenced colour questions (the README's runs, idle and busy: 100.0% each)."""
+    from llavamini.apps.quickstart import COLOUR_TARGET
+
     out = tmp_path / "out"
     main(["quickstart", "--output-dir", str(out), "--data-dir", str(tmp_path / "data")])
     results = json.loads((out / "results.json").read_text())
     main_result = results["results"]["one-token-prefusion"]
-    # One measured run: 92.0 vs 20.0. A margin of 10 points says it learned, without flaking.
-    assert main_result["per_type"]["colour"] > results["majority_baseline"]["colour"] + 10
+    assert main_result["per_type"]["colour"] >= COLOUR_TARGET
 
 
 @pytest.mark.slow
 def test_full_ablation_shows_what_pre_fusion_recovers(tmp_path):
-    """`--ablation` (about 9 minutes on 2 cores): on the position-referenced colour questions,
+    """`--ablation` (about 15 minutes on 2 cores): on the position-referenced colour questions,
     pre-fusion recovers what compressing to one token loses."""
     out = tmp_path / "out"
     main(["quickstart", "--ablation", "--output-dir", str(out), "--data-dir", str(tmp_path / "d")])

@@ -61,3 +61,37 @@ def test_every_command_process_starts_with_it(monkeypatch):
     monkeypatch.setattr(flags, "keep_freed_memory", lambda: called.append(True))
     flags.start_process()
     assert called == [True]
+
+
+RELEASE_PROGRAM = """
+import json, os, torch
+from llavamini.utils.allocator import keep_freed_memory, release_freed_memory
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+keep_freed_memory()
+kept = torch.ones(1024)  # a small live tensor above the freed ones: the heap cannot shrink
+blocks = [torch.ones(4 * 2**20) for _ in range(12)]  # 192 MiB of transients
+last = torch.ones(1024)
+del blocks
+before = rss()
+released = release_freed_memory()
+print(json.dumps({"released": released, "before": before, "after": rss()}))
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="release_freed_memory calls glibc's malloc_trim",
+)
+def test_released_memory_leaves_the_process():
+    """Freed heap memory that `keep_freed_memory` keeps is given back by `release_freed_memory`
+    (what a quantized load does once its transients are gone)."""
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_PROGRAM], capture_output=True, text=True, check=True
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["released"] is True
+    assert result["before"] - result["after"] > 150 * 2**20, result
