@@ -91,11 +91,12 @@ minutes: a slower or busier machine takes longer but learns the same (a wall-clo
 a machine 27% slower on the wrong side of the learning curve's drop)."""
 
 SAMPLES_PER_SECOND = {
-    "stage 1": 140, "all-tokens": 125, "one-token": 250, "one-token-prefusion": 125,
-    "pooling-prefusion": 125,
+    "stage 1": 128, "all-tokens": 126, "one-token": 190, "one-token-prefusion": 131,
+    "pooling-prefusion": 131,
 }  # fmt: skip
 """Training throughput on an idle 2-core AMD EPYC (AVX2), for the time estimate printed up
-front; the progress bars show this machine's own."""
+front (stage 1 and 1 token + pre-fusion measured idle; the other variants scaled by their
+ratio to stage 1 in a run beside a busy core); the progress bars show this machine's own."""
 
 OVERHEAD_SECONDS = 50
 """Data, model building, evaluation, latency and chat (the same machine)."""
