@@ -10,6 +10,7 @@ from llavamini.inference import GenerationSettings
 from llavamini.serve.session import (
     ChatSession,
     GenerationCancelled,
+    _CallbackStreamer,
     resolve_template,
 )
 
@@ -123,8 +124,6 @@ def test_replayed_turns_render_like_asked_ones(session, media_dir):
 def test_streamed_pieces_join_to_the_stripped_answer(loaded):
     """The pieces a streamer hands out join to `generate`'s answer, which is stripped: no
     leading space (the first token of a Llama answer often carries one), no trailing one."""
-    from llavamini.serve.session import _CallbackStreamer
-
     pieces = []
     streamer = _CallbackStreamer(loaded.tokenizer, pieces.append, None)
     decoded = ["", " ", " c", " of", "% ", "", "tax ", " yeH", " \n"]
