@@ -264,11 +264,11 @@ def load_pretrained(
     """
     checkpoint_dir = resolve_checkpoint_dir(model_path)
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    quantized_on_cpu = quantization is not None and torch.device(device or "cuda").type == "cpu"
     if quantization is not None:
         device = str(device or "cuda")
-        on_cpu = torch.device(device).type == "cpu"
         compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float16
-        if on_cpu:
+        if quantized_on_cpu:
             compute_dtype = torch.bfloat16
         kwargs.update(
             dtype=compute_dtype,
@@ -278,7 +278,7 @@ def load_pretrained(
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
     if device is not None and quantization is None:
         model.to(device)
-    if quantization is not None and on_cpu:
+    if quantized_on_cpu:
         own_memory(model)
         for name in CPU_FLOAT32_MODULES:
             model.get_submodule(name).float()
