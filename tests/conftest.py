@@ -116,4 +116,5 @@ def needs_torchao() -> None:
     )
     if REQUIRE_TORCHAO:
         pytest.fail(message)
-    pytest.skip(message)
+    # allow_module_level: a test module may call this at import to skip all its tests.
+    pytest.skip(message, allow_module_level=True)

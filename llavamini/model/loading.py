@@ -221,13 +221,14 @@ class ModelSpec:
         of the weights left unquantized."""
         flag, kind = f"--quantization {self.quantization}", torch.device(device).type
         if kind == "cpu":
-            if importlib.util.find_spec("torchao") is None:
-                raise ModelLoadError(f"{flag} on a CPU quantizes with torchao: {TORCHAO_INSTALL}")
+            # The settings first: they are wrong whether or not torchao is installed.
             if dtype not in ("auto", "bfloat16"):
                 raise ModelLoadError(
                     f"{flag} on a CPU keeps the unquantized weights in bfloat16 (the vision "
                     f"tower computes in float32); drop --dtype {dtype}."
                 )
+            if importlib.util.find_spec("torchao") is None:
+                raise ModelLoadError(f"{flag} on a CPU quantizes with torchao: {TORCHAO_INSTALL}")
             return torch.bfloat16
         if kind != "cuda":
             raise ModelLoadError(
