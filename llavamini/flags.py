@@ -33,8 +33,6 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from llavamini.utils.allocator import keep_freed_memory
-
 
 def only(*names: str) -> frozenset[str]:
     """`Annotated[Cls, only("a", "b")]`: a verb exposes just these fields of `Cls` as flags."""
@@ -251,10 +249,9 @@ def add_verbs(parser: argparse.ArgumentParser, verbs: dict[str, Callable], dest:
 
 
 def start_process() -> None:
-    """What every command's process sets up first: logging to stderr, and glibc malloc keeping
-    freed memory (`llavamini.utils.allocator`: page faults removed from every forward pass)."""
+    """What every command's process sets up first: logging to stderr. (glibc's malloc settings
+    are made where a model is built: `llavamini.utils.allocator`.)"""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    keep_freed_memory()
 
 
 def standalone_parser(

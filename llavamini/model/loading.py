@@ -140,6 +140,9 @@ class ModelSpec:
             bitsandbytes on a CUDA GPU, torchao on a CPU); the modules of
             `QUANTIZATION_SKIP_MODULES` stay unquantized. On a CPU the other weights load as
             bfloat16 (any other `dtype` is refused) and the vision tower runs in float32.
+        pack_vision_weights: pack the vision tower's block weights for MKL (`VisionTower.
+            pack_weights`): on a CPU in float32, one image ~6% faster for a second copy of
+            those weights (1.2 GB for CLIP-L). Off by default: memory first.
     """
 
     path: str = dataclass_field(
@@ -165,6 +168,13 @@ class ModelSpec:
             "const_flags": {"--load-8bit": "8bit", "--load-4bit": "4bit"},
             "help": "weight quantization: bitsandbytes on a CUDA GPU, torchao on a CPU (vision "
             "modules and lm_head stay unquantized)",
+        },
+    )
+    pack_vision_weights: bool = dataclass_field(
+        default=False,
+        metadata={
+            "help": "CPU, float32: pack the vision tower's weights for MKL (one image ~6%% "
+            "faster, +1.2 GB for CLIP-L)"
         },
     )
 
@@ -208,6 +218,7 @@ class ModelSpec:
                 device=device,
                 attn_implementation=self.attn_implementation,
                 quantization=self.quantization,
+                pack_vision_weights=self.pack_vision_weights,
             )
         except FileNotFoundError:
             raise  # it names the missing path already
@@ -252,6 +263,7 @@ def load_pretrained(
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
     quantization: str | None = None,
+    pack_vision_weights: bool = False,
 ) -> LoadedModel:
     """Load a LLaVA-Mini checkpoint (a folder, or a hub id already in the local HF cache).
 
@@ -262,6 +274,7 @@ def load_pretrained(
         attn_implementation: 'sdpa' (default), 'eager', 'flash_attention_2', ...
         quantization: None, '8bit' or '4bit' (`quantization_config`: bitsandbytes on a CUDA
             device, torchao on a CPU, where the `CPU_FLOAT32_MODULES` then run in float32).
+        pack_vision_weights: see `ModelSpec.pack_vision_weights`.
     """
     checkpoint_dir = resolve_checkpoint_dir(model_path)
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
@@ -284,6 +297,8 @@ def load_pretrained(
         for name in CPU_FLOAT32_MODULES:
             model.get_submodule(name).float()
         release_freed_memory()  # the bfloat16 weights read to be quantized, all freed by now
+    if pack_vision_weights:
+        model.model.vision_tower.pack_weights()
     processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
     check_processor(processor, model.config, checkpoint_dir)
     return LoadedModel(model=model, processor=processor)

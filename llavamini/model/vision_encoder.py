@@ -13,6 +13,7 @@ from llavamini.model.compressor import build_compressor
 from llavamini.model.packing import stitch_crops
 from llavamini.model.projector import build_projector
 from llavamini.model.vision_tower import VisionTower
+from llavamini.utils.allocator import keep_freed_memory_for_models
 
 VIDEO_MEMORY_FRACTION = 0.25
 """Share of the free GPU memory one chunk of video frames may take (the rest is left to the LLM's
@@ -30,7 +31,12 @@ class VisionEncoderMixin:
 
     def build_vision_modules(self, config) -> None:
         """Create `vision_tower`, `mm_projector` and `compressor` from `config` (the release's
-        module names; widths from the config)."""
+        module names; widths from the config).
+
+        Also makes glibc keep freed memory from now on (`keep_freed_memory_for_models`: about
+        100,000 page faults fewer per image prefill on a CPU; `LLAVAMINI_KEEP_FREED_MEMORY=0`
+        turns it off), here, where a process asks for the model, so every process gets it."""
+        keep_freed_memory_for_models()
         self.vision_tower = VisionTower(
             config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
         )

@@ -11,6 +11,8 @@ open_clip_torch needs torchvision). Where a checkpoint's tower config and weight
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
@@ -21,7 +23,6 @@ from transformers import (
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llavamini.model.packed_linear import pack_linears, prepack
 
@@ -153,10 +154,6 @@ class OpenClipVisionModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.visual.transformer.resblocks
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
 
@@ -190,10 +187,14 @@ class VisionTower(nn.Module):
         self.select_layer = select_layer
         self.drop_class_token = select_feature == "patch" and HAS_CLASS_TOKEN[model_type]
         self.tokens_per_image = self.grid_size**2 + HAS_CLASS_TOKEN[model_type]
-        # One image at a time (a single image's prefill, a video frame by frame on a CPU) gains
-        # 6% from weights packed for its row count; a batch's larger matmuls already amortise
-        # MKL's packing, and take the plain path (llavamini/model/packed_linear.py).
-        pack_linears(encoder_blocks(encoder), self.tokens_per_image)
+
+    def pack_weights(self) -> int:
+        """Opt in to MKL-packed block weights for one image at a time on a CPU (float32):
+        one image's prefill ~6% faster, for a packed copy of the block weights (1.2 GB for
+        CLIP-L) kept beside them (llavamini/model/packed_linear.py). A batch's larger matmuls
+        amortise MKL's packing already, and take the plain path. Returns how many linears now
+        pack (0 when called again)."""
+        return pack_linears(encoder_blocks(self.encoder), self.tokens_per_image)
 
     @property
     def encoder(self) -> nn.Module:
@@ -223,15 +224,18 @@ class VisionTower(nn.Module):
         return features[:, 1:] if self.drop_class_token else features
 
 
+def block_owner(encoder: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the transformer blocks of a CLIP, SigLIP or open_clip vision encoder,
+    and the name of its `nn.ModuleList` attribute."""
+    if isinstance(encoder, OpenClipVisionModel):
+        return encoder.visual.transformer, "resblocks"
+    return encoder.encoder, "layers"
+
+
 def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
     """The transformer blocks of a CLIP, SigLIP or open_clip vision encoder."""
-    if isinstance(encoder, OpenClipVisionModel):
-        return encoder.blocks
-    return encoder.encoder.layers
-
-
-class _SelectedBlockDone(Exception):
-    """Raised by `block_output`'s hook to stop the encoder once the selected block has run."""
+    owner, name = block_owner(encoder)
+    return getattr(owner, name)
 
 
 def selected_block(blocks: nn.ModuleList, layer: int) -> int:
@@ -243,38 +247,41 @@ def selected_block(blocks: nn.ModuleList, layer: int) -> int:
     return index
 
 
-def block_output(
-    encoder: nn.Module, images: torch.Tensor, layer: int, stop_early: bool | None = None
-) -> torch.Tensor:
+@contextlib.contextmanager
+def first_blocks_only(encoder: nn.Module, count: int):
+    """Within the block, `encoder`'s forward runs its first `count` blocks only: its block list
+    is swapped for a slice of itself (the same modules), and put back after. Parameters and
+    state-dict keys are untouched outside the block."""
+    owner, name = block_owner(encoder)
+    blocks = getattr(owner, name)
+    setattr(owner, name, blocks[:count])
+    try:
+        yield
+    finally:
+        setattr(owner, name, blocks)
+
+
+def block_output(encoder: nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
     """The output of block `layer` in transformers' hidden-states numbering (i: block i, 1-based;
     negative counts from the end, -2 being the second-to-last block), `(N, L, D_v)`.
 
-    Read with a forward hook rather than from `output_hidden_states`: transformers 5 can attach
-    its output recorders to a nested encoder a second time (after a caller asked the whole model
-    for hidden states), and the tuple then holds more entries than layers.
-
-    The blocks after the selected one (and the encoder's head) are not run: the hook ends the
-    forward by raising once it holds the output, which works for every encoder class without
-    knowing its forward (CLIP at -2 skips 1 of 24 blocks). `stop_early` None decides: the
-    encoder runs whole under DeepSpeed ZeRO-3, whose module hooks gather parameters before a
-    module runs and release them after; a forward cut short would leave them gathered.
+    Only the blocks up to the selected one run (`first_blocks_only`; CLIP at -2 skips 1 of 24),
+    which works for every encoder class whose forward loops over its block list. The output is
+    read with a forward hook on the selected block rather than from `output_hidden_states`:
+    transformers 5 can attach its output recorders to a nested encoder a second time (after a
+    caller asked the whole model for hidden states), and the tuple then holds more entries than
+    layers; open_clip returns only pooled outputs.
     """
-    blocks = encoder_blocks(encoder)
-    index = selected_block(blocks, layer)
-    if stop_early is None:
-        stop_early = not is_deepspeed_zero3_enabled()
+    index = selected_block(encoder_blocks(encoder), layer)
     captured = []
 
     def keep(module, inputs, output):
         captured.append(output[0] if isinstance(output, tuple) else output)
-        if stop_early:
-            raise _SelectedBlockDone
 
-    handle = blocks[index - 1].register_forward_hook(keep)
+    handle = encoder_blocks(encoder)[index - 1].register_forward_hook(keep)
     try:
-        encoder(images)
-    except _SelectedBlockDone:
-        pass
+        with first_blocks_only(encoder, index):
+            encoder(images)
     finally:
         handle.remove()
     hidden = captured[0]

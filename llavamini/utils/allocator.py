@@ -8,14 +8,18 @@ against almost none under the reference's transformers 4.43 (docs/benchmarks.md)
 memory in the process removes them; the price is that the process's resident memory stays at
 its peak instead of shrinking after it.
 
-Nothing here runs on import: `keep_freed_memory()` is called by the `llavamini` command and the
-training entry point when they start, and by anyone who wants the same in their own process.
+Nothing here runs on import. Building a LLaVA-Mini model (the transformers model by
+`from_pretrained` or from a config, the vLLM plug-in's encoder) calls
+`keep_freed_memory_for_models()`, so that a plain Python process, a notebook, a Trainer script
+or a plug-in runs as fast as the `llavamini` commands; `LLAVAMINI_KEEP_FREED_MEMORY=0` in the
+environment turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import platform
 
 logger = logging.getLogger(__name__)
@@ -30,6 +34,9 @@ MMAP_THRESHOLD_BYTES = 2**30
 
 TRIM_THRESHOLD_BYTES = 2**31 - 1
 """The largest value `mallopt` takes (a C int): the heap is never trimmed."""
+
+KEEP_FREED_MEMORY_ENV = "LLAVAMINI_KEEP_FREED_MEMORY"
+"""'0' in this environment variable: building a model leaves glibc's settings alone."""
 
 
 def keep_freed_memory() -> bool:
@@ -52,6 +59,15 @@ def keep_freed_memory() -> bool:
     if not applied:
         logger.debug("glibc refused the malloc settings; keeping its defaults")
     return applied
+
+
+def keep_freed_memory_for_models() -> bool:
+    """`keep_freed_memory()`, unless `LLAVAMINI_KEEP_FREED_MEMORY=0` is set: what building a
+    LLaVA-Mini model does (process-wide, from then on). Returns whether it was applied."""
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0":
+        logger.debug("%s=0: glibc's malloc settings left as they are", KEEP_FREED_MEMORY_ENV)
+        return False
+    return keep_freed_memory()
 
 
 def release_freed_memory() -> bool:

@@ -66,7 +66,12 @@ ROW_TITLES = {
     "train": "training step, batch 4, forward + backward (ms)",
     "video": "video prefill, T = {frames} frames (ms)",
     "video_mem": "video peak memory growth over 1 frame, T = {frames} (MiB; RSS on a CPU)",
+    "peak": "peak RSS of the whole process (MiB)",
+    "loaded": "RSS after loading, before the first input (MiB)",
 }
+OURS = ("ours", "ours-packed")
+"""Our two ways to load: as the README's snippet does (the default), and with
+`--pack-vision-weights`'s packing (opt-in)."""
 DEVICE = torch.device("cpu")
 """Where `run` puts the model and inputs (`--device`)."""
 
@@ -118,16 +123,19 @@ def build(work_dir: str) -> str:
 
 
 def load(impl: str, checkpoint_dir: str):
-    """The model of `impl`, float32, SDPA, in eval mode."""
-    if impl == "ours":
-        from llavamini import LlavaMiniForCausalLM
-        from llavamini.utils.allocator import keep_freed_memory
+    """The model of `impl`, float32, SDPA, in eval mode. Ours is loaded as the README's snippet
+    loads it, in this plain process, calling nothing else ('ours'), or with the vision weights
+    packed as `--pack-vision-weights` does ('ours-packed')."""
+    if impl in OURS:
+        from transformers import AutoModelForCausalLM
 
-        keep_freed_memory()  # as every `llavamini` command's process does (llavamini.flags)
+        import llavamini  # noqa: F401  (registers the Auto classes, as the README's snippet)
 
-        model = LlavaMiniForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             checkpoint_dir, dtype=torch.float32, attn_implementation="sdpa"
         )
+        if impl == "ours-packed":
+            model.model.vision_tower.pack_weights()
         return model.to(DEVICE).eval()
     from llavamini.model.language_model.llavamini_llama import LlavaMiniLlamaForCausalLM
 
@@ -143,7 +151,7 @@ def load(impl: str, checkpoint_dir: str):
 
 def vision_tower(impl: str, model) -> torch.nn.Module:
     """The CLIP tower module of `impl`'s model."""
-    if impl == "ours":
+    if impl in OURS:
         return model.model.vision_tower
     return model.get_model().get_vision_tower()
 
@@ -165,7 +173,7 @@ def pixels(*shape: int, seed: int = 1) -> torch.Tensor:
 def video_images(impl: str, frames: int):
     """One video of `frames` frames in the form each codebase takes."""
     video = pixels(frames, 1, seed=2)  # (T, parts, 3, H, W)
-    return [video] if impl == "ours" else video[None]
+    return [video] if impl in OURS else video[None]
 
 
 def greedy(model, ids, images, new_tokens: int, **kwargs) -> torch.Tensor:
@@ -241,11 +249,28 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mib() -> float:
+    """The process's resident memory now (CPU), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def run_row(impl: str, checkpoint_dir: str, row: str, repeats: int, frames: int) -> dict:
-    """One row's measurement for one codebase (a fresh process each time)."""
+    """One row's measurement for one codebase (a fresh process each time), with the process's
+    RSS after loading and its peak RSS at the end (CPU: the whole process, not only growth)."""
     model = load(impl, checkpoint_dir)
-    image, ids = pixels(1, 1), prompt(1)
     result: dict = {"impl": impl, "row": row}
+    if DEVICE.type == "cpu":
+        result["loaded_mib"] = rss_mib()
+    measure(model, impl, row, repeats, frames, result)
+    if DEVICE.type == "cpu":
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def measure(model, impl: str, row: str, repeats: int, frames: int, result: dict) -> None:
+    """Time `row` with `model` into `result`."""
+    image, ids = pixels(1, 1), prompt(1)
     if row == "ttft":
         with torch.no_grad():
             result["ms"] = timed(lambda: greedy(model, ids, image, 1), repeats)
@@ -288,16 +313,15 @@ def run_row(impl: str, checkpoint_dir: str, row: str, repeats: int, frames: int)
         result["loss"] = train_step(model, prompt(2, seed=5), pixels(2, 1, seed=5))
     else:
         raise ValueError(f"unknown row {row!r}")
-    return result
 
 
 # ---- compare (our environment) -----------------------------------------------------------------
 
 
 def subprocess_row(args, impl: str, row: str, frames: int = 0) -> dict:
-    python = args.ours_python if impl == "ours" else args.reference_python
+    python = args.ours_python if impl in OURS else args.reference_python
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    env["PYTHONPATH"] = args.ours_dir if impl == "ours" else args.reference_dir
+    env["PYTHONPATH"] = args.ours_dir if impl in OURS else args.reference_dir
     command = [
         python, os.path.abspath(__file__), "run", "--impl", impl, "--row", row,
         "--checkpoint", os.path.join(args.work_dir, "checkpoint"),
@@ -346,15 +370,16 @@ def compare(args) -> None:
         for row, frames in jobs:
             if repetition >= (args.video_repetitions if row == "video" else args.repetitions):
                 continue
-            order = ("ours", "reference") if repetition % 2 == 0 else ("reference", "ours")
-            for impl in order:
+            impls = args.impls if repetition % 2 == 0 else args.impls[::-1]
+            for impl in impls:
                 result = subprocess_row(args, impl, row, frames)
                 entry = samples.setdefault((row, frames), {}).setdefault(impl, {})
                 entry.setdefault("ms", []).append(min(result["ms"]))
-                if "mem_mib" in result:
-                    entry.setdefault("mem", []).append(result["mem_mib"])
+                for key in ("mem", "peak", "loaded"):
+                    if f"{key}_mib" in result:
+                        entry.setdefault(key, []).append(result[f"{key}_mib"])
                 logger.info("%s %s %s: %.1f ms", row, frames or "", impl, min(result["ms"]))
-    print_table(samples)
+    print_table(samples, args.impls)
 
 
 def span(values: list[float]) -> str:
@@ -362,20 +387,33 @@ def span(values: list[float]) -> str:
     return f"{low:.1f} / {mid:.1f}"
 
 
-def print_table(samples) -> None:
-    """The table: min / median over process repetitions; ratio = reference / ours on the
-    minima (> 1: ours faster, or for memory: ours smaller)."""
-    print("| row | ours (min / median) | reference (min / median) | ratio (reference / ours) |")
-    print("|---|---|---|---|")
+def print_table(samples, impls: list[str]) -> None:
+    """The table: min / median over process repetitions; ratios = reference / ours on the
+    minima (> 1: ours faster, or for memory: ours smaller). Under every timed row, the peak RSS
+    of the whole process that timed it."""
+    ours = [impl for impl in impls if impl != "reference"]
+    print(
+        "| row | " + " | ".join(f"{impl} (min / median)" for impl in impls) + " | "
+        + " | ".join(f"reference / {impl}" for impl in ours) + " |"
+    )  # fmt: skip
+    print("|---" * (1 + len(impls) + len(ours)) + "|")
+
+    def line(title: str, key: str, by_impl: dict, floor: float = 0.0) -> None:
+        cells = [span(by_impl[impl][key]) for impl in impls]
+        reference = max(min(by_impl["reference"][key]), floor)
+        ratios = [f"{reference / max(min(by_impl[impl][key]), floor):.2f}" for impl in ours]
+        print(f"| {title} | " + " | ".join(cells + ratios) + " |")
+
+    loaded_shown = False
     for (row, frames), by_impl in samples.items():
-        ours, reference = by_impl["ours"], by_impl["reference"]
-        title = ROW_TITLES[row].format(frames=frames)
-        ratio = min(reference["ms"]) / min(ours["ms"])
-        print(f"| {title} | {span(ours['ms'])} | {span(reference['ms'])} | {ratio:.2f} |")
-        if "mem" in ours:
-            title = ROW_TITLES["video_mem"].format(frames=frames)
-            ratio = max(min(reference["mem"]), 0.1) / max(min(ours["mem"]), 0.1)
-            print(f"| {title} | {span(ours['mem'])} | {span(reference['mem'])} | {ratio:.2f} |")
+        line(ROW_TITLES[row].format(frames=frames), "ms", by_impl)
+        if "mem" in by_impl["reference"]:
+            line(ROW_TITLES["video_mem"].format(frames=frames), "mem", by_impl, floor=0.1)
+        if "peak" in by_impl["reference"]:
+            line(f"&nbsp;&nbsp;{ROW_TITLES['peak']}", "peak", by_impl)
+        if "loaded" in by_impl["reference"] and not loaded_shown and row != "train":
+            line(ROW_TITLES["loaded"], "loaded", by_impl)
+            loaded_shown = True
 
 
 def main() -> None:
@@ -384,7 +422,7 @@ def main() -> None:
     build_parser = sub.add_parser("build")
     build_parser.add_argument("work_dir")
     run_parser = sub.add_parser("run")
-    run_parser.add_argument("--impl", choices=("ours", "reference"), required=True)
+    run_parser.add_argument("--impl", choices=(*OURS, "reference"), required=True)
     run_parser.add_argument("--row", required=True)
     run_parser.add_argument("--checkpoint", required=True)
     run_parser.add_argument("--repeats", type=int, default=2)
@@ -397,6 +435,10 @@ def main() -> None:
     compare_parser.add_argument("--reference-python", required=True)
     compare_parser.add_argument("--reference-dir", required=True)
     compare_parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    compare_parser.add_argument(
+        "--impls", nargs="+", choices=(*OURS, "reference"), default=["ours", "reference"],
+        help="what to time, alternating process by process (add ours-packed for the opt-in)",
+    )  # fmt: skip
     compare_parser.add_argument("--frames", nargs="+", type=int, default=[8, 32, 64])
     compare_parser.add_argument("--repeats", type=int, default=2, help="timed calls a process")
     compare_parser.add_argument(

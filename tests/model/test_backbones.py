@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from llavamini.apps.tiny import tiny_config
 from llavamini.constants import IGNORE_INDEX
 from llavamini.constants import IMAGE_TOKEN_INDEX as IMG
-from llavamini.model import FAMILIES, register_backbone, vision_tower
+from llavamini.model import FAMILIES, register_backbone
 from llavamini.model.vision_tower import block_output, encoder_blocks
 from tests.conftest import TEST_IMAGE_SIZE, VOCAB, random_images
 
@@ -97,35 +97,46 @@ def test_unsupported_encoder_and_backbone_name_the_supported_ones():
 @pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("layer", [-2, 1, -1])
 def test_encoder_stops_at_the_selected_block(encoder, layer):
-    """The blocks after the selected one do not run, and the features equal a full forward's."""
+    """The blocks after the selected one do not run, the features equal the selected block's
+    output in a full forward, and the encoder is whole again afterwards."""
     model = build("llama", encoder)
-    tower = model.model.vision_tower
-    blocks = encoder_blocks(tower.encoder)
-    ran = []
-    handles = [
-        b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(blocks)
-    ]
+    encoder_module = model.model.vision_tower.encoder
+    keys = list(encoder_module.state_dict())
+    blocks = encoder_blocks(encoder_module)
+    selected = layer % (len(blocks) + 1)
+    ran, outputs = [], []
+
+    def record(k):
+        def hook(module, inputs, output):
+            ran.append(k)
+            outputs.append(output)
+
+        return hook
+
+    handles = [b.register_forward_hook(record(k)) for k, b in enumerate(blocks)]
     images = random_images(2, seed=3)[:, 0]
     with torch.no_grad():
-        early = block_output(tower.encoder, images, layer)
-        selected = layer % (len(blocks) + 1)
+        early = block_output(encoder_module, images, layer)
         assert ran == list(range(selected))
-        full = block_output(tower.encoder, images, layer, stop_early=False)
+        ran.clear()
+        outputs.clear()
+        encoder_module(images)  # whole: every block
     for handle in handles:
         handle.remove()
-    assert torch.equal(early, full)
+    assert ran == list(range(len(blocks)))
+    full = outputs[selected - 1]
+    assert torch.equal(early, full[0] if isinstance(full, tuple) else full)
+    assert list(encoder_module.state_dict()) == keys
 
 
-def test_encoder_runs_whole_under_zero3(monkeypatch):
-    """Under ZeRO-3 the forward is not cut short (its hooks release gathered weights after)."""
-    monkeypatch.setattr(vision_tower, "is_deepspeed_zero3_enabled", lambda: True)
+def test_encoder_is_whole_again_after_a_failed_forward():
+    """A forward that raises (here: images of the wrong size) leaves every block in place."""
     model = build("llama", "clip")
-    blocks = encoder_blocks(model.model.vision_tower.encoder)
-    ran = []
-    blocks[-1].register_forward_hook(lambda m, i, o: ran.append(True))
-    with torch.no_grad():
-        model.model.vision_tower(random_images(1)[:, 0])
-    assert ran == [True]
+    encoder_module = model.model.vision_tower.encoder
+    count = len(encoder_blocks(encoder_module))
+    with pytest.raises(ValueError, match="doesn't match"):
+        block_output(encoder_module, torch.zeros(1, 3, 7, 7), -2)
+    assert len(encoder_blocks(encoder_module)) == count
 
 
 @pytest.mark.skipif(

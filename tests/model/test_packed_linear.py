@@ -118,7 +118,7 @@ def test_pack_linears_keeps_parameters_and_keys():
 
 
 @needs_mkl
-def test_tower_packs_its_blocks_for_one_image(monkeypatch):
+def test_tower_packs_its_blocks_for_one_image_once_asked(monkeypatch):
     config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
         image_size=28, patch_size=14, hidden_act="quick_gelu",
@@ -128,6 +128,10 @@ def test_tower_packs_its_blocks_for_one_image(monkeypatch):
     assert tower.tokens_per_image == 5  # 2 x 2 patches + the class token
     images = torch.randn(3, 3, 28, 28)
     packs = counting_packs(monkeypatch)
+    with torch.no_grad():
+        unpacked = tower(images[:1])
+    assert packs == []  # opt-in: nothing packed by default
+    assert tower.pack_weights() == 3 * 6 and tower.pack_weights() == 0
     first_linear = tower.encoder.encoder.layers[0].self_attn.q_proj
 
     def packed_before_forward(module, args):
@@ -145,3 +149,4 @@ def test_tower_packs_its_blocks_for_one_image(monkeypatch):
         plain = tower(images.double()).float()
     torch.testing.assert_close(alone, batch, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(alone, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone[:1], unpacked, rtol=1e-5, atol=1e-5)

@@ -1,18 +1,19 @@
 """`keep_freed_memory`: freed heap memory stays in the process, so a forward pass's transient
-tensors are not given back to the kernel and faulted in again. Checked in a fresh process (the
-setting is process-wide) through glibc's own accounting (`mallinfo2`)."""
+tensors are not given back to the kernel and faulted in again; building a model applies it.
+Checked in a fresh process (the setting is process-wide) through glibc's own accounting
+(`mallinfo2`)."""
 
 import ctypes
 import json
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
 
-PROGRAM = """
+HEAP_PROGRAM = """
 import ctypes, json, torch
-from llavamini.utils.allocator import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -21,46 +22,70 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
-applied = keep_freed_memory()
+{setup}
 heap, mapped = [], []
 for _ in range(10):  # a layer's transients: three 16 MiB activations, freed newest first
     a, b, c = torch.ones(4 * 2**20), torch.ones(4 * 2**20), torch.ones(4 * 2**20)
     mapped.append(libc.mallinfo2().hblkhd)
     del c, b, a
     heap.append(libc.mallinfo2().arena)
-print(json.dumps({"applied": applied, "heap": heap, "mapped": mapped}))
+print(json.dumps({{"applied": applied, "heap": heap, "mapped": mapped}}))
 """
+"""Prints glibc's heap and mmapped bytes around ten rounds of a layer's transient tensors, after
+`setup` (which sets `applied`)."""
+
+BUILD_A_MODEL = """
+from llavamini import LlavaMiniForCausalLM
+from llavamini.apps.tiny import tiny_config
+LlavaMiniForCausalLM(tiny_config(64, 28))
+applied = None
+"""
+"""A plain process's way: build a model, call nothing else."""
+
+
+def heap_rounds(setup: str, env: dict | None = None) -> dict:
+    """`HEAP_PROGRAM` after `setup`, in a fresh process (the setting is process-wide)."""
+    environment = {**os.environ, **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-c", HEAP_PROGRAM.format(setup=setup)],
+        capture_output=True, text=True, check=True, env=environment,
+    )  # fmt: skip
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def freed_memory_kept(result: dict) -> bool:
+    """Never trimmed: the heap does not shrink after the frees (with glibc's defaults it gives
+    the freed 48 MiB at its top back, and the next layer faults them in again), and 16 MiB blocks
+    come from the heap, not from mmap (unmapped again on every free)."""
+    heap = result["heap"]
+    return heap == sorted(heap) and heap[0] >= 48 * 2**20 and len(set(result["mapped"])) == 1
 
 
 def has_mallinfo2() -> bool:
     return hasattr(ctypes.CDLL(None), "mallinfo2")  # glibc >= 2.33
 
 
-@pytest.mark.skipif(
+needs_glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not has_mallinfo2(),
     reason="keep_freed_memory tunes glibc's malloc (checked with mallinfo2, glibc >= 2.33)",
 )
+
+
+@needs_glibc
 def test_freed_activations_stay_in_the_heap():
-    done = subprocess.run(
-        [sys.executable, "-c", PROGRAM], capture_output=True, text=True, check=True
-    )
-    result = json.loads(done.stdout.splitlines()[-1])
+    setup = "from llavamini.utils.allocator import keep_freed_memory\napplied = keep_freed_memory()"
+    result = heap_rounds(setup)
     assert result["applied"] is True
-    # Never trimmed: the heap does not shrink after the frees (with glibc's defaults it gives
-    # the freed 48 MiB at its top back, and the next layer faults them in again) ...
-    heap = result["heap"]
-    assert heap == sorted(heap) and heap[0] >= 48 * 2**20, heap
-    # ... and 16 MiB blocks come from the heap, not from mmap (unmapped again on every free).
-    assert len(set(result["mapped"])) == 1, result["mapped"]
+    assert freed_memory_kept(result), result
 
 
-def test_every_command_process_starts_with_it(monkeypatch):
-    from llavamini import flags
-
-    called = []
-    monkeypatch.setattr(flags, "keep_freed_memory", lambda: called.append(True))
-    flags.start_process()
-    assert called == [True]
+@needs_glibc
+def test_building_a_model_keeps_freed_memory_unless_turned_off():
+    """From a plain process, building the model is enough; LLAVAMINI_KEEP_FREED_MEMORY=0 leaves
+    glibc's defaults, which give the freed memory back."""
+    assert freed_memory_kept(heap_rounds(BUILD_A_MODEL))
+    result = heap_rounds(BUILD_A_MODEL, {"LLAVAMINI_KEEP_FREED_MEMORY": "0"})
+    assert not freed_memory_kept(result), result
 
 
 RELEASE_PROGRAM = """
