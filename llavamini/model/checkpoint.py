@@ -33,6 +33,7 @@ import os
 from collections.abc import Callable
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, PreTrainedConfig
@@ -130,15 +131,9 @@ def find_vision_tower_folder(
         if os.path.isfile(os.path.join(folder, "config.json")):
             return folder
     if mm_vision_tower and not os.path.isabs(mm_vision_tower) and mm_vision_tower.count("/") == 1:
-        cached = cached_file(
-            mm_vision_tower,
-            "config.json",
-            cache_dir=cache_dir,
-            local_files_only=True,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-        if cached:
+        # huggingface_hub's public cache lookup: a path, None, or a marker for "known absent".
+        cached = try_to_load_from_cache(mm_vision_tower, "config.json", cache_dir=cache_dir)
+        if isinstance(cached, str):
             return os.path.dirname(cached)
     return None
 
