@@ -50,9 +50,11 @@ SERVER_MAX_FRAMES = 180
 
 @dataclass(frozen=True)
 class Accepted:
-    """The door answers; `result` says with what."""
+    """The door answers; `result` says with what, and the door's summary of its result
+    contains `shows` (when given)."""
 
     result: str
+    shows: str | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,19 @@ def _all(expectation: Expectation, **overrides: Expectation) -> dict[str, Expect
     return {door: overrides.get(door, expectation) for door in DOORS}
 
 
-ANSWERS = Accepted("an answer")
+def _answered(
+    answer: str = "an answer", inputs: str = "model inputs", **overrides: Expectation
+) -> dict[str, Expectation]:
+    """Accepted everywhere: `answer` where the door answers, `inputs` from the processor, no
+    problem from data check; `overrides` for some doors."""
+    return {
+        **_all(Accepted(answer)),
+        "processor": Accepted(inputs),
+        "data": Accepted("no problem reported"),
+        **overrides,
+    }
+
+
 ONE_FILE = NotApplicable("one-shot chat takes one --image-file or --video-file")
 ONE_VISUAL = NotApplicable("a question has one image or video")
 IMAGE_TASK = NotApplicable("the synthetic task asks about images; video tasks share its reader")
@@ -373,36 +387,35 @@ CASES: list[HostileInput] = [
         "one-frame-video",
         "an MP4 of one frame",
         _video("one_frame.mp4", 1, 5),
-        _all(
-            Accepted("an answer; the video is 1 frame"),
+        _answered(
+            processor=Accepted("model inputs with 1 frame", shows="frames [1]"),
             eval=IMAGE_TASK,
-            data=Accepted("no problem reported"),
         ),
     ),
     HostileInput(
         "image-1x1",
         "an image of 1 x 1 pixel",
         _image("RGB", (1, 1), "dot.png"),
-        _all(ANSWERS, data=Accepted("no problem reported")),
+        _answered(),
     ),
     HostileInput(
         "image-1x10000",
         "an image of 1 x 10000 pixels (padded to a square of 10000 x 10000)",
         _image("RGB", (1, 10000), "strip.png"),
-        _all(ANSWERS, data=Accepted("no problem reported")),
+        _answered(),
     ),
     HostileInput(
         "image-1x1000000",
         "an image of 1 x 1000000 pixels, 1 KB as PNG (a 10^12-pixel square when padded)",
         _bytes_file("long_strip.png", _raw_png(1, 1_000_000)),
-        _all(ANSWERS, data=Accepted("no problem reported")),
+        _answered(),
     ),
     *[
         HostileInput(
             f"mode-{label}",
             f"a {mode} image",
             _image(mode, (20, 12), f"mode_{label}.{'jpg' if fmt == 'JPEG' else 'png'}", fmt),
-            _all(Accepted("an answer (converted to RGB)"), data=Accepted("no problem reported")),
+            _answered("an answer (converted to RGB)"),
         )
         for label, mode, fmt in [
             ("cmyk", "CMYK", "JPEG"),
@@ -426,19 +439,19 @@ CASES: list[HostileInput] = [
         "empty-text",
         "an empty message",
         _text(""),
-        _all(ANSWERS, data=Accepted("no problem reported")),
+        _answered(),
     ),
     HostileInput(
         "whitespace-text",
         "a message of spaces, tabs and newlines",
         _text(" \t\n  \n"),
-        _all(ANSWERS, data=Accepted("no problem reported")),
+        _answered(),
     ),
     HostileInput(
         "control-characters",
         "text with NUL, ESC sequences and BEL",
         _text("What\x00 is \x1b[31mthis\x1b[0m?\x07"),
-        _all(ANSWERS, data=Accepted("no problem reported")),
+        _answered(),
     ),
     HostileInput(
         "invalid-utf8",
@@ -525,8 +538,12 @@ CASES: list[HostileInput] = [
         "ten-hour-video",
         f"a 10-hour video at 1 fps ({LONG_VIDEO_SECONDS} frames of 16 x 16 pixels)",
         _long_video,
-        _all(
-            Accepted(f"an answer from {SERVER_MAX_FRAMES} frames (the frame cap)"),
+        _answered(
+            f"an answer from {SERVER_MAX_FRAMES} frames (the frame cap)",
+            processor=Accepted(
+                f"model inputs with {SERVER_MAX_FRAMES} frames (the cap)",
+                shows=f"frames [{SERVER_MAX_FRAMES}]",
+            ),
             eval=IMAGE_TASK,
             data=Accepted("no problem reported (training's frame policy: no cap by default)"),
         ),

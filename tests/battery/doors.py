@@ -139,7 +139,7 @@ def processor_door(payload: Payload, context: DoorContext, monkeypatch) -> Outco
 
 
 def chat_door(payload: Payload, context: DoorContext, monkeypatch) -> Outcome:
-    from llavamini.inference import GenerationSettings, InputSettings
+    from llavamini.inference import GenerationSettings
     from llavamini.model.loading import ModelSpec
     from llavamini.serve import cli
     from llavamini.serve.session import resolve_template
@@ -160,8 +160,7 @@ def chat_door(payload: Payload, context: DoorContext, monkeypatch) -> Outcome:
             cli.chat(
                 ModelSpec(context.checkpoint),
                 GenerationSettings(max_new_tokens=ANSWER_TOKENS),
-                InputSettings(),
-                cli.ChatOptions(query=payload.text, **files),
+                options=cli.ChatOptions(query=payload.text, **files),
             )
     except SystemExit as error:
         assert isinstance(error.code, str), "a refusal prints its reason"
