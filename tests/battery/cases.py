@@ -545,7 +545,7 @@ CASES: list[HostileInput] = [
                 shows=f"frames [{SERVER_MAX_FRAMES}]",
             ),
             eval=IMAGE_TASK,
-            data=Accepted("no problem reported (training's frame policy: no cap by default)"),
+            data=Rejected(f"{LONG_VIDEO_SECONDS + 110} tokens (vision tokens included) exceed"),
         ),
         slow=True,
     ),
