@@ -13,10 +13,9 @@ def join_inside(folder: str, path: str, flag: str) -> str:
     links to other disks. `flag` names the option that set `folder`, for the message.
     """
     joined = os.path.normpath(os.path.join(folder, path))
-    root = os.path.normpath(folder)
-    if os.path.isabs(path) or os.path.commonpath(
-        [os.path.abspath(joined), os.path.abspath(root)]
-    ) != os.path.abspath(root):
+    root = os.path.abspath(folder)
+    inside = os.path.commonpath([os.path.abspath(joined), root]) == root
+    if os.path.isabs(path) or not inside:
         raise ValueError(
             f"{path!r} is outside {flag} {folder!r}: name media relative to that folder, "
             f"without '..'."
