@@ -204,7 +204,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         lengths = []
         for record in self.records:
             words = sum(len(str(t.get("value", "")).split()) for t in record["conversations"])
-            has_media = record.get("image") is not None or record.get("video") is not None
+            has_media = any(record.get(kind) not in (None, []) for kind in ("image", "video"))
             lengths.append(words if has_media else -max(words, 1))
         return lengths
 
