@@ -337,6 +337,8 @@ NO_PARTS = NotApplicable("no content parts: text and one file")
 NO_MESSAGES = NotApplicable("no JSON: a file and a query")
 NO_FILE = NotApplicable("no question file: Python values")
 LIMIT = "PIL.Image.MAX_IMAGE_PIXELS"
+SCALED_BRIEF = f"scaled down so that its padded square fits {LIMIT}"
+SCALED = f"an answer ({SCALED_BRIEF})"
 
 CASES: list[HostileInput] = [
     HostileInput(
@@ -400,15 +402,17 @@ CASES: list[HostileInput] = [
     ),
     HostileInput(
         "image-1x10000",
-        "an image of 1 x 10000 pixels (padded to a square of 10000 x 10000)",
+        "an image of 1 x 10000 pixels (its padded square would be 10^8 pixels)",
         _image("RGB", (1, 10000), "strip.png"),
-        _answered(),
+        _answered(SCALED, inputs=f"model inputs ({SCALED_BRIEF})"),
+        slow=True,
     ),
     HostileInput(
         "image-1x1000000",
         "an image of 1 x 1000000 pixels, 1 KB as PNG (a 10^12-pixel square when padded)",
         _bytes_file("long_strip.png", _raw_png(1, 1_000_000)),
-        _answered(),
+        _answered(SCALED, inputs=f"model inputs ({SCALED_BRIEF})"),
+        slow=True,
     ),
     *[
         HostileInput(
@@ -474,6 +478,7 @@ CASES: list[HostileInput] = [
             eval=ONE_VISUAL,
             data=Accepted("no problem reported"),
         ),
+        slow=True,
     ),
     HostileInput(
         "unknown-part",

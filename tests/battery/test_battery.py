@@ -73,10 +73,14 @@ def test_case_ids_are_unique_and_every_case_names_every_door():
     assert all(set(case.expected) == set(DOORS) for case in CASES)
 
 
-STREAMED = [c for c in CASES if not c.slow and isinstance(c.expected["server"], Accepted)]
+STREAMED = [
+    pytest.param(case, id=case.id, marks=[pytest.mark.slow] if case.slow else [])
+    for case in CASES
+    if isinstance(case.expected["server"], Accepted)
+]
 
 
-@pytest.mark.parametrize("case", STREAMED, ids=[c.id for c in STREAMED])
+@pytest.mark.parametrize("case", STREAMED)
 def test_streamed_answers_equal_plain_ones(case, tmp_path, battery_client):
     """OpenAI's contract, for every input the server accepts: the joined deltas of a streamed
     answer are the plain answer's content."""
