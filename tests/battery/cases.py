@@ -245,6 +245,25 @@ def _lone_surrogate(folder: Path) -> Payload:
     )
 
 
+def _escaped_surrogate(folder: Path) -> Payload:
+    """Valid JSON whose string holds the escape of a lone surrogate: Python decodes it to a
+    str that no UTF-8 encoder accepts."""
+    text = "What is \udcff this?"
+    line = json.dumps({"question_id": 1, "text": text})
+    record = {
+        "id": "s",
+        "conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "ok"}],
+    }
+    return Payload(
+        (Part("text", text),),
+        raw={
+            "server": json.dumps({"messages": [{"role": "user", "content": text}]}).encode(),
+            "eval": (line + "\n").encode(),
+            "data": json.dumps([record]).encode(),
+        },
+    )
+
+
 def _unknown_part(folder: Path) -> Payload:
     (folder / "sound.wav").write_bytes(b"RIFF")
     return Payload((Part("audio_url", "sound.wav"), Part("text", "What do you hear?")))
@@ -467,6 +486,12 @@ CASES: list[HostileInput] = [
             eval=Rejected("line 1: not JSON"),
             data=Rejected("not valid UTF-8"),
         ),
+    ),
+    HostileInput(
+        "escaped-surrogate",
+        "valid JSON holding the escape \\udcff: a lone surrogate, no UTF-8 text",
+        _escaped_surrogate,
+        _all(Rejected("not valid Unicode")),
     ),
     HostileInput(
         "many-images",
