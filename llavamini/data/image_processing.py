@@ -69,8 +69,10 @@ def fit_for_square(image: Image.Image) -> Image.Image:
     padded to has more pixels than `Image.MAX_IMAGE_PIXELS`; unchanged otherwise.
 
     The decode limit bounds an image's pixels but not its padded square: a 1 x 1,000,000 strip
-    (1 KB as PNG) would be padded to 10^12 pixels. Images under the limit, every photograph,
-    are untouched, so their pixels equal the reference's.
+    (1 KB as PNG) would be padded to 10^12 pixels. Images whose longer side is at most the
+    limit's square root (9459 pixels for Pillow's default) are untouched, so their pixels equal
+    the reference's; longer ones (wide panoramas, strips) are scaled, where the reference would
+    have spent gigabytes on the padding.
     """
     limit = Image.MAX_IMAGE_PIXELS
     side = max(image.size)
