@@ -14,7 +14,6 @@ processes too); a bad sample is never replaced by another sample.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +21,7 @@ import torch
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
 from llavamini.conversation import ChatTemplate, render_with_spans
 from llavamini.data.tokenization import tokenize_conversation
+from llavamini.utils.paths import join_inside
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +67,35 @@ def sample_name(record: dict, index: int) -> str:
 
 
 def media_paths(record: dict) -> list[tuple[str, str]]:
-    """`(kind, absolute path)` of the sample's media, images first, in listed order."""
+    """`(kind, path)` of the sample's media, images first, in listed order.
+
+    Raises `ValueError` when an entry is not a file name (a string, or a list of them) or
+    names a file outside the sample's image folder.
+    """
     paths = []
+    folder = record.get("_folder", "")
     for kind in ("image", "video"):
         value = record.get(kind)
         if value is None:
             continue
         for item in value if isinstance(value, list) else [value]:
-            paths.append((kind, os.path.join(record.get("_folder", ""), item)))
+            if not isinstance(item, str):
+                raise ValueError(
+                    f"'{kind}' must be a file name or a list of them, got "
+                    f"{type(item).__name__} {item!r}"
+                )
+            path = join_inside(folder, item, "--image-folder") if folder else item
+            paths.append((kind, path))
     return paths
+
+
+def sample_media(record: dict, name: str) -> list[tuple[str, str]]:
+    """`media_paths(record)`, its `ValueError` raised as a 'missing media' `BadSampleError`
+    naming the sample `name`."""
+    try:
+        return media_paths(record)
+    except ValueError as error:
+        raise BadSampleError(f"Sample {name}: {error}", "missing media") from error
 
 
 def conversation_messages(record: dict, template: ChatTemplate, num_visuals: int) -> list:
@@ -184,7 +204,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         lengths = []
         for record in self.records:
             words = sum(len(str(t.get("value", "")).split()) for t in record["conversations"])
-            lengths.append(words if media_paths(record) else -max(words, 1))
+            has_media = any(record.get(kind) not in (None, []) for kind in ("image", "video"))
+            lengths.append(words if has_media else -max(words, 1))
         return lengths
 
     def __getitem__(self, index: int) -> dict | SkippedSample:
@@ -204,7 +225,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         record = self.records[index]
         name = sample_name(record, index)
         visuals = []
-        for kind, path in media_paths(record):
+        for kind, path in sample_media(record, name):
             try:
                 visuals.append(self.load_media(kind, path))
             except FileNotFoundError as error:

@@ -8,11 +8,15 @@ mean colour; then the CLIP processor resizes the short side, centre-crops and no
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
 
 SMALLER = "Send a smaller image: the model sees it at 336 x 336 (or N x N crops of that)."
 
@@ -60,6 +64,28 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return square
 
 
+def fit_for_square(image: Image.Image) -> Image.Image:
+    """`image`, scaled down (aspect kept, each side at least 1 pixel) when the square it would be
+    padded to has more pixels than `Image.MAX_IMAGE_PIXELS`; unchanged otherwise.
+
+    The decode limit bounds an image's pixels but not its padded square: a 1 x 1,000,000 strip
+    (1 KB as PNG) would be padded to 10^12 pixels. Images whose longer side is at most the
+    limit's square root (9459 pixels for Pillow's default) are untouched, so their pixels equal
+    the reference's; longer ones (wide panoramas, strips) are scaled, where the reference would
+    have spent gigabytes on the padding.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    side = max(image.size)
+    if limit is None or side * side <= limit:
+        return image
+    scale = math.isqrt(limit) / side
+    size = tuple(max(1, int(length * scale)) for length in image.size)
+    logger.info(
+        "Scaled a %d x %d image to %d x %d before padding it to a square", *image.size, *size
+    )
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
 def split_image(image: Image.Image, n: int) -> list[Image.Image]:
     """`[image]` for n == 1; else n*n crops (row-major, each W//n x H//n) then the whole image.
 
@@ -102,7 +128,10 @@ def process_images(images: Sequence[Image.Image], image_processor, config) -> to
     for image in images:
         parts = split_image(image.convert("RGB"), config.resolution_ratio)
         if config.image_aspect_ratio == "pad":
-            parts = [expand_to_square(part, mean_colour(image_processor)) for part in parts]
+            parts = [
+                expand_to_square(fit_for_square(part), mean_colour(image_processor))
+                for part in parts
+            ]
         pixels = image_processor(images=parts, return_tensors="pt")["pixel_values"]
         batch.append(pixels)
     return torch.stack(batch)

@@ -147,7 +147,9 @@ def _content_text(content, where: str, media: list, allow_media: bool) -> str:
             url = part.get("image_url")
             part, kind = {"url": url.get("url") if isinstance(url, dict) else url}, "image"
         if kind not in MEDIA_KEYS:
-            raise ValueError(f"{here}: 'type' must be 'text', 'image', 'image_url' or 'video'.")
+            raise ValueError(
+                f"{here}: 'type' must be 'text', 'image', 'image_url' or 'video', got {kind!r}."
+            )
         if not allow_media:
             raise ValueError(f"{here}: only user messages may hold images and videos.")
         sources = [part[key] for key in MEDIA_KEYS[kind] if part.get(key) is not None]

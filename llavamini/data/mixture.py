@@ -20,6 +20,16 @@ def read_manifest(path: str) -> list[dict]:
     """The records of one JSON list or JSONL file; errors name the file and line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Data file not found: {path}")
+    try:
+        return _read_manifest(path)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not valid UTF-8 (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}): save the file as UTF-8."
+        ) from error
+
+
+def _read_manifest(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         if path.endswith(".jsonl"):
             records = []

@@ -26,7 +26,8 @@ PLACEHOLDER = re.compile(f"({re.escape(DEFAULT_IMAGE_TOKEN)}|{re.escape(DEFAULT_
 
 def _tokens_with_offsets(text: str, tokenizer) -> Iterator[tuple[int, int, int]]:
     """`(token_id, start, end)` over `text`, each `<image>` or `<video>` yielding one
-    `IMAGE_TOKEN_INDEX`."""
+    `IMAGE_TOKEN_INDEX`. Raises `ValueError` for text that is not valid Unicode."""
+    check_encodable(text)
     offset = 0
     for i, chunk in enumerate(PLACEHOLDER.split(text)):
         if i % 2:  # a placeholder
@@ -40,6 +41,23 @@ def _tokens_with_offsets(text: str, tokenizer) -> Iterator[tuple[int, int, int]]
             ):
                 yield token_id, offset + start, offset + end
         offset += len(chunk)
+
+
+def check_encodable(text: str) -> None:
+    """Raise `ValueError` unless `text` can be written as UTF-8.
+
+    A lone surrogate (from invalid UTF-8 decoded with `surrogateescape`, as Python decodes
+    command-line arguments, or a `\\udcff` escape in JSON) would otherwise reach the tokenizer,
+    which fails with a `TypeError` that names neither the text nor the problem.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        snippet = text[max(0, error.start - 20) : error.end + 20]
+        raise ValueError(
+            f"The text is not valid Unicode: {error.reason} at character {error.start} (near "
+            f"{snippet!r}); send UTF-8 text."
+        ) from error
 
 
 def _needs_bos(ids: list[int], tokenizer, add_bos: bool) -> bool:

@@ -91,7 +91,9 @@ def _read_with_decord(path: str, fps: float, max_frames: int | None) -> np.ndarr
 
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0))
-    except RuntimeError as error:  # decord's open failures (DECORDError is not raised here)
+    except (RuntimeError, decord.DECORDError) as error:
+        # An unreadable file is a RuntimeError; a stream whose frames are missing (an index
+        # without frame data) a DECORDError, raised while decord sets up its decoder.
         raise ValueError(f"Cannot decode video {path}: {error}") from error
     if len(reader) == 0:
         return np.zeros((0, 1, 1, 3), dtype=np.uint8)

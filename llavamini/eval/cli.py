@@ -145,7 +145,12 @@ def run(
     if options.overwrite and os.path.exists(config.answers_file):
         logger.info("--overwrite: removing %s", config.answers_file)
         os.remove(config.answers_file)
-    path = run_questions(config, loaded=loaded)
+    try:
+        path = run_questions(config, loaded=loaded)
+    except ValueError as error:
+        # Bad input (a malformed question file, an unreadable image, a prompt past the
+        # context) is named in one line; answers written so far stay, for a resumed run.
+        raise SystemExit(f"llavamini eval run: error: {error}") from error
     logger.info("Answers in %s", path)
     return path
 

@@ -35,6 +35,10 @@ CHAT_COMMANDS = {
 
 USER_LABEL, ASSISTANT_LABEL = "USER", "ASSISTANT"
 
+CHAT_MAX_FRAMES = 180
+"""Default cap on frames per video, as `serve`'s: uncapped, a 10-hour video at 1 fps would be
+36000 frames, about 48 GB of pixels at 336 x 336."""
+
 
 @dataclass(frozen=True)
 class ChatOptions:
@@ -98,7 +102,7 @@ def load(model: ModelSpec, inputs: InputSettings):
 def chat(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(),
+    inputs: InputSettings = InputSettings(max_frames=CHAT_MAX_FRAMES),
     options: ChatOptions = ChatOptions(),
 ) -> None:
     """The `chat` command: load, attach the first file, then answer `options.query` once or

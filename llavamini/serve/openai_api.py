@@ -56,7 +56,16 @@ def _validation_error(request: Request, error: RequestValidationError) -> JSONRe
     return ApiError(400, "Invalid request body: " + "; ".join(problems), param or None).response()
 
 
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+"""FastAPI's whole message for a body it cannot decode (bytes that are not UTF-8, say)."""
+
+
 def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 400 and error.detail == FASTAPI_BODY_ERROR:
+        cause = error.__cause__ or error.__context__
+        reason = f": {cause}" if cause is not None else ""
+        message = f"The request body is not valid JSON in UTF-8{reason}."
+        return ApiError(400, message).response()
     error_type = "not_found_error" if error.status_code == 404 else "invalid_request_error"
     return ApiError(error.status_code, str(error.detail), error_type=error_type).response()
 

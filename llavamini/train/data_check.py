@@ -56,7 +56,8 @@ def check_record(record: dict, index: int, options: CheckOptions, template, toke
     """Raise `BadSampleError` for the first problem of one record."""
     name = dataset.sample_name(record, index)
     frames = 0
-    for kind, path in dataset.media_paths(record):
+    media = dataset.sample_media(record, name)
+    for kind, path in media:
         try:
             if kind == "video":
                 frames += len(load_video(path, options.video_fps, options.video_max_frames))
@@ -67,7 +68,7 @@ def check_record(record: dict, index: int, options: CheckOptions, template, toke
             raise BadSampleError(f"Sample {name}: {error}", "missing media") from error
         except (ValueError, OSError) as error:
             raise BadSampleError(f"Sample {name}: {error}", "undecodable media") from error
-    num_visuals = len(dataset.media_paths(record))
+    num_visuals = len(media)
     if tokenizer is None:
         try:
             dataset.conversation_messages(record, template, num_visuals)
@@ -82,7 +83,10 @@ def check_record(record: dict, index: int, options: CheckOptions, template, toke
 def check(options: CheckOptions) -> Counter:
     """Report every bad sample of a manifest on stdout; returns the count per problem and exits
     with status 1 when there is any."""
-    records = load_records(list(options.data), list(options.image_folder), options.mixture_seed)
+    try:
+        records = load_records(list(options.data), list(options.image_folder), options.mixture_seed)
+    except ValueError as error:
+        raise SystemExit(f"llavamini data check: error: {error}") from error
     tokenizer = None
     if options.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)

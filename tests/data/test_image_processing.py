@@ -71,3 +71,13 @@ def test_an_image_too_large_to_decode_is_named_with_the_limit(tmp_path, width, h
     path.write_bytes(png_header_only(width, height))
     with pytest.raises(ValueError, match=rf"bomb\.png.*{width * height} pixels.*MAX_IMAGE_PIXELS"):
         load_image(str(path))
+
+
+def test_fit_for_square_keeps_ordinary_images_and_shrinks_long_strips():
+    from llavamini.data.image_processing import fit_for_square
+
+    photo = Image.new("RGB", (4000, 3000))
+    assert fit_for_square(photo) is photo  # under the limit: the reference's pixels
+    strip = fit_for_square(Image.new("RGB", (1, 1_000_000)))
+    side = max(strip.size)
+    assert strip.size[0] == 1 and side * side <= Image.MAX_IMAGE_PIXELS < (side + 1) ** 2

@@ -209,7 +209,7 @@ def test_subcommands_register_on_the_llavamini_command(tiny_checkpoint):
 
     chat_args = parse("chat", "--model-path", tiny_checkpoint, "--query", "Hi")
     assert chat_args.func.function is cli.chat and chat_args.temperature == 0.0
-    assert chat_args.max_new_tokens == 512 and chat_args.max_frames is None
+    assert chat_args.max_new_tokens == 512 and chat_args.max_frames == 180
     serve_args = parse("serve", "--model-path", tiny_checkpoint)
     assert (serve_args.host, serve_args.port, serve_args.allowed_media_dir) == (
         "127.0.0.1",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from llavamini.constants import SHORT_ANSWER as SHORT_ANSWER  # the tasks import it from here
 from llavamini.eval.answers import answer_key, record_key
+from llavamini.utils.paths import join_inside
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +176,33 @@ def read_llava_questions(path: str, visual_folder: str) -> list[Question]:
     reads it: the prompt is `text` verbatim (the answer-format suffix is already in it)."""
     questions = []
     for number, row in enumerate(read_jsonl(path, "question file"), start=1):
-        require(row, ("question_id", "text"), f"{path}, line {number}")
+        source = f"{path}, line {number}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{source}: a question is a JSON object, got {type(row).__name__}.")
+        require(row, ("question_id", "text"), source)
+        check_type(row, "question_id", (int, str), source)
+        check_type(row, "text", str, source)
         image = row.get("image")
-        visual = os.path.join(visual_folder, image) if image else None
+        if image is not None:
+            check_type(row, "image", str, source)
+        try:
+            visual = join_inside(visual_folder, image, "--visual-folder") if image else None
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from error
         questions.append(Question(row["question_id"], row["text"], visual))
     return questions
+
+
+def check_type(row: Mapping, name: str, types: type | tuple[type, ...], source: str) -> None:
+    """Raise naming the field `name` of `row` when it is not of `types` (JSON's `true` is no
+    integer here)."""
+    value = row[name]
+    allowed = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        wanted = " or ".join({int: "an integer", str: "a string"}[t] for t in allowed)
+        raise ValueError(
+            f"{source}: {name!r} must be {wanted}, got {type(value).__name__} {value!r}."
+        )
 
 
 def percent(numerator: float, denominator: int) -> float | None:
