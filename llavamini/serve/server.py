@@ -20,7 +20,7 @@ from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.serve.cli import Address, load
-from llavamini.serve.session import CHAT_DEFAULTS
+from llavamini.serve.session import CHAT_DEFAULTS, SERVER_MAX_FRAMES
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def build_server(
 def serve(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=180),
+    inputs: InputSettings = InputSettings(max_frames=SERVER_MAX_FRAMES),
     address: Address = Address(port=8000),
     options: ServeOptions = ServeOptions(),
 ) -> None:
