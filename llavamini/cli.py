@@ -15,6 +15,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from llavamini.errors import exit_on_command_error
 from llavamini.flags import add_verb, add_verbs, parser_kwargs, start_process
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -117,11 +118,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(None if command in PASS_THROUGH else command)
     try:
-        if command in PASS_THROUGH:
-            resolve(command)(argv[1:])
-            return
-        args = parser.parse_args(argv)
-        args.func(args)
+        with exit_on_command_error():  # library code raises; only the command line exits
+            if command in PASS_THROUGH:
+                resolve(command)(argv[1:])
+                return
+            args = parser.parse_args(argv)
+            args.func(args)
     except FileNotFoundError as error:  # a path the user gave: say which, without a traceback
         parser.exit(1, f"llavamini {command}: error: {error}\n")
 

@@ -33,6 +33,8 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+from llavamini.errors import exit_on_command_error
+
 
 def only(*names: str) -> frozenset[str]:
     """`Annotated[Cls, only("a", "b")]`: a verb exposes just these fields of `Cls` as flags."""
@@ -271,7 +273,9 @@ def standalone_main(
     description: str | None,
     argv: list[str] | None = None,
 ):
-    """Run `python -m MODULE [ARGS]`: parse `argv` (default: sys.argv) and call the verb."""
+    """Run `python -m MODULE [ARGS]`: parse `argv` (default: sys.argv) and call the verb; a
+    `CommandError` it raises ends the process with its message."""
     start_process()
     args = standalone_parser(target, prog, description).parse_args(argv)
-    return args.func(args)
+    with exit_on_command_error():
+        return args.func(args)

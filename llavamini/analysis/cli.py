@@ -24,6 +24,7 @@ from llavamini.analysis.drop_vision import answers_file_for, parse_layers, run_d
 from llavamini.analysis.plots import plot_attention, plot_drop_vision
 from llavamini.analysis.tokens import read_samples
 from llavamini.conversation import default_template_name
+from llavamini.errors import UsageError
 from llavamini.eval import arguments as eval_args
 from llavamini.eval.runner import RunConfig, check_visuals_exist
 from llavamini.flags import only
@@ -116,7 +117,7 @@ def attention(
         conv_mode = inputs.conv_mode or default_template_name(loaded.tokenizer)
         result = analyze_attention(loaded, samples, conv_mode, generation.max_new_tokens)
     except (FileNotFoundError, ValueError, KeyError) as error:
-        raise SystemExit(f"error: {error}") from error
+        raise UsageError(str(error)) from error
     result = {"model_path": model.path, "data": options.data, **result}
     title = f"{_model_name(model.path)}: {result['samples']} samples of {options.data}"
     result["figures"] = plot_attention(result, folder, title)
@@ -219,7 +220,7 @@ def drop_vision(
         annotations = files.annotations_of(task)
         result = run_drop_vision(loaded, config, layers, folder, score_questions, annotations)
     except (FileNotFoundError, ValueError, KeyError) as error:
-        raise SystemExit(f"error: {error.args[0] if error.args else error}") from error
+        raise UsageError(str(error.args[0] if error.args else error)) from error
     result["json"] = os.path.join(folder, "drop_vision.json")
     title = f"{_model_name(model.path)}: {task.name}"
     result["figure"] = plot_drop_vision(result, os.path.join(folder, "drop_vision.png"), title)
@@ -252,7 +253,7 @@ def compression(
         loaded = loaded if loaded is not None else model.load()
         pixels, weights = compression_attention(loaded, options.image)
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from error
+        raise UsageError(str(error)) from error
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     plot_compression(pixels, weights, path, f"{model.path}: {options.image}")
     sys.stdout.write(f"Wrote {path}\n")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from llavamini.apps.tiny import build_tiny_assets, build_tiny_checkpoint
+from llavamini.errors import UsageError
 from llavamini.inference import GenerationSettings, generate
 from llavamini.model.loading import load_pretrained
 
@@ -35,7 +36,7 @@ def demo(
     """Build a tiny random LLaVA-Mini and answer a question about an image; returns the
     answer (noise: the weights are random)."""
     if not os.path.isfile(options.image):
-        raise SystemExit(f"error: --image {options.image!r} does not exist")
+        raise UsageError(f"--image {options.image!r} does not exist")
     start = time.perf_counter()
     logger.info("Building a tiny random LLaVA-Mini in %s", options.output_dir)
     build_tiny_checkpoint(options.output_dir, seed=options.seed)

@@ -53,22 +53,24 @@ QUICKSTART_VISION = dict(intermediate_size=256)
 
 
 @dataclass(frozen=True)
-class Variant:
+class TrainingVariant:
+    """One model the ablation trains: its label in the table and its training flags."""
+
     label: str
     flags: tuple[str, ...]
 
 
 VARIANTS = {
-    "all-tokens": Variant(
+    "all-tokens": TrainingVariant(
         "LLaVA-1.5 mode (all tokens)", ("--compressor_type", "none", "--prefusion_layer_num", "0")
     ),
-    "one-token": Variant(
+    "one-token": TrainingVariant(
         "1 token, no pre-fusion", ("--compressor_type", "query", "--prefusion_layer_num", "0")
     ),
-    "one-token-prefusion": Variant(
+    "one-token-prefusion": TrainingVariant(
         "1 token + pre-fusion", ("--compressor_type", "query", "--prefusion_layer_num", "2")
     ),
-    "pooling-prefusion": Variant(
+    "pooling-prefusion": TrainingVariant(
         "1 pooled token + pre-fusion",
         ("--compressor_type", "avg_pool", "--prefusion_layer_num", "2"),
     ),

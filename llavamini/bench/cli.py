@@ -19,6 +19,7 @@ from typing import Literal
 
 from llavamini.bench import report
 from llavamini.bench.run import BenchOptions, run_benchmark, smoke_options
+from llavamini.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def bench(args: BenchArgs = BenchArgs()) -> dict:
     try:
         options = args.options()
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from error
+        raise UsageError(str(error)) from error
     command = " ".join(["llavamini", *sys.argv[1:]])
     results = run_benchmark(options, command)
     json_path = os.path.join(options.output_dir, "bench.json")

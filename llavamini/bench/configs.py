@@ -72,7 +72,7 @@ SCALES = {
 
 
 @dataclass(frozen=True)
-class Variant:
+class ModelVariant:
     """The multimodal fields of one compared model."""
 
     description: str
@@ -92,16 +92,20 @@ class Variant:
 
 
 VARIANTS = {
-    "llava-1.5": Variant("LLaVA-1.5 mode: all 576 projected tokens, no pre-fusion", "none", 1, 0),
-    "mini-1": Variant("LLaVA-Mini, 1 token (C=1), 4 pre-fusion layers", "query", 1, 4),
-    "mini-4": Variant("LLaVA-Mini, 4 tokens (C=2)", "query", 2, 4),
-    "mini-16": Variant("LLaVA-Mini, 16 tokens (C=4)", "query", 4, 4),
-    "mini-64": Variant("LLaVA-Mini, 64 tokens (C=8)", "query", 8, 4),
-    "llava-1.5-hd": Variant(
+    "llava-1.5": ModelVariant(
+        "LLaVA-1.5 mode: all 576 projected tokens, no pre-fusion", "none", 1, 0
+    ),
+    "mini-1": ModelVariant("LLaVA-Mini, 1 token (C=1), 4 pre-fusion layers", "query", 1, 4),
+    "mini-4": ModelVariant("LLaVA-Mini, 4 tokens (C=2)", "query", 2, 4),
+    "mini-16": ModelVariant("LLaVA-Mini, 16 tokens (C=4)", "query", 4, 4),
+    "mini-64": ModelVariant("LLaVA-Mini, 64 tokens (C=8)", "query", 8, 4),
+    "llava-1.5-hd": ModelVariant(
         "LLaVA-1.5 mode at 672 px: 4 crops + global, 2880 tokens", "none", 1, 0, 2
     ),
-    "mini-hd-1": Variant("LLaVA-Mini-HD at 672 px, 1 token (Table 14's row)", "query", 1, 4, 2),
-    "mini-hd-64": Variant(
+    "mini-hd-1": ModelVariant(
+        "LLaVA-Mini-HD at 672 px, 1 token (Table 14's row)", "query", 1, 4, 2
+    ),
+    "mini-hd-64": ModelVariant(
         "LLaVA-Mini-HD at 672 px, 64 tokens (the paper's HD model)", "query", 8, 4, 2
     ),
 }

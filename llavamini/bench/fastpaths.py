@@ -91,7 +91,9 @@ def attention_kernel_rows(
     return generation_rows("attention kernel", variant, results, "eager", "sdpa")
 
 
-def read_rows_rows(variant: str, case: GenerationCase, warmup: int, repeats: int) -> list[dict]:
+def prefusion_last_layer_rows(
+    variant: str, case: GenerationCase, warmup: int, repeats: int
+) -> list[dict]:
     """The last pre-fusion layer on every row against on the read rows only (time to first
     token; decoding does not run the pre-fusion). Nothing to compare without compressed tokens
     and pre-fusion."""

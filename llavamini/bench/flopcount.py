@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from llavamini.bench.flops import prompt_lengths
 from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
+from llavamini.model.modules import COMPONENTS
 from llavamini.model.packed_linear import mkl_packing_available
 
 
@@ -46,14 +47,6 @@ def _mkl_linear_flops(input_shape, packed_shape, weight_shape, *args, **kwargs) 
 COUNTED_KERNELS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 """Kernels added to FlopCounterMode's table (`new_counter` adds MKL's packed linear where this
 torch has it)."""
-
-HOOKED_COMPONENTS = {
-    "vision_tower": "vision_tower",
-    "projector": "mm_projector",
-    "compressor": "compressor",
-    "prefusion": "prefusion_layers",
-}
-"""Component name -> attribute of `LlavaMiniModel` whose forward calls are attributed to it."""
 
 
 @contextmanager
@@ -105,7 +98,7 @@ def counted_flops(
     """
     inner = model.model
     counter = new_counter()
-    modules = {name: getattr(inner, attr) for name, attr in HOOKED_COMPONENTS.items()}
+    modules = {name: getattr(inner, attr) for name, attr in COMPONENTS.items()}
     with counter, attribute_flops(counter, modules) as totals:
         embeds, mask, _, positions = inner.embed_multimodal(input_ids, None, None, images)
         out = model(
@@ -115,7 +108,7 @@ def counted_flops(
             use_cache=True,
             logits_to_keep=1,
         )
-    counts = {name: totals.get(name, 0) for name in HOOKED_COMPONENTS}
+    counts = {name: totals.get(name, 0) for name in COMPONENTS}
     counts["llm_prefill"] = counter.get_total_flops() - sum(counts.values())
     counts["prefill_total"] = counter.get_total_flops()
     token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -172,7 +165,7 @@ def meta_flops(config: LlavaMiniConfig, text_tokens: int) -> dict[str, int]:
         with decode_counter:
             token = torch.zeros(1, 1, dtype=torch.long)
             model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
-    result = {name: counts[name] for name in (*HOOKED_COMPONENTS, "llm_prefill")}
+    result = {name: counts[name] for name in (*COMPONENTS, "llm_prefill")}
     result["prefill_total"] = counter.get_total_flops()
     result["decode_token"] = decode_counter.get_total_flops()
     return result

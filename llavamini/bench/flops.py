@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 from llavamini.bench.configs import build_config, image_parts
 from llavamini.model import LlavaMiniConfig
+from llavamini.model.modules import COMPONENTS as MODULE_COMPONENTS
 
 CONVENTIONS = ("executed", "paper")
-COMPONENTS = ("vision_tower", "projector", "compressor", "prefusion", "llm_prefill")
+COMPONENTS = (*MODULE_COMPONENTS, "llm_prefill")
 """Per-image components of time to first token, in pipeline order."""
 
 

@@ -373,7 +373,7 @@ def fastpaths_section(options: BenchOptions, factory: CaseFactory) -> list[dict]
     for variant in options.fastpath_variants:
         case = factory(variant)
         rows += fastpaths.attention_kernel_rows(variant, case, options.warmup, options.repeats)
-        rows += fastpaths.read_rows_rows(variant, case, options.warmup, options.repeats)
+        rows += fastpaths.prefusion_last_layer_rows(variant, case, options.warmup, options.repeats)
         if case.model.dtype == torch.float32:
             rows += fastpaths.dtype_rows(variant, case, options.warmup, options.repeats)
         for frames in (1, options.video_chunk):

@@ -36,6 +36,7 @@ from transformers import DynamicCache, StaticCache
 from llavamini.bench.configs import image_parts
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.model import LlavaMiniConfig, LlavaMiniForCausalLM
+from llavamini.model.modules import COMPONENTS
 
 FIRST_TEXT_ID = 3
 """Random prompt ids start here (0, 1, 2 are pad, BOS, EOS in the bench configs; pre-fusion treats
@@ -208,15 +209,6 @@ def decode(
     return torch.cat(tokens, dim=1)
 
 
-COMPONENT_MODULES = {
-    "vision_tower": "vision_tower",
-    "projector": "mm_projector",
-    "compressor": "compressor",
-    "prefusion": "prefusion_layers",
-}
-"""Component -> `LlavaMiniModel` attribute whose forward time is attributed to it."""
-
-
 @contextmanager
 def component_clock(model: LlavaMiniForCausalLM, device: torch.device) -> Iterator[dict]:
     """Forward hooks adding each component's wall time (seconds, summed over calls) to the
@@ -225,7 +217,7 @@ def component_clock(model: LlavaMiniForCausalLM, device: torch.device) -> Iterat
     On the CPU the hooks cost microseconds. On CUDA each one synchronises, which delays the
     queue: there, clock components in separate runs, never in the ones that time TTFT."""
     seconds: dict[str, float] = defaultdict(float)
-    modules = {name: getattr(model.model, attr) for name, attr in COMPONENT_MODULES.items()}
+    modules = {name: getattr(model.model, attr) for name, attr in COMPONENTS.items()}
     modules["llm_prefill"] = model
     handles = []
     for name, module in modules.items():

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from llavamini.errors import UsageError
 from llavamini.eval.answers import merge_answer_files, read_answers, run_settings
 from llavamini.eval.arguments import (
     TASK_HELP,
@@ -150,7 +151,7 @@ def run(
     except ValueError as error:
         # Bad input (a malformed question file, an unreadable image, a prompt past the
         # context) is named in one line; answers written so far stay, for a resumed run.
-        raise SystemExit(f"llavamini eval run: error: {error}") from error
+        raise UsageError(f"llavamini eval run: {error}") from error
     logger.info("Answers in %s", path)
     return path
 

@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def chat_argv(args: argparse.Namespace) -> list[str]:
-    """The `llavamini chat` arguments equivalent to the reference script's; exits for flags
-    that have no equivalent."""
+    """The `llavamini chat` arguments equivalent to the reference script's; raises
+    `UsageError` for flags that have no equivalent."""
+    from llavamini.errors import UsageError  # here: see `main`
+
     if args.model_name is not None:
         warnings.warn(
             "--model-name is deprecated and ignored: the model type is read from the "
@@ -58,8 +60,8 @@ def chat_argv(args: argparse.Namespace) -> list[str]:
             stacklevel=2,
         )
     if args.model_base is not None:
-        raise SystemExit(
-            "error: --model-base is not supported: merge the LoRA or projector weights into a "
+        raise UsageError(
+            "--model-base is not supported: merge the LoRA or projector weights into a "
             "full checkpoint and pass that as --model-path."
         )
     argv = ["--model-path", args.model_path, "--query", args.query]
@@ -88,9 +90,11 @@ def chat_argv(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Parse the reference's flags and answer with `llavamini chat`."""
     # Imported here: run as a script, this file first puts the checkout on sys.path (below).
+    from llavamini.errors import exit_on_command_error
     from llavamini.serve.cli import main as chat_main
 
-    chat_main(chat_argv(build_parser().parse_args(argv)))
+    with exit_on_command_error():
+        chat_main(chat_argv(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -17,23 +17,24 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.utils.allocator import release_freed_memory
 
 logger = logging.getLogger(__name__)
 
 QUANTIZATION_SKIP_MODULES = {
-    "model.vision_tower": "feeds every vision token; on a CPU it runs in float32 (see "
+    module_name(VISION_TOWER): "feeds every vision token; on a CPU it runs in float32 (see "
     "`CPU_FLOAT32_MODULES`)",
-    "model.mm_projector": "feeds every vision token; 21M parameters",
-    "model.compressor": "feeds every vision token; 4M parameters",
-    "lm_head": "the logits themselves (the reference's 8-bit path quantized it; its 4-bit path "
+    module_name(PROJECTOR): "feeds every vision token; 21M parameters",
+    module_name(COMPRESSOR): "feeds every vision token; 4M parameters",
+    LM_HEAD: "the logits themselves (the reference's 8-bit path quantized it; its 4-bit path "
     "failed outright)",
 }
 """Modules kept unquantized under 8/4-bit loading, with why: the one table both backends read.
 The token embeddings are not linear layers and stay unquantized too (a lookup reads one row)."""
 
-CPU_FLOAT32_MODULES = ("model.vision_tower",)
+CPU_FLOAT32_MODULES = (module_name(VISION_TOWER),)
 """Modules a quantized CPU load runs in float32 (the rest of the unquantized weights stay
 bfloat16): a CPU without native bfloat16 runs bfloat16 matmuls 5-16x slower than float32
 (docs/benchmarks.md, "Quantized inference on a CPU"); the tower is 0.3B parameters."""

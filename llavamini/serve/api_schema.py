@@ -13,7 +13,12 @@ from pydantic import BaseModel, Field
 
 from llavamini.conversation import ChatTemplate
 from llavamini.inference import GenerationSettings
-from llavamini.serve.session import CHAT_DEFAULTS, resolve_template, with_system_prompt
+from llavamini.serve.session import (
+    CHAT_DEFAULTS,
+    MAX_VIDEO_FRAMES,
+    resolve_template,
+    with_system_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class ServerConfig:
     conv_mode: str | None = None
     defaults: GenerationSettings = CHAT_DEFAULTS
     fps: float | None = None
-    max_frames: int | None = 180
+    max_frames: int | None = MAX_VIDEO_FRAMES
     allowed_media_dir: str | None = None
     max_media_bytes: int = 100 * 2**20
 

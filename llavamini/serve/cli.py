@@ -17,10 +17,11 @@ import sys
 from dataclasses import dataclass, field
 
 from llavamini.data.video import media_kind
+from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelLoadError, ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, ChatSession, resolve_template
+from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession, resolve_template
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,6 @@ CHAT_COMMANDS = {
 """In-chat commands: a line whose first word is one of these is not sent to the model."""
 
 USER_LABEL, ASSISTANT_LABEL = "USER", "ASSISTANT"
-
-CHAT_MAX_FRAMES = 180
-"""Default cap on frames per video, as `serve`'s: uncapped, a 10-hour video at 1 fps would be
-36000 frames, about 48 GB of pixels at 336 x 336."""
-
 
 @dataclass(frozen=True)
 class ChatOptions:
@@ -80,29 +76,27 @@ def build_parser():
 
 
 def check_media_file(path: str, flag: str) -> None:
-    """Exit unless `path` is a local file (checked before the slow model load)."""
+    """Raise `UsageError` unless `path` is a local file (checked before the slow model load)."""
     if path.startswith(("http://", "https://")):
-        raise SystemExit(
-            f"error: {flag} {path!r}: URLs are not downloaded; download the file first"
-        )
+        raise UsageError(f"{flag} {path!r}: URLs are not downloaded; download the file first")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {flag} {path!r} does not exist or is not a file")
+        raise UsageError(f"{flag} {path!r} does not exist or is not a file")
 
 
 def load(model: ModelSpec, inputs: InputSettings):
-    """`(LoadedModel, ChatTemplate)` of `model` and `inputs.conv_mode`; exits with a message on
-    failure."""
+    """`(LoadedModel, ChatTemplate)` of `model` and `inputs.conv_mode`; raises `UsageError`
+    when the checkpoint does not load."""
     try:
         loaded = model.load()
     except (FileNotFoundError, ValueError, ModelLoadError) as error:
-        raise SystemExit(f"error: {error}") from error
+        raise UsageError(str(error)) from error
     return loaded, resolve_template(inputs.conv_mode, loaded.processor)
 
 
 def chat(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=CHAT_MAX_FRAMES),
+    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
     options: ChatOptions = ChatOptions(),
 ) -> None:
     """The `chat` command: load, attach the first file, then answer `options.query` once or
@@ -118,7 +112,7 @@ def chat(
         try:
             session.attach(first_file)
         except (FileNotFoundError, ValueError) as error:
-            raise SystemExit(f"error: {error}") from error
+            raise UsageError(str(error)) from error
     if options.query is not None:
         answer_once(session, options.query)
     else:
@@ -136,12 +130,12 @@ def _writer(stdout):
 
 
 def answer_once(session, query: str, stdout=None) -> None:
-    """Stream the answer to `query` to stdout; exit non-zero with the message on bad input."""
+    """Stream the answer to `query` to stdout; raise `UsageError` on bad input."""
     write = _writer(stdout or sys.stdout)
     try:
         session.ask(query, on_text=write)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from error
+        raise UsageError(str(error)) from error
     write("\n")
 
 

@@ -21,7 +21,7 @@ from llavamini.flags import standalone_main
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.serve.cli import Address, load
-from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,14 @@ class DemoChat:
         max_frames: cap on video frames (None: the checkpoint processor's).
     """
 
-    def __init__(self, loaded, template, defaults=None, fps: float | None = None, max_frames=180):
+    def __init__(
+        self,
+        loaded,
+        template,
+        defaults=None,
+        fps: float | None = None,
+        max_frames: int | None = MAX_VIDEO_FRAMES,
+    ):
         self.loaded = loaded
         self.template = template
         self.defaults = defaults or CHAT_DEFAULTS
@@ -193,7 +200,7 @@ class GradioOptions:
 def gradio(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=180),
+    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
     address: Address = Address(port=7860),
     options: GradioOptions = GradioOptions(),
 ) -> None:

@@ -15,11 +15,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.serve.cli import Address, load
-from llavamini.serve.session import CHAT_DEFAULTS
+from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +60,14 @@ class ServeOptions:
 def server_config(
     model: ModelSpec, generation: GenerationSettings, inputs: InputSettings, options: ServeOptions
 ):
-    """`ServerConfig` of the settings; exits with a message naming a bad one."""
+    """`ServerConfig` of the settings; raises `UsageError` naming a bad one."""
     # fastapi (the serve extra) is imported by the command that serves, not by `--help`.
     from llavamini.serve.openai_api import ServerConfig, default_model_name
 
     if generation.num_beams != 1:
-        raise SystemExit("error: --num-beams: the server streams, so it decodes with one beam")
+        raise UsageError("--num-beams: the server streams, so it decodes with one beam")
     if options.allowed_media_dir is not None and not os.path.isdir(options.allowed_media_dir):
-        raise SystemExit(
-            f"error: --allowed-media-dir {options.allowed_media_dir!r} is not a folder"
-        )
+        raise UsageError(f"--allowed-media-dir {options.allowed_media_dir!r} is not a folder")
     return ServerConfig(
         model_name=options.served_model_name or default_model_name(model.path),
         conv_mode=inputs.conv_mode,
@@ -116,7 +115,7 @@ def build_server(
 def serve(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=180),
+    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
     address: Address = Address(port=8000),
     options: ServeOptions = ServeOptions(),
 ) -> None:

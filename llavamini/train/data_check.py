@@ -19,6 +19,7 @@ from llavamini.conversation import get_template
 from llavamini.data import dataset, load_image, load_video
 from llavamini.data.dataset import BadSampleError
 from llavamini.data.mixture import load_records
+from llavamini.errors import ChecksFailed, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +82,13 @@ def check_record(record: dict, index: int, options: CheckOptions, template, toke
 
 
 def check(options: CheckOptions) -> Counter:
-    """Report every bad sample of a manifest on stdout; returns the count per problem and exits
-    with status 1 when there is any."""
+    """Report every bad sample of a manifest on stdout; returns the count per problem, or raises
+    `ChecksFailed` (the command exits with status 1) when there is any. A manifest that cannot
+    be read at all raises `UsageError`."""
     try:
         records = load_records(list(options.data), list(options.image_folder), options.mixture_seed)
     except ValueError as error:
-        raise SystemExit(f"llavamini data check: error: {error}") from error
+        raise UsageError(f"llavamini data check: {error}") from error
     tokenizer = None
     if options.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)
@@ -105,7 +107,7 @@ def check(options: CheckOptions) -> Counter:
     for kind in dataset.PROBLEM_KINDS:
         out.write(f"  {kind}: {counts[kind]}\n")
     if counts:
-        raise SystemExit(1)
+        raise ChecksFailed(f"{sum(counts.values())} of {len(records)} samples are bad")
     return counts
 
 

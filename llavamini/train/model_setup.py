@@ -14,12 +14,13 @@ from llavamini.model import family_of
 from llavamini.model.backbones import is_llava_mini
 from llavamini.model.checkpoint import find_vision_config, gathered
 from llavamini.model.loading import QUANTIZATION_SKIP_MODULES, quantization_config
+from llavamini.model.modules import COMPRESSOR, PREFUSION, PROJECTOR, key_prefix, module_name
 from llavamini.train.arguments import ARCHITECTURE_DEFAULTS
 from llavamini.train.stages import MULTIMODAL_PREFIXES, PROJECTOR_PREFIX, Stage
 
 logger = logging.getLogger(__name__)
 
-QLORA_SKIP_MODULES = (*QUANTIZATION_SKIP_MODULES, "model.prefusion_layers")
+QLORA_SKIP_MODULES = (*QUANTIZATION_SKIP_MODULES, module_name(PREFUSION))
 """What QLoRA keeps in 16-bit: the vision modules, lm_head, and the fully trained pre-fusion."""
 
 LLM_CONFIG_DROP = ("model_type", "architectures", "transformers_version", "_name_or_path")
@@ -121,7 +122,7 @@ def build_model(model_args, data_args, training_args, stage: Stage):
         logger.info("Built LLaVA-Mini around %s; new modules: %s", path, MULTIMODAL_PREFIXES)
         allowed = MULTIMODAL_PREFIXES
     new_modules = check_new_modules(path, info, allowed)
-    if model_args.prefusion_init == "llm" and "model.prefusion_layers." in new_modules:
+    if model_args.prefusion_init == "llm" and key_prefix(PREFUSION) in new_modules:
         copy_llm_layers_to_prefusion(model)
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
@@ -150,11 +151,11 @@ def quiet_load_report() -> Iterator[None]:
 
 
 CHANGED_MODULE = {
-    "mm_projector_type": "model.mm_projector.",
-    "compressor_type": "model.compressor.",
-    "compressor_size": "model.compressor.",
-    "compressor_num_heads": "model.compressor.",
-    "prefusion_layer_num": "model.prefusion_layers.",
+    "mm_projector_type": key_prefix(PROJECTOR),
+    "compressor_type": key_prefix(COMPRESSOR),
+    "compressor_size": key_prefix(COMPRESSOR),
+    "compressor_num_heads": key_prefix(COMPRESSOR),
+    "prefusion_layer_num": key_prefix(PREFUSION),
 }
 """Which module an architecture change re-creates (its weights may be missing from the
 checkpoint and are then initialised)."""

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-MULTIMODAL_PREFIXES = ("model.mm_projector.", "model.compressor.", "model.prefusion_layers.")
+from llavamini.model.modules import MULTIMODAL_MODULES, PROJECTOR, VISION_TOWER, key_prefix
+
+MULTIMODAL_PREFIXES = tuple(key_prefix(name) for name in MULTIMODAL_MODULES)
 """The modules LLaVA-Mini adds to the LLM (CLIP aside); they get `mm_projector_lr`."""
 
-PROJECTOR_PREFIX = "model.mm_projector."
-VISION_TOWER_PREFIX = "model.vision_tower."
+PROJECTOR_PREFIX = key_prefix(PROJECTOR)
+VISION_TOWER_PREFIX = key_prefix(VISION_TOWER)
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 
 

@@ -24,6 +24,7 @@ from llavamini.data.mixture import load_records
 from llavamini.flags import start_process
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.image_processors import load_image_processor
+from llavamini.model.modules import COMPRESSOR, PREFUSION, PROJECTOR
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.train.arguments import parse_args, save_run_config
 from llavamini.train.checkpointing import resolve_resume
@@ -75,8 +76,8 @@ def apply_lora(model, training_args):
         lora_dropout=training_args.lora_dropout,
         target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
         # peft wraps modules, not ModuleLists: name each pre-fusion layer.
-        modules_to_save=["mm_projector", "compressor"]
-        + [f"prefusion_layers.{i}" for i in range(model.config.prefusion_layer_num)],
+        modules_to_save=[PROJECTOR, COMPRESSOR]
+        + [f"{PREFUSION}.{i}" for i in range(model.config.prefusion_layer_num)],
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

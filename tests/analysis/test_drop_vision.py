@@ -15,6 +15,7 @@ from llavamini.analysis.drop_vision import (
     prefill_dropping_vision,
 )
 from llavamini.conversation import get_template
+from llavamini.errors import UsageError
 from llavamini.inference import stop_token_ids
 from tests.analysis.conftest import question_inputs
 from tests.analysis.test_attention import parse
@@ -214,5 +215,5 @@ def test_analyze_compression_draws_the_heat_map(mini_checkpoint, mini, data, tmp
 def test_analyze_compression_needs_a_query_compressor(full_checkpoint, full, data, tmp_path):
     image = os.path.join(os.path.dirname(data["val_questions"]), _questions(data)[0]["image"])
     args = parse("compression", "--model-path", full_checkpoint, "--image", image)
-    with pytest.raises(SystemExit, match="only the query compressor"):
+    with pytest.raises(UsageError, match="only the query compressor"):
         args.func(args, loaded=full)

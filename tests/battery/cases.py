@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from llavamini.serve.session import MAX_VIDEO_FRAMES
 from tests.conftest import png_header_only, ramp_frames, write_video
 
 DOORS = {
@@ -43,10 +44,6 @@ CONTEXT_TOKENS = 4096
 
 LONG_VIDEO_SECONDS = 10 * 3600
 """The long video's duration: 10 hours at 1 frame per second."""
-
-SERVER_MAX_FRAMES = 180
-"""`llavamini serve`'s default cap on frames per video."""
-
 
 @dataclass(frozen=True)
 class Accepted:
@@ -569,10 +566,10 @@ CASES: list[HostileInput] = [
         f"a 10-hour video at 1 fps ({LONG_VIDEO_SECONDS} frames of 16 x 16 pixels)",
         _long_video,
         _answered(
-            f"an answer from {SERVER_MAX_FRAMES} frames (the frame cap)",
+            f"an answer from {MAX_VIDEO_FRAMES} frames (the frame cap)",
             processor=Accepted(
-                f"model inputs with {SERVER_MAX_FRAMES} frames (the cap)",
-                shows=f"frames [{SERVER_MAX_FRAMES}]",
+                f"model inputs with {MAX_VIDEO_FRAMES} frames (the cap)",
+                shows=f"frames [{MAX_VIDEO_FRAMES}]",
             ),
             eval=IMAGE_TASK,
             data=Rejected(f"{LONG_VIDEO_SECONDS + 110} tokens (vision tokens included) exceed"),

@@ -2,7 +2,7 @@
 
 A door returns `Outcome(accepted=True, detail=...)` when it answered and
 `Outcome(accepted=False, detail=<the error text>, status=...)` when it refused the input the
-documented way (a 4xx JSON error, a `SystemExit` with a message, the `ValueError` /
+documented way (a 4xx JSON error, a command's `CommandError` with its message, the `ValueError` /
 `FileNotFoundError` of a library call, a report line of `data check`). Anything else (a 500,
 another exception type, a traceback in what the user sees) fails the test through
 `pytest.fail` or the exception itself.
@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.battery.cases import SERVER_MAX_FRAMES, Payload
+from llavamini.errors import CommandError
+from tests.battery.cases import MAX_VIDEO_FRAMES, Payload
 
 ANSWER_TOKENS = 3
 """New tokens per answer: enough to show the door answered, cheap on 2 CPU cores."""
@@ -124,7 +125,7 @@ def processor_door(payload: Payload, context: DoorContext, monkeypatch) -> Outco
         conversation = [
             {"role": "user", "content": [*content, {"type": "text", "text": payload.text}]}
         ]
-    processor = context.loaded.processor.with_video_policy(1.0, SERVER_MAX_FRAMES)
+    processor = context.loaded.processor.with_video_policy(1.0, MAX_VIDEO_FRAMES)
     try:
         inputs = processor.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=True, return_dict=True
@@ -162,9 +163,8 @@ def chat_door(payload: Payload, context: DoorContext, monkeypatch) -> Outcome:
                 GenerationSettings(max_new_tokens=ANSWER_TOKENS),
                 options=cli.ChatOptions(query=payload.text, **files),
             )
-    except SystemExit as error:
-        assert isinstance(error.code, str), "a refusal prints its reason"
-        return Outcome(False, error.code)
+    except CommandError as error:  # what the command line prints after "error: "
+        return Outcome(False, str(error))
     return Outcome(True, out.getvalue())
 
 

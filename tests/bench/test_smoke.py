@@ -9,6 +9,7 @@ import torch
 
 from llavamini.bench.timing import GenerationCase, TensorPeak, generation_run
 from llavamini.cli import build_parser
+from llavamini.errors import UsageError
 from tests.conftest import make_model, random_images
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,7 +65,7 @@ def test_smoke_writes_json_png_and_tables(smoke_run, capsys):
 
 def test_smoke_rejects_bad_options(tmp_path):
     args = bench_parser().parse_args(["bench", "--compile", "--output-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--compile needs --static-cache"):
+    with pytest.raises(UsageError, match="--compile needs --static-cache"):
         args.func(args)
 
 

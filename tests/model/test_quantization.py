@@ -25,11 +25,12 @@ WIDTH = 256
 """LLM width of the test checkpoint: a multiple of the int4 group (128), so every LLM linear is
 quantized (torchao leaves a layer whose input width the group does not divide unquantized)."""
 
-ERROR_BOUNDS = {"8bit": (0.995, 0.85), "4bit": (0.75, 0.3)}
+ERROR_BOUNDS = {"8bit": (0.995, 0.85), "4bit": (0.75, 0.2)}
 """Quantization -> (least mean cosine of the logits, least top-1 agreement) against bfloat16.
-Measured on this checkpoint (random weights, 3 decoder layers of width 256): 8-bit 0.9985 /
-0.94, 4-bit 0.833 / 0.40; a wrong scale or layout leaves the hidden states unrelated to the
-reference's, a cosine near 0."""
+Measured on this checkpoint (random weights, 3 decoder layers of width 256), for two draws of
+its random weights: 8-bit 0.9985 / 0.94; 4-bit 0.833 / 0.40 and 0.814 / 0.29 (top-1 among a
+random model's near-tied logits moves with the draw). A wrong scale or layout leaves the hidden
+states unrelated to the reference's: a cosine near 0, top-1 near chance (1 / 500)."""
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 `--query`, the errors that must exit non-zero, and the reference-command shim."""
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import llavamini.serve.session as session_module
+from llavamini.errors import UsageError
 from llavamini.eval import run_llava_mini
+from llavamini.model.loading import ModelSpec
 from llavamini.serve import cli, server
 from tests.conftest import decode_with_placeholders, needs_torchao
 
@@ -114,13 +117,35 @@ def test_one_shot_query_quantized_on_a_cpu(
         (["--image-file", "{media}/not_an_image.png"], "Cannot read image"),
         (["--video-file", "{media}/no_frames.mp4"], "no_frames.mp4"),
         (["--image-file", "https://example.com/a.png"], "URLs are not downloaded"),
-        (["--conv-mode", "llava_v0"], "Unknown conv mode"),
         (["--max-new-tokens", "100000"], "context"),
         (["--load-4bit", "--dtype", "float32"], "keeps the unquantized weights in bfloat16"),
+    ],
+)
+def test_bad_input_raises_a_usage_error_with_the_message(
+    tiny_checkpoint, media_dir, extra, message
+):
+    """`chat` called from Python with the settings of the command line raises, not exits."""
+    extra = [arg.format(media=media_dir) for arg in extra]
+    argv = ["--model-path", tiny_checkpoint, *extra, "--query", "Hi", "--device", "cpu"]
+    args = cli.build_parser().parse_args(argv)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        cli.chat(**args.func.arguments(args))
+
+
+def test_missing_checkpoint_raises_a_usage_error_naming_it(tmp_path):
+    with pytest.raises(UsageError, match="nowhere"):
+        cli.chat(ModelSpec(path=str(tmp_path / "nowhere")), options=cli.ChatOptions(query="Hi"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--image-file", "{media}/missing.png"], "error: --image-file"),  # raised by `chat`
+        (["--conv-mode", "llava_v0"], "Unknown conv mode"),  # refused by the settings' flags
         (["--top-p", "1.5"], "--top-p"),
     ],
 )
-def test_bad_input_exits_non_zero_with_a_message(
+def test_the_command_exits_non_zero_with_the_message(
     monkeypatch, tiny_checkpoint, media_dir, extra, message
 ):
     extra = [arg.format(media=media_dir) for arg in extra]
@@ -129,12 +154,6 @@ def test_bad_input_exits_non_zero_with_a_message(
         chat(monkeypatch, argv)
     assert isinstance(exit_info.value.code, str)  # SystemExit(str) prints it and exits with 1
     assert message in exit_info.value.code
-
-
-def test_missing_checkpoint_exits_non_zero(monkeypatch, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        chat(monkeypatch, ["--model-path", str(tmp_path / "nowhere"), "--query", "Hi"])
-    assert "nowhere" in str(exit_info.value.code)
 
 
 def test_shim_maps_the_reference_flags(tiny_checkpoint, media_dir):

@@ -43,13 +43,14 @@ from llavamini.integrations.vllm.processing import (
 )
 from llavamini.model.backbones import MODEL_TYPE_PREFIX
 from llavamini.model.checkpoint import vision_tower_state_dict
+from llavamini.model.modules import COMPONENTS, VISION_TOWER
 from llavamini.model.packing import prefusion_text_keep, splice_vision_tokens
 from llavamini.model.prefusion import PreFusionLayers
 from llavamini.model.vision_encoder import VisionEncoderMixin
 
 logger = logging.getLogger(__name__)
 
-ENCODER_PREFIXES = ("vision_tower.", "mm_projector.", "compressor.", "prefusion_layers.")
+ENCODER_PREFIXES = tuple(f"{attribute}." for attribute in COMPONENTS.values())
 """Checkpoint keys (after `model.`) that belong to `LlavaMiniEncoder`."""
 
 
@@ -95,7 +96,7 @@ class LlavaMiniEncoder(VisionEncoderMixin, nn.Module):
         `mm_vision_tower` folder when the checkpoint does not store it. Returns the names of
         the parameters loaded; raises `ValueError` naming any parameter left unloaded."""
         own = dict(self.named_parameters())
-        tower = {n for n in own if n.startswith("vision_tower.")}
+        tower = {n for n in own if n.startswith(f"{VISION_TOWER}.")}
         if not tower & set(weights):
             # The tower's own tensors, named as in the encoder itself.
             prefix = "vision_tower.vision_tower.vision_model."
