@@ -16,6 +16,12 @@ def test_names_outside_the_folder_are_refused_naming_the_flag(tmp_path, name):
         join_inside(str(tmp_path), name, "--image-folder")
 
 
+def test_absolute_names_are_taken_inside_their_folder(tmp_path):
+    inside = str(tmp_path / "sub" / "a.png")
+    assert join_inside(str(tmp_path), inside, "--image-folder") == inside
+    assert join_inside("/", "/etc/hostname", "--image-folder") == "/etc/hostname"
+
+
 def test_symbolic_links_inside_the_folder_are_followed_by_the_reader(tmp_path):
     """The check is on the name: a data folder that links to another disk still works."""
     (tmp_path / "elsewhere").mkdir()
