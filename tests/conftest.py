@@ -1,6 +1,11 @@
 """Offline, seeded, tiny: every test builds what it needs in-process."""
 
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Any accidental download fails fast instead of hanging on a closed network.
@@ -11,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from llavamini.apps.tiny import tiny_config  # noqa: E402
+from llavamini.apps.tiny import build_tiny_checkpoint, tiny_config  # noqa: E402
 from llavamini.constants import IMAGE_TOKEN_INDEX  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -118,3 +123,49 @@ def needs_torchao() -> None:
         pytest.fail(message)
     # allow_module_level: a test module may call this at import to skip all its tests.
     pytest.skip(message, allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny random LLaVA-Mini saved like a release (Llama-3.1 tokenizer tokens)."""
+    folder = tmp_path_factory.mktemp("serve") / "tiny-llava-mini"
+    return build_tiny_checkpoint(str(folder), seed=0, image_size=TEST_IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_checkpoint):
+    from llavamini.model.loading import load_pretrained
+
+    return load_pretrained(tiny_checkpoint)
+
+
+SERVER_STARTUP_TIMEOUT_S = 30
+
+
+@contextmanager
+def running_server(checkpoint: str, media_dir: str, *flags: str) -> Iterator[str]:
+    """`llavamini serve` (`flags` after `--model-path` and `--allowed-media-dir`) on a free
+    loopback port in a background thread; yields its URL and checks it shuts down."""
+    from llavamini.serve import server
+
+    args = server.build_parser().parse_args(
+        ["--model-path", checkpoint, "--allowed-media-dir", media_dir, *flags]
+    )
+    assert args.host == "127.0.0.1"
+    uvicorn_server = server.build_server(**args.func.arguments(args))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))  # the OS picks a free port; no race with other tests
+    port = listener.getsockname()[1]
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    try:
+        deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_S
+        while not uvicorn_server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert uvicorn_server.started, "the server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=SERVER_STARTUP_TIMEOUT_S)
+        listener.close()
+    assert not thread.is_alive(), "the server did not shut down"

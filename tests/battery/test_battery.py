@@ -42,13 +42,13 @@ def within(seconds: float, function, *args) -> Outcome:
 
 
 @pytest.fixture
-def context(request, tmp_path, battery_loaded, battery_checkpoint):
+def context(request, tmp_path, loaded, tiny_checkpoint):
     media, scratch = tmp_path / "media", tmp_path / "scratch"
     media.mkdir()
     scratch.mkdir()
     door = request.node.callspec.params["door"]
     client = request.getfixturevalue("battery_client") if door == "server" else None
-    return DoorContext(media, scratch, battery_loaded, battery_checkpoint, client)
+    return DoorContext(media, scratch, loaded, tiny_checkpoint, client)
 
 
 @pytest.mark.parametrize(("case", "door"), PAIRS)

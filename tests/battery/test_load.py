@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from tests.battery.cases import CASES, Part, Payload, Rejected
-from tests.battery.conftest import REQUEST_TIMEOUT_S, running_server
+from tests.battery.conftest import REQUEST_TIMEOUT_S, SERVER_FLAGS
 from tests.battery.doors import post, server_body
+from tests.conftest import running_server
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def good_payloads(folder: Path) -> list[Payload]:
 
 @pytest.mark.slow
 def test_mixed_load_answers_good_requests_refuses_bad_ones_and_memory_stays_bounded(
-    battery_checkpoint, tmp_path
+    tiny_checkpoint, tmp_path
 ):
     good_folder = tmp_path / "good"
     good_folder.mkdir()
@@ -76,7 +77,7 @@ def test_mixed_load_answers_good_requests_refuses_bad_ones_and_memory_stays_boun
     served = tmp_path / "served"
     served.mkdir()
     with (
-        running_server(battery_checkpoint, str(served)) as url,
+        running_server(tiny_checkpoint, str(served), *SERVER_FLAGS) as url,
         httpx.Client(
             base_url=url,
             timeout=REQUEST_TIMEOUT_S,

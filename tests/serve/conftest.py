@@ -1,24 +1,11 @@
-"""Fixtures for chat and serving tests: one tiny checkpoint, media files, a loaded model."""
+"""Fixtures for chat and serving tests: media files (the tiny checkpoint and its loaded model
+are `tests/conftest.py`'s)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from llavamini.apps.tiny import build_tiny_checkpoint
-from llavamini.model.loading import load_pretrained
-from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    """A tiny random LLaVA-Mini saved like a release (Llama-3.1 tokenizer tokens)."""
-    folder = tmp_path_factory.mktemp("serve") / "tiny-llava-mini"
-    return build_tiny_checkpoint(str(folder), seed=0, image_size=TEST_IMAGE_SIZE)
-
-
-@pytest.fixture(scope="session")
-def loaded(tiny_checkpoint):
-    return load_pretrained(tiny_checkpoint)
+from tests.conftest import ramp_frames, write_video
 
 
 @pytest.fixture(scope="session")

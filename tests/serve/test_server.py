@@ -4,7 +4,6 @@ malformed requests, bad media, and `GET /v1/models`."""
 import base64
 import json
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,38 +12,16 @@ import httpx
 import pytest
 
 import llavamini.serve.session as session_module
-from llavamini.serve import server
-from tests.conftest import png_header_only
+from tests.conftest import png_header_only, running_server
 
-STARTUP_TIMEOUT_S = 30
 REQUEST_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
 def base_url(tiny_checkpoint, media_dir):
     """The `serve` command's server, on a free loopback port, in a background thread."""
-    args = server.build_parser().parse_args(
-        ["--model-path", tiny_checkpoint, "--max-new-tokens", "5"]
-        + ["--allowed-media-dir", str(media_dir)]
-    )
-    assert args.host == "127.0.0.1"
-    uvicorn_server = server.build_server(**args.func.arguments(args))
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))  # the OS picks a free port; no race with other tests
-    port = listener.getsockname()[1]
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [listener]})
-    thread.start()
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not uvicorn_server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert uvicorn_server.started, "the server did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(timeout=STARTUP_TIMEOUT_S)
-        listener.close()
-    assert not thread.is_alive(), "the server did not shut down"
+    with running_server(tiny_checkpoint, str(media_dir), "--max-new-tokens", "5") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
