@@ -305,6 +305,8 @@ class CaseFactory:
 def variant_details(case: GenerationCase, result, options: BenchOptions) -> dict:
     """`result` (a `GenerationResult`) with per-component times (clocked in separate runs where
     the timed runs were not clocked), peak memory, analytic FLOPs and KV cache per image."""
+    if case.prepare is not None:  # a shared model is left as the last variant timed
+        case.prepare()
     config = case.model.config
     bytes_per_value = torch.finfo(case.model.dtype).bits // 8
     details = result.to_dict()

@@ -10,7 +10,7 @@ from transformers import AutoProcessor
 
 from llavamini.bench.checkpoint import INDEX_FILE, plan_shards, write_random_checkpoint
 from llavamini.bench.configs import build_config
-from llavamini.bench.run import CaseFactory, run_benchmark, smoke_options
+from llavamini.bench.run import CaseFactory, run_benchmark, smoke_options, timing_section
 from llavamini.bench.timing import TensorPeak
 from llavamini.cli import parse
 from llavamini.model import LlavaMiniForCausalLM
@@ -109,3 +109,13 @@ def test_bench_shares_one_quantized_model_between_variants(written):
     assert tokens == {"llava-1.5": 576 + 16, "mini-1": 1 + 16}
     with pytest.raises(ValueError, match="needs its own weights"):
         factory("mini-4")
+
+
+def test_shared_model_rows_describe_each_variant():
+    """With one model for both variants, each row's FLOPs, KV cache and peak memory are those
+    of its own variant, not of the variant timed last (LLaVA-1.5 mode's 576 tokens)."""
+    options = smoke_options(sections=("timing",), threads=1)
+    rows = timing_section(options, CaseFactory(options, keep=True, shared=True))["variants"]
+    mini, llava = rows["mini-1"], rows["llava-1.5"]
+    assert mini["kv_cache_bytes"] * 576 == llava["kv_cache_bytes"]
+    assert mini["prefill_gflops"] < llava["prefill_gflops"] / 4
