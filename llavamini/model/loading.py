@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
-from llavamini.utils.allocator import release_freed_memory
+from llavamini.utils.allocator import transient_allocations
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ QUANTIZATION_SKIP_MODULES = {
 """Modules kept unquantized under 8/4-bit loading, with why: the one table both backends read.
 The token embeddings are not linear layers and stay unquantized too (a lookup reads one row)."""
 
-CPU_FLOAT32_MODULES = (module_name(VISION_TOWER),)
+CPU_FLOAT32_MODULES = tuple(module_name(name) for name in (VISION_TOWER, PROJECTOR, COMPRESSOR))
 """Modules a quantized CPU load runs in float32 (the rest of the unquantized weights stay
 bfloat16): a CPU without native bfloat16 runs bfloat16 matmuls 5-16x slower than float32
-(docs/benchmarks.md, "Quantized inference on a CPU"); the tower is 0.3B parameters."""
+(docs/benchmarks.md, "Quantized inference on a CPU"). They are 0.33B parameters and see every
+vision token; their output is cast to bfloat16 for pre-fusion and the LLM."""
 
 QUANTIZATION_BACKENDS = {
     "cuda": "bitsandbytes (LLM.int8 / NF4)",
@@ -290,14 +291,19 @@ def load_pretrained(
             quantization_config=quantization_config(quantization, compute_dtype, device),
             device_map=device,
         )
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
-    if device is not None and quantization is None:
-        model.to(device)
     if quantized_on_cpu:
-        own_memory(model)
-        for name in CPU_FLOAT32_MODULES:
-            model.get_submodule(name).float()
-        release_freed_memory()  # the bfloat16 weights read to be quantized, all freed by now
+        # Each weight is read in bfloat16, quantized and dropped: let glibc give those back.
+        with transient_allocations():
+            model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
+            own_memory(model)
+            modules = dict(model.named_modules())  # LLaVA-1.5 mode has no compressor
+            for name in CPU_FLOAT32_MODULES:
+                if name in modules:
+                    modules[name].float()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
+        if device is not None and quantization is None:
+            model.to(device)
     if pack_vision_weights:
         model.model.vision_tower.pack_weights()
     processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)

@@ -70,7 +70,10 @@ class VisionEncoderMixin:
                 f"{tuple(images.shape[-2:])}: preprocess them with llavamini.data.process_images."
             )
         batch, parts = images.shape[:2]
-        features = self.vision_tower(images.flatten(0, 1)).to(text_embeds.dtype)
+        # The projector's dtype, which a quantized CPU load may keep above the text's (float32
+        # beside bfloat16: `CPU_FLOAT32_MODULES` in llavamini/model/loading.py).
+        vision_dtype = next((p.dtype for p in self.mm_projector.parameters()), text_embeds.dtype)
+        features = self.vision_tower(images.flatten(0, 1)).to(vision_dtype)
         features = features.unflatten(0, (batch, parts))  # (B, parts, N, D_v)
         if parts == 1:
             grid_features = context = features[:, 0]
@@ -82,10 +85,10 @@ class VisionEncoderMixin:
                 )
             grid_features = stitch_crops(features[:, :-1], self.vision_tower.grid_size)
             context = torch.cat([grid_features, features[:, -1]], dim=1)
-        context = self.mm_projector(context)
+        context = self.mm_projector(context).to(text_embeds.dtype)
         compressed = None
         if self.compressor is not None:
-            compressed = self.mm_projector(self.compressor(grid_features))
+            compressed = self.mm_projector(self.compressor(grid_features)).to(text_embeds.dtype)
         return self.fuse(context, compressed, text_embeds, keep)
 
     def fuse(

@@ -17,6 +17,7 @@ environment turns it off.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -35,8 +36,27 @@ MMAP_THRESHOLD_BYTES = 2**30
 TRIM_THRESHOLD_BYTES = 2**31 - 1
 """The largest value `mallopt` takes (a C int): the heap is never trimmed."""
 
+GLIBC_DEFAULT_THRESHOLD_BYTES = 128 * 1024
+"""glibc's starting value of both thresholds (`DEFAULT_MMAP_THRESHOLD_MIN`)."""
+
 KEEP_FREED_MEMORY_ENV = "LLAVAMINI_KEEP_FREED_MEMORY"
 """'0' in this environment variable: building a model leaves glibc's settings alone."""
+
+
+_state = {"kept": False, "open_blocks": 0, "requested": False}
+"""Whether `keep_freed_memory` is in force, and the `transient_allocations` blocks open now."""
+
+
+def set_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    """`mallopt` both thresholds; True when glibc took them, False elsewhere (nothing changed)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return mallopt(M_MMAP_THRESHOLD, mmap_bytes) == 1 and mallopt(M_TRIM_THRESHOLD, trim_bytes) == 1
 
 
 def keep_freed_memory() -> bool:
@@ -45,19 +65,11 @@ def keep_freed_memory() -> bool:
     Process-wide and not undone. Returns True when applied, False (changing nothing) where the C
     library is not glibc (macOS, musl) or refuses the settings.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    applied = (
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-        and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    )
-    if not applied:
-        logger.debug("glibc refused the malloc settings; keeping its defaults")
+    applied = set_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
+    if applied:
+        _state["kept"] = True
+    else:
+        logger.debug("glibc refused the malloc settings (or is not the C library here)")
     return applied
 
 
@@ -67,7 +79,34 @@ def keep_freed_memory_for_models() -> bool:
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0":
         logger.debug("%s=0: glibc's malloc settings left as they are", KEEP_FREED_MEMORY_ENV)
         return False
+    if _state["open_blocks"]:
+        _state["requested"] = True  # applied when the last `transient_allocations` block ends
+        return False
     return keep_freed_memory()
+
+
+@contextlib.contextmanager
+def transient_allocations():
+    """A block of large transient allocations (quantizing a checkpoint while loading it): glibc's
+    default thresholds inside, so each transient is given back when freed instead of piling up
+    in a heap that keeps its peak (an 8B model quantized while loading left ~14 GB of freed
+    heap beside the model); models built inside defer `keep_freed_memory_for_models` to the
+    end. On leaving: the free heap is released, then freed memory is kept again if it was
+    before or a model asked for it."""
+    if _state["open_blocks"] == 0:
+        _state["requested"] = _state["kept"]
+        if _state["kept"]:
+            set_thresholds(GLIBC_DEFAULT_THRESHOLD_BYTES, GLIBC_DEFAULT_THRESHOLD_BYTES)
+            _state["kept"] = False
+    _state["open_blocks"] += 1
+    try:
+        yield
+    finally:
+        _state["open_blocks"] -= 1
+        if _state["open_blocks"] == 0:
+            release_freed_memory()
+            if _state["requested"]:
+                keep_freed_memory()
 
 
 def release_freed_memory() -> bool:

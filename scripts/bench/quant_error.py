@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from llavamini.bench.timing import make_images, make_prompt, process_peak_rss_bytes
 from llavamini.model.loading import ModelSpec
+from llavamini.utils.allocator import release_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def logits_of(path: str, quantization: str | None, text_tokens: int) -> tuple[to
         logits = model(input_ids=ids, images=make_images(model.config)).logits[0].float()
     del model
     gc.collect()
+    release_freed_memory()  # kept by glibc since the model was built (llavamini/utils/allocator.py)
     return logits, seconds
 
 
