@@ -8,6 +8,7 @@ attention and quantization a caller chooses.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -203,6 +204,11 @@ class ModelSpec:
         if self.dtype is not None:
             return self.dtype
         return "float16" if self.resolved_device.startswith("cuda") else "auto"
+
+    def resolved(self) -> ModelSpec:
+        """This spec with `device` and `dtype` as they will be used (`resolved_device`,
+        `resolved_dtype`): what a record of the run names."""
+        return dataclasses.replace(self, device=self.resolved_device, dtype=self.resolved_dtype)
 
     def load(self) -> LoadedModel:
         """The checkpoint in eval mode. Raises `FileNotFoundError` naming a checkpoint that is
