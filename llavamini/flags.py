@@ -191,6 +191,10 @@ def verb_parameters(function: Callable) -> tuple[Parameter, ...]:
             if field.init and (exposed is None or field.name in exposed)
         )
         parameters.append(Parameter(parameter.name, cls, default, fields))
+    names = [field.name for parameter in parameters for field in parameter.fields]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:  # one flag each: two dataclasses of a verb may not share a field name
+        raise TypeError(f"{function.__name__}: fields {clashes} appear in two of its dataclasses")
     return tuple(parameters)
 
 

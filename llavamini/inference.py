@@ -7,6 +7,7 @@ the answers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import BatchFeature
@@ -20,13 +21,15 @@ class GenerationSettings:
     """Decoding settings, validated when built; temperature 0 means greedy.
 
     Attributes:
-        max_new_tokens: at most this many new tokens (>= 1).
+        max_new_tokens: at most this many new tokens (>= 1); None leaves the length to the
+            command (`eval run`: the task's, the reference's), which fills it in
+            (`with_max_new_tokens`) before generating.
         temperature: 0 for greedy decoding, > 0 to sample.
         top_p: nucleus sampling mass in (0, 1] (sampling only); None for no cut.
         num_beams: beam search width (>= 1).
     """
 
-    max_new_tokens: int = field(
+    max_new_tokens: int | None = field(
         default=128, metadata={"aliases": ["--max_new_tokens"], "help": "answer length limit"}
     )
     temperature: float = field(default=0.0, metadata={"help": "0 means greedy"})
@@ -39,7 +42,9 @@ class GenerationSettings:
     )
 
     def __post_init__(self):
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and (
+            not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1
+        ):
             raise ValueError(
                 f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}."
             )
@@ -50,7 +55,15 @@ class GenerationSettings:
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
             raise ValueError(f"num_beams must be an integer >= 1, got {self.num_beams!r}.")
 
+    def with_max_new_tokens(self, default: int) -> GenerationSettings:
+        """These settings, `max_new_tokens` set to `default` when it is None."""
+        if self.max_new_tokens is not None:
+            return self
+        return dataclasses.replace(self, max_new_tokens=default)
+
     def to_kwargs(self) -> dict:
+        if self.max_new_tokens is None:
+            raise ValueError("max_new_tokens is None: fill it in with `with_max_new_tokens`.")
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature)

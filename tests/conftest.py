@@ -134,9 +134,9 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def loaded(tiny_checkpoint):
-    from llavamini.model.loading import load_pretrained
+    from llavamini.model.loading import ModelSpec
 
-    return load_pretrained(tiny_checkpoint)
+    return ModelSpec(tiny_checkpoint, device="cpu").load()
 
 
 SERVER_STARTUP_TIMEOUT_S = 30

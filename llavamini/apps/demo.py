@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from llavamini.apps.tiny import build_tiny_assets, build_tiny_checkpoint
 from llavamini.errors import UsageError
 from llavamini.inference import GenerationSettings, generate
-from llavamini.model.loading import load_pretrained
+from llavamini.model.loading import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def demo(
     logger.info("Building a tiny random LLaVA-Mini in %s", options.output_dir)
     build_tiny_checkpoint(options.output_dir, seed=options.seed)
     logger.info("Loading it with AutoModelForCausalLM and asking about %s", options.image)
-    loaded = load_pretrained(options.output_dir)
+    loaded = ModelSpec(options.output_dir, device="cpu").load()
     image = {"type": "image", "path": options.image}
     messages = [{"role": "user", "content": [image, {"type": "text", "text": options.question}]}]
     inputs = loaded.processor.apply_chat_template(

@@ -35,7 +35,7 @@ from llavamini.eval.cli import run as run_evaluation
 from llavamini.flags import check_fields
 from llavamini.inference import GenerationSettings, generate
 from llavamini.model import LlavaMiniConfig
-from llavamini.model.loading import ModelSpec, load_pretrained
+from llavamini.model.loading import ModelSpec
 from llavamini.serve.session import ChatSession, resolve_template
 from llavamini.train.train import TRAINER_LOG_FILE
 from llavamini.utils.openmp import wait_policy_environment
@@ -252,7 +252,7 @@ def evaluate(model_dir: str, data: dict, answers_file: str) -> dict:
 
 def answer_latency(model_dir: str, data: dict, count: int) -> float:
     """Median milliseconds to answer one held-out question alone (batch of one, greedy)."""
-    loaded = load_pretrained(model_dir)
+    loaded = ModelSpec(model_dir, device="cpu").load()
     folder = os.path.dirname(data["val_questions"])
     with open(data["val_questions"], encoding="utf-8") as f:
         questions = [json.loads(line) for line in f][:count]
@@ -282,7 +282,7 @@ def chat_about_a_fresh_image(model_dir: str, output_dir: str, plan: Plan) -> lis
     scene = synthetic.random_scene(rng)
     image_path = os.path.join(output_dir, "fresh_image.png")
     synthetic.draw_scene(scene, plan.image_size, rng).save(image_path)
-    loaded = load_pretrained(model_dir)
+    loaded = ModelSpec(model_dir, device="cpu").load()
     settings = GenerationSettings(max_new_tokens=16)  # the answers are a word or two
     session = ChatSession(loaded, resolve_template(None, loaded.processor), settings)
     turns = []
@@ -354,7 +354,7 @@ def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, dict, dic
 
 def compression_figure(checkpoint: str, image: str, out: str) -> str:
     """The compressor's attention on one training image, as a heat map PNG."""
-    pixels, attention = compression_attention(load_pretrained(checkpoint), image)
+    pixels, attention = compression_attention(ModelSpec(checkpoint, device="cpu").load(), image)
     return plot_compression(pixels, attention, os.path.join(out, "compression.png"),
                             "What the compressed token attends to")  # fmt: skip
 

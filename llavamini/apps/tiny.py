@@ -2,7 +2,7 @@
 
 A tiny checkpoint has the same layout as a released one: `config.json`, `model.safetensors`
 (the CLIP tower included), `generation_config.json`, tokenizer files and
-`preprocessor_config.json`, so `load_pretrained` and `AutoModelForCausalLM` load it unchanged.
+`preprocessor_config.json`, so `ModelSpec.load` and `AutoModelForCausalLM` load it unchanged.
 """
 
 from __future__ import annotations

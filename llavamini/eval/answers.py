@@ -152,6 +152,22 @@ def run_settings(records: Sequence[dict]) -> list[dict]:
     return distinct
 
 
+def settings_differences(recorded: dict, current: dict) -> dict[str, tuple]:
+    """`{key: (recorded value, current value)}` for each setting that differs between two
+    `metadata["settings"]`, a nested key dotted (`generation.top_p`). A key that only one of
+    them has is no difference: a record written before a setting was recorded (before
+    `model` and the image tasks' `fps` / `max_frames`) resumes and merges with newer ones."""
+    changed = {}
+    for key in recorded.keys() & current.keys():
+        old, new = recorded[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = settings_differences(old, new)
+            changed.update({f"{key}.{name}": values for name, values in inner.items()})
+        elif old != new:
+            changed[key] = (old, new)
+    return changed
+
+
 def merge_answer_files(inputs: Sequence[str], output: str) -> int:
     """Concatenate shard answer files into `output` (written atomically); returns the count.
 
@@ -163,10 +179,14 @@ def merge_answer_files(inputs: Sequence[str], output: str) -> int:
         records.extend(read_answers(path))
     check_unique(records, f"merge of {list(inputs)}")
     settings = run_settings(records)
-    if len(settings) > 1:
-        raise ValueError(
-            f"The answer files {list(inputs)} were produced with different settings: {settings}."
-        )
+    for index, first in enumerate(settings):
+        for second in settings[index + 1 :]:
+            changed = settings_differences(first, second)
+            if changed:
+                raise ValueError(
+                    f"The answer files {list(inputs)} were produced with different settings: "
+                    f"{changed}."
+                )
     with atomic_write(output) as file:
         for record in records:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")

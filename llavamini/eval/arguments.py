@@ -3,21 +3,22 @@ drop-vision`) and the `RunConfig` they make."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from llavamini.eval.runner import RunConfig
+from llavamini.eval.runner import TASK_DEFAULT_GENERATION, RunConfig
 from llavamini.eval.tasks import get_task
 from llavamini.eval.tasks.base import DEFAULT_DATA_ROOT, Task
 from llavamini.flags import only
-from llavamini.inference import InputSettings
+from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.model.processing_llavamini import checkpoint_conv_mode
 
 TASK_HELP = "task name (see `llavamini eval list`)"
 
 UnquantizedModel = Annotated[ModelSpec, only("path", "device", "dtype", "attn_implementation")]
-"""The `ModelSpec` of commands that load the checkpoint unquantized (evaluation, analysis)."""
+"""The `ModelSpec` of the analysis commands, which load the checkpoint unquantized."""
 
 
 def task_max_new_tokens():
@@ -91,24 +92,43 @@ class TaskFiles:
 
 
 def run_config(
-    task: Task, model: ModelSpec, files: TaskFiles, inputs: InputSettings, **fields
+    task: Task,
+    model: ModelSpec,
+    files: TaskFiles,
+    inputs: InputSettings,
+    generation: GenerationSettings = TASK_DEFAULT_GENERATION,
+    *,
+    loaded=None,
+    model_name: str | None = None,
+    max_new_tokens: int | None = None,
+    **fields,
 ) -> RunConfig:
-    """The `RunConfig` answering `task` with `model`; `fields` are its other settings
-    (`answers_file`, `batch_size`, ...). `inputs.conv_mode` None: `fields['conv_mode']`, else
-    the checkpoint's."""
-    if model.quantization is not None:
-        raise ValueError("quantization: evaluation loads the checkpoint unquantized")
-    conv_mode = inputs.conv_mode or fields.pop("conv_mode", None)
+    """The `RunConfig` answering `task` with `model`, `generation` and `inputs` as they are,
+    the question file and visual folder from `files`.
+
+    Args:
+        inputs: `conv_mode` None is the checkpoint's: `loaded`'s processor's when given, else
+            read from `model.path` (`checkpoint_conv_mode`).
+        loaded: the already loaded model the run will use, if any.
+        model_name: the answers' `model_id` (None: the checkpoint folder's name).
+        max_new_tokens: when not None, replaces `generation.max_new_tokens` (the one decoding
+            setting `analyze drop-vision` takes).
+        fields: the other `RunConfig` fields (`answers_file`, `batch_size`, ...).
+    """
+    if max_new_tokens is not None:
+        generation = dataclasses.replace(generation, max_new_tokens=max_new_tokens)
+    if inputs.conv_mode is None:
+        conv_mode = (
+            loaded.processor.conv_mode if loaded is not None else checkpoint_conv_mode(model.path)
+        )
+        inputs = dataclasses.replace(inputs, conv_mode=conv_mode)
     return RunConfig(
         task=task,
-        model_path=model.path,
+        model=model,
+        inputs=inputs,
         questions_file=files.questions_file(task),
         visual_folder=files.visual_folder_of(task),
-        conv_mode=conv_mode or checkpoint_conv_mode(model.path),
-        fps=1.0 if inputs.fps is None else inputs.fps,  # the reference's sampling
-        max_frames=inputs.max_frames,
-        device=model.resolved_device,
-        dtype=model.resolved_dtype,
-        attn_implementation=model.attn_implementation,
+        generation=generation,
+        model_id=model_name,
         **fields,
     )

@@ -23,29 +23,15 @@ from typing import Annotated, Literal
 
 from llavamini.errors import UsageError
 from llavamini.eval.answers import merge_answer_files, read_answers, run_settings
-from llavamini.eval.arguments import (
-    TASK_HELP,
-    TaskFiles,
-    UnquantizedModel,
-    check_task,
-    run_config,
-    task_max_new_tokens,
-)
-from llavamini.eval.runner import run_questions
+from llavamini.eval.arguments import TASK_HELP, TaskFiles, check_task, run_config
+from llavamini.eval.runner import REFERENCE_VIDEO_FPS, TASK_DEFAULT_GENERATION, run_questions
 from llavamini.eval.tasks import TASKS
 from llavamini.eval.tasks.base import ScoreInputs, write_json
 from llavamini.flags import only, standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
+from llavamini.model.loading import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_OUTPUT_ROOT = os.path.join("outputs", "eval")
-
-
-def default_answers_file(model_id: str, task: str, num_chunks: int, chunk_idx: int) -> str:
-    """`outputs/eval/<model>/<task>/answers.jsonl`, or `answers.chunk<I>-of-<N>.jsonl`."""
-    name = "answers.jsonl" if num_chunks == 1 else f"answers.chunk{chunk_idx}-of-{num_chunks}.jsonl"
-    return os.path.join(DEFAULT_OUTPUT_ROOT, model_id, task, name)
 
 
 @dataclass(frozen=True)
@@ -55,10 +41,9 @@ class RunOptions:
     Attributes:
         task: the task name (`TASKS`).
         model_name: model_id in the answers (None: the checkpoint folder's name).
-        answers_file: answer JSONL to append to (None: `default_answers_file`).
+        answers_file: answer JSONL to append to (None: `runner.default_answers_file`).
         batch_size: questions per generate call (answers equal batch size 1's).
         num_chunks, chunk_idx, shard_mode: which shard of the questions this process answers.
-        max_new_tokens: answer length limit (None: the task's, the reference's).
         prompt_prefix_file: text put before every question instead of the task's.
         num_workers: threads loading visuals ahead of generation.
         limit: only the first N questions.
@@ -76,7 +61,6 @@ class RunOptions:
     num_chunks: int = field(default=1, metadata={"help": "shards of the question file"})
     chunk_idx: int = field(default=0, metadata={"help": "which shard this process answers"})
     shard_mode: Literal["contiguous", "strided"] = "contiguous"
-    max_new_tokens: int | None = task_max_new_tokens()
     prompt_prefix_file: str | None = field(
         default=None,
         metadata={
@@ -105,41 +89,36 @@ class RunOptions:
 
 def run(
     options: RunOptions,
-    model: UnquantizedModel,
-    generation: Annotated[
-        GenerationSettings, only("temperature", "top_p", "num_beams")
-    ] = GenerationSettings(),
-    inputs: InputSettings = InputSettings(fps=1.0),
+    model: ModelSpec,
+    generation: GenerationSettings = TASK_DEFAULT_GENERATION,
+    inputs: InputSettings = InputSettings(fps=REFERENCE_VIDEO_FPS),
     files: Annotated[TaskFiles, only("data_root", "questions", "visual_folder")] = TaskFiles(),
     loaded=None,
 ) -> str:
     """Answer a task's questions with a checkpoint; returns the answer file.
 
-    `generation`'s max_new_tokens is not used: `options.max_new_tokens` (None: the task's).
+    Decoding is greedy with the task's answer length (the reference's: 128, or 1024 for
+    MMBench, ScienceQA and video QA) unless `--max-new-tokens` and the other decoding flags say
+    otherwise; videos are sampled at 1 frame per second. Every setting of the model, decoding
+    and input is recorded in each answer line and checked when a run resumes.
     `loaded`: an already loaded `LoadedModel` (its conv mode is the default template).
     """
-    task = check_task(options.task)
-    model_id = options.model_name or os.path.basename(os.path.normpath(model.path))
     prefix, prefix_source = options.prompt_prefix()
     config = run_config(
-        task,
+        check_task(options.task),
         model,
         files,
         inputs,
-        answers_file=options.answers_file
-        or default_answers_file(model_id, task.name, options.num_chunks, options.chunk_idx),
-        conv_mode=loaded.processor.conv_mode if loaded is not None else None,
+        generation,
+        loaded=loaded,
+        model_name=options.model_name,
+        answers_file=options.answers_file,
         batch_size=options.batch_size,
         num_chunks=options.num_chunks,
         chunk_idx=options.chunk_idx,
         shard_mode=options.shard_mode,
-        max_new_tokens=options.max_new_tokens,
-        temperature=generation.temperature,
-        top_p=generation.top_p,
-        num_beams=generation.num_beams,
         prompt_prefix=prefix,
         prompt_prefix_source=prefix_source,
-        model_name=model_id,
         num_workers=options.num_workers,
         limit=options.limit,
     )

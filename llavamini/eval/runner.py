@@ -11,13 +11,15 @@
    appends each answer durably (`answers.AnswerWriter`).
 
 Each answer line's `metadata` is `{"settings": {...}, "batch_size": B, "chunk": "I/N"}`;
-`settings` names the task, checkpoint, model name, template, prompt prefix (SHA-256 and where
-it came from), prompt suffix and whether the question file carries it, decoding settings, dtype
-and, for videos, fps and frame cap. A resumed run must have the same `settings`.
+`settings` names the task, model name, prompt prefix (SHA-256 and where it came from), prompt
+suffix and whether the question file carries it, and every field of the `ModelSpec`, the
+`GenerationSettings` and the `InputSettings` (`RunConfig.settings`). A resumed run must have the
+same `settings` (`llavamini.eval.answers.settings_differences`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -31,106 +33,148 @@ from tqdm import tqdm
 
 from llavamini import inference
 from llavamini.conversation import ChatTemplate, get_template
-from llavamini.eval.answers import AnswerWriter, prepare_for_resume, record_key, run_settings
+from llavamini.eval.answers import (
+    AnswerWriter,
+    prepare_for_resume,
+    record_key,
+    run_settings,
+    settings_differences,
+)
 from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
-from llavamini.inference import GenerationSettings
+from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 
 logger = logging.getLogger(__name__)
 
 
+REFERENCE_VIDEO_FPS = 1.0
+"""Video frames sampled per second when the caller gives no `fps`: the reference's evaluation."""
+
+TASK_DEFAULT_GENERATION = GenerationSettings(max_new_tokens=None)
+"""`eval run`'s decoding unless told otherwise: greedy, the task's answer length (the
+reference's: 128, or 1024 for MMBench, ScienceQA and video QA)."""
+
+DEFAULT_OUTPUT_ROOT = os.path.join("outputs", "eval")
+
+
+def default_answers_file(model_id: str, task: str, num_chunks: int, chunk_idx: int) -> str:
+    """`outputs/eval/<model>/<task>/answers.jsonl`, or `answers.chunk<I>-of-<N>.jsonl`."""
+    name = "answers.jsonl" if num_chunks == 1 else f"answers.chunk{chunk_idx}-of-{num_chunks}.jsonl"
+    return os.path.join(DEFAULT_OUTPUT_ROOT, model_id, task, name)
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One `llavamini eval run`.
+    """One `llavamini eval run`: the shared settings as they are, and what only evaluation has.
+
+    What is left to a default is settled when the config is built, once: `model`'s device and
+    dtype (`ModelSpec.resolved`), `generation.max_new_tokens` (None: the task's), `inputs.fps`
+    (None: `REFERENCE_VIDEO_FPS`), `model_id` and `answers_file`. `inputs.conv_mode` must be
+    set (`llavamini.eval.arguments.run_config` sets the checkpoint's).
 
     Attributes:
         task: the benchmark.
-        model_path: checkpoint folder (or hub id in the local cache).
-        answers_file: where answers are appended.
+        model: which checkpoint, where and how (`load_model` loads it as it is).
+        inputs: chat template and video frame sampling.
         questions_file: the question file.
         visual_folder: folder that image / video paths in the question file are relative to.
-        conv_mode: chat template name.
+        generation: decoding (default: greedy, the task's answer length).
+        answers_file: where answers are appended (None: `default_answers_file`).
+        model_id: `model_id` of the answer lines (None: the checkpoint folder's name).
         batch_size: questions per `generate` call.
         num_chunks, chunk_idx, shard_mode: which part of the questions this process answers.
-        max_new_tokens: None for the task's default (the reference's).
-        temperature, top_p, num_beams: decoding (temperature 0 = greedy, the default).
-        fps, max_frames: video frame sampling (reference: 1 fps, no cap).
         prompt_prefix: None for the task's default; else this text before every question.
         prompt_prefix_source: where `prompt_prefix` came from (recorded).
-        model_name: `model_id` of the answer lines (default: the checkpoint folder's name).
-        device, dtype, attn_implementation: model placement and precision.
         num_workers: threads loading visuals ahead of generation (0: in the main thread).
         limit: answer only the first N questions of the chunk (smoke runs).
     """
 
     task: Task
-    model_path: str
-    answers_file: str
+    model: ModelSpec
+    inputs: InputSettings
     questions_file: str
     visual_folder: str
-    conv_mode: str = "llava_llama_3_1"
+    generation: GenerationSettings = TASK_DEFAULT_GENERATION
+    answers_file: str | None = None
+    model_id: str | None = None
     batch_size: int = 1
     num_chunks: int = 1
     chunk_idx: int = 0
     shard_mode: str = "contiguous"
-    max_new_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float | None = None
-    num_beams: int = 1
-    fps: float = 1.0
-    max_frames: int | None = None
     prompt_prefix: str | None = None
     prompt_prefix_source: str = "task default"
-    model_name: str | None = None
-    device: str | None = None
-    dtype: str = "auto"
-    attn_implementation: str | None = None
     num_workers: int = 2
     limit: int | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        self.generation()  # decoding settings are checked once, here, as for chat and serve
-
-    def generation(self) -> GenerationSettings:
-        """The decoding settings (`max_new_tokens`: the task's default when None)."""
-        return GenerationSettings(**self.settings()["generation"])
+        if self.inputs.conv_mode is None:
+            raise ValueError(
+                "RunConfig.inputs.conv_mode is None: name the chat template "
+                "(`llavamini.eval.arguments.run_config` sets the checkpoint's)."
+            )
+        model_id = self.model_id or os.path.basename(os.path.normpath(self.model.path))
+        settled = {
+            "model": self.model.resolved(),
+            "generation": self.generation.with_max_new_tokens(self.task.max_new_tokens),
+            "model_id": model_id,
+        }
+        if self.inputs.fps is None:
+            settled["inputs"] = dataclasses.replace(self.inputs, fps=REFERENCE_VIDEO_FPS)
+        if self.answers_file is None:
+            settled["answers_file"] = default_answers_file(
+                model_id, self.task.name, self.num_chunks, self.chunk_idx
+            )
+        for name, value in settled.items():  # frozen: set once, here
+            object.__setattr__(self, name, value)
 
     @property
     def prefix(self) -> str:
         return self.task.prompt_prefix if self.prompt_prefix is None else self.prompt_prefix
 
     @property
-    def model_id(self) -> str:
-        return self.model_name or os.path.basename(os.path.normpath(self.model_path))
+    def conv_mode(self) -> str:
+        return self.inputs.conv_mode
+
+    # Flat names of an earlier RunConfig, read by `llavamini.analysis.drop_vision`: views of the
+    # composed settings, not copies.
+    model_path = property(lambda self: self.model.path)
+    fps = property(lambda self: self.inputs.fps)
+    max_frames = property(lambda self: self.inputs.max_frames)
+    max_new_tokens = property(lambda self: self.generation.max_new_tokens)
 
     def settings(self) -> dict:
-        """What determines the answers; recorded in every line and compared on resume."""
+        """What determines the answers; recorded in every line and compared on resume.
+
+        Every field of `model` (under "model", device and dtype resolved), of `generation`
+        (under "generation") and of `inputs` (at the top level: conv_mode, fps, max_frames),
+        each under its field's name, so a new field is recorded without an edit here;
+        "model_path" and "dtype" stay at the top level too, as in records written before
+        "model" (`llavamini.eval.answers.settings_differences` compares both kinds).
+        """
         task = self.task
+        prefix = self.prefix
         settings = {
             "task": task.name,
-            "model_path": self.model_path,
+            "model_path": self.model.path,
             "model_id": self.model_id,
-            "conv_mode": self.conv_mode,
-            "prompt_prefix_sha256": hashlib.sha256(self.prefix.encode("utf-8")).hexdigest()
-            if self.prefix
+            "prompt_prefix_sha256": hashlib.sha256(prefix.encode("utf-8")).hexdigest()
+            if prefix
             else None,
-            "prompt_prefix_source": self.prompt_prefix_source if self.prefix else None,
+            "prompt_prefix_source": self.prompt_prefix_source if prefix else None,
             "prompt_suffix": task.prompt_suffix,
             "suffix_source": "question file" if task.suffix_in_file else "appended by the runner",
-            "generation": {
-                "max_new_tokens": self.max_new_tokens or task.max_new_tokens,
-                "temperature": self.temperature,
-                "top_p": self.top_p,
-                "num_beams": self.num_beams,
-            },
-            "dtype": self.dtype,
+            "generation": dataclasses.asdict(self.generation),
+            "dtype": self.model.dtype,
+            "model": dataclasses.asdict(self.model),
         }
-        if task.modality == "video":
-            settings.update(fps=self.fps, max_frames=self.max_frames)
-        return settings
+        inputs = dataclasses.asdict(self.inputs)
+        clash = settings.keys() & inputs.keys()
+        if clash:
+            raise ValueError(f"InputSettings fields {sorted(clash)} clash with record keys.")
+        return {**settings, **inputs}
 
 
 def pending_questions(config: RunConfig) -> tuple[list[Question], int, int]:
@@ -165,17 +209,14 @@ def pending_questions(config: RunConfig) -> tuple[list[Question], int, int]:
 
 
 def _check_same_settings(existing: Sequence[dict], config: RunConfig) -> None:
-    found = run_settings(existing)
     current = config.settings()
-    for settings in found:
-        if settings != current:
-            changed = sorted(
-                k for k in set(settings) | set(current) if settings.get(k) != current.get(k)
-            )
+    for settings in run_settings(existing):
+        changed = settings_differences(settings, current)
+        if changed:
             raise ValueError(
                 f"{config.answers_file} holds answers produced with other settings (differs in "
-                f"{changed}: {[settings.get(k) for k in changed]} there, "
-                f"{[current.get(k) for k in changed]} now). Use another --answers-file or "
+                f"{sorted(changed)}: {[changed[k][0] for k in sorted(changed)]} there, "
+                f"{[changed[k][1] for k in sorted(changed)]} now). Use another --answers-file or "
                 f"--overwrite."
             )
 
@@ -265,9 +306,8 @@ def answer_record(question: Question, text: str, config: RunConfig, metadata: di
 
 
 def load_model(config: RunConfig):
-    """`LoadedModel` of the checkpoint on the configured device and dtype, in eval mode."""
-    spec = ModelSpec(config.model_path, config.device, config.dtype, config.attn_implementation)
-    return spec.load()
+    """`LoadedModel` of `config.model`, in eval mode."""
+    return config.model.load()
 
 
 def run_questions(config: RunConfig, loaded=None) -> str:
@@ -276,7 +316,7 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     Args:
         config: what to run.
         loaded: an already loaded `LoadedModel` (tests, notebooks); loaded from
-            `config.model_path` when None and there is something to answer.
+            `config.model` when None and there is something to answer.
     """
     template = get_template(config.conv_mode)
     todo, chunk_size, done = pending_questions(config)
@@ -320,10 +360,10 @@ def answer_batches(
     config: RunConfig, loaded, questions: Sequence[Question], template: ChatTemplate
 ) -> Iterator[tuple[list[Question], list[str]]]:
     """`(batch, answers)` for each batch of `questions` in order, the next batches' visuals
-    loading in worker threads. The decoding and video settings are checked at the call, before
-    the first batch."""
-    generation = config.generation()
-    processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
+    loading in worker threads. The video settings are checked at the call, before the first
+    batch."""
+    generation = config.generation
+    processor = loaded.processor.with_video_policy(config.inputs.fps, config.inputs.max_frames)
 
     def load_batch(batch: list[Question]) -> list:
         return [load_question_visual(q, processor, config.task) for q in batch]

@@ -297,7 +297,8 @@ def load_checked(
         output_loading_info=True,
         **kwargs,
     )
-    missing = set(info["missing_keys"]) | tower_keys_missing(model, checkpoint_dir, cache_dir)
+    tower_missing = load_vision_tower_unless_stored(model, checkpoint_dir, cache_dir)
+    missing = set(info["missing_keys"]) | tower_missing
     unexpected = set(info["unexpected_keys"])
     if strict and (missing or unexpected):
         raise ValueError(
@@ -310,12 +311,13 @@ def load_checked(
     return (model, info) if output_loading_info else model
 
 
-def tower_keys_missing(
+def load_vision_tower_unless_stored(
     model: torch.nn.Module, checkpoint_dir: str, cache_dir: str | None = None
 ) -> set[str]:
-    """The vision encoder keys a checkpoint that stores its tower lacks; a checkpoint that
-    stores none gets its tower from `load_vision_tower` (the models ignore these keys when
-    transformers reports missing ones, as they may come from elsewhere)."""
+    """Load the vision tower's weights from elsewhere (`load_vision_tower`) when the checkpoint
+    stores none of them. Returns the tower keys still missing: those a checkpoint that stores
+    some of its tower lacks (transformers does not report them: the models ignore missing
+    tower keys, as they may come from elsewhere); empty when the tower was loaded."""
     keys = stored_keys(checkpoint_dir)
     tower_keys = {k for k in model.state_dict() if k.startswith(VISION_ENCODER_PREFIX)}
     if keys is not None and keys & tower_keys:

@@ -83,11 +83,17 @@ class QueryCompressor(nn.Module):
         self.ln_kv = nn.LayerNorm(width)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Queries ~ N(0, 0.02); position table = 2D sin-cos; attention as torch initialises it."""
+    def init_queries(self) -> None:
+        """Queries ~ N(0, 0.02); position table = 2D sin-cos: the compressor's own parameters,
+        initialised here only (in a model, `_init_weights` calls this, and transformers'
+        initialises the attention and norms)."""
         with torch.no_grad():
             nn.init.normal_(self.query, std=0.02)
             self.pos_embed.copy_(sincos_pos_embed_2d(self.query.shape[1], self.size))
+
+    def reset_parameters(self) -> None:
+        """`init_queries`, and attention and norms as torch initialises them."""
+        self.init_queries()
         self.attn._reset_parameters()
         self.ln_q.reset_parameters()
         self.ln_kv.reset_parameters()

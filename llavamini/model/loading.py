@@ -1,4 +1,4 @@
-"""`ModelSpec` and `load_pretrained`: model and processor of a checkpoint, offline.
+"""`ModelSpec.load`: the one way to load a checkpoint's model and processor for inference, offline.
 
 Dispatch is by `config.model_type` (through the Auto classes), never by the folder's name. Where
 the checkpoint, its vision tower and their weights come from, and how the keys are checked, is
@@ -8,6 +8,7 @@ attention and quantization a caller chooses.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -205,29 +206,64 @@ class ModelSpec:
             return self.dtype
         return "float16" if self.resolved_device.startswith("cuda") else "auto"
 
+    def resolved(self) -> ModelSpec:
+        """This spec with `device` and `dtype` as they will be used (`resolved_device`,
+        `resolved_dtype`): what a record of the run names."""
+        return dataclasses.replace(self, device=self.resolved_device, dtype=self.resolved_dtype)
+
     def load(self) -> LoadedModel:
-        """The checkpoint in eval mode. Raises `FileNotFoundError` naming a checkpoint that is
-        not there, and `ModelLoadError` with an actionable message for what else fails."""
+        """The checkpoint's model (in eval mode) and processor: the one way to load a
+        checkpoint for inference (chat, serving, evaluation, analysis, the apps). Raises
+        `FileNotFoundError` naming a checkpoint that is not there, and `ModelLoadError` with an
+        actionable message for what else fails."""
         device, dtype = self.resolved_device, self.resolved_dtype
         logger.info("Loading %s on %s (dtype %s)", self.path, device, dtype)
         torch_dtype = DTYPES[dtype]
         if self.quantization is not None:
             torch_dtype = self._check_quantization(device, dtype)
         try:
-            loaded = load_pretrained(
-                self.path,
-                dtype=torch_dtype,
-                device=device,
-                attn_implementation=self.attn_implementation,
-                quantization=self.quantization,
-                pack_vision_weights=self.pack_vision_weights,
-            )
+            loaded = self._load(device, torch_dtype)
         except FileNotFoundError:
             raise  # it names the missing path already
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"Cannot load {self.path!r}: {error}") from error
         loaded.model.eval()
         return loaded
+
+    def _load(self, device: str, dtype: torch.dtype | str) -> LoadedModel:
+        """Model and processor on `device`, the unquantized weights in `dtype` (a torch dtype,
+        or 'auto' for config.json's); quantized by `quantization_config` when asked, the
+        `CPU_FLOAT32_MODULES` then in float32 on a CPU."""
+        checkpoint_dir = resolve_checkpoint_dir(self.path)
+        kwargs = {"dtype": dtype, "attn_implementation": self.attn_implementation}
+        quantized_on_cpu = self.quantization is not None and torch.device(device).type == "cpu"
+        if self.quantization is not None:
+            compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float16
+            if quantized_on_cpu:
+                compute_dtype = torch.bfloat16
+            kwargs.update(
+                dtype=compute_dtype,
+                quantization_config=quantization_config(self.quantization, compute_dtype, device),
+                device_map=device,
+            )
+        if quantized_on_cpu:
+            # Each weight is read in bfloat16, quantized and dropped: let glibc give those back.
+            with transient_allocations():
+                model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
+                own_memory(model)
+                modules = dict(model.named_modules())  # LLaVA-1.5 mode has no compressor
+                for name in CPU_FLOAT32_MODULES:
+                    if name in modules:
+                        modules[name].float()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
+            if self.quantization is None:
+                model.to(device)
+        if self.pack_vision_weights:
+            model.model.vision_tower.pack_weights()
+        processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
+        check_processor(processor, model.config, checkpoint_dir)
+        return LoadedModel(model=model, processor=processor)
 
     def _check_quantization(self, device: str, dtype: str) -> torch.dtype:
         """Raise `ModelLoadError` for a quantization this device cannot run; returns the dtype
@@ -257,58 +293,6 @@ class ModelSpec:
             raise ModelLoadError(f"{flag} on a GPU needs bitsandbytes: pip install bitsandbytes")
         dtype = DTYPES[dtype]
         return torch.float16 if dtype in ("auto", torch.float32) else dtype
-
-
-def load_pretrained(
-    model_path: str,
-    dtype: torch.dtype | str = "auto",
-    device: str | torch.device | None = None,
-    attn_implementation: str | None = None,
-    quantization: str | None = None,
-    pack_vision_weights: bool = False,
-) -> LoadedModel:
-    """Load a LLaVA-Mini checkpoint (a folder, or a hub id already in the local HF cache).
-
-    Args:
-        model_path: the checkpoint.
-        dtype: torch dtype, or 'auto' for the one stored in config.json.
-        device: where to put the model ('cpu', 'cuda', 'cuda:1', ...; None keeps it on CPU).
-        attn_implementation: 'sdpa' (default), 'eager', 'flash_attention_2', ...
-        quantization: None, '8bit' or '4bit' (`quantization_config`: bitsandbytes on a CUDA
-            device, torchao on a CPU, where the `CPU_FLOAT32_MODULES` then run in float32).
-        pack_vision_weights: see `ModelSpec.pack_vision_weights`.
-    """
-    checkpoint_dir = resolve_checkpoint_dir(model_path)
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
-    quantized_on_cpu = quantization is not None and torch.device(device or "cuda").type == "cpu"
-    if quantization is not None:
-        device = str(device or "cuda")
-        compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float16
-        if quantized_on_cpu:
-            compute_dtype = torch.bfloat16
-        kwargs.update(
-            dtype=compute_dtype,
-            quantization_config=quantization_config(quantization, compute_dtype, device),
-            device_map=device,
-        )
-    if quantized_on_cpu:
-        # Each weight is read in bfloat16, quantized and dropped: let glibc give those back.
-        with transient_allocations():
-            model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
-            own_memory(model)
-            modules = dict(model.named_modules())  # LLaVA-1.5 mode has no compressor
-            for name in CPU_FLOAT32_MODULES:
-                if name in modules:
-                    modules[name].float()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
-        if device is not None and quantization is None:
-            model.to(device)
-    if pack_vision_weights:
-        model.model.vision_tower.pack_weights()
-    processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
-    check_processor(processor, model.config, checkpoint_dir)
-    return LoadedModel(model=model, processor=processor)
 
 
 def own_memory(model: torch.nn.Module) -> None:

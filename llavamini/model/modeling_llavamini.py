@@ -45,7 +45,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llavamini.model import checkpoint
-from llavamini.model.compressor import QueryCompressor, sincos_pos_embed_2d
+from llavamini.model.compressor import QueryCompressor
 from llavamini.model.configuration_llavamini import LlavaMiniConfig
 from llavamini.model.packing import (
     Images,
@@ -72,10 +72,7 @@ class LlavaMiniPreTrainedMixin:
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, QueryCompressor):
-            with torch.no_grad():
-                nn.init.normal_(module.query, std=0.02)
-                table = sincos_pos_embed_2d(module.query.shape[1], module.size)
-                module.pos_embed.copy_(table.to(module.pos_embed.dtype))
+            module.init_queries()
 
 
 class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
@@ -292,14 +289,6 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
         return checkpoint.load_checked(
             super().from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs
         )
-
-    def load_vision_tower(
-        self, checkpoint_dir: str | None = None, cache_dir: str | None = None
-    ) -> str:
-        """Load the vision weights from the `mm_vision_tower` folder or the local HF cache (an
-        open_clip tower: from `vision_config.pretrained`), never the network; see
-        `llavamini.model.checkpoint.load_vision_tower`. Returns where they came from."""
-        return checkpoint.load_vision_tower(self, checkpoint_dir, cache_dir)
 
 
 class LlavaMiniModel(LlavaMiniModelMixin, LlamaModel):

@@ -20,8 +20,9 @@ from llavamini.data.video import media_kind
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
-from llavamini.model.loading import ModelLoadError, ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession, resolve_template
+from llavamini.model.loading import ModelSpec
+from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession
+from llavamini.serve.startup import load_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ CHAT_COMMANDS = {
 """In-chat commands: a line whose first word is one of these is not sent to the model."""
 
 USER_LABEL, ASSISTANT_LABEL = "USER", "ASSISTANT"
+
 
 @dataclass(frozen=True)
 class ChatOptions:
@@ -58,18 +60,6 @@ class ChatOptions:
             raise ValueError("give image_file or video_file, not both")
 
 
-@dataclass(frozen=True)
-class Address:
-    """Where a server listens (`serve`, `gradio`): loopback unless `host` says otherwise."""
-
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (loopback)"})
-    port: int = field(default=8000, metadata={"help": "TCP port"})
-
-    def __post_init__(self):
-        if not 0 <= self.port < 2**16:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
-
-
 def build_parser():
     """The stand-alone parser of `python -m llavamini.serve.cli`."""
     return standalone_parser(chat, "python -m llavamini.serve.cli", __doc__)
@@ -83,16 +73,6 @@ def check_media_file(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path!r} does not exist or is not a file")
 
 
-def load(model: ModelSpec, inputs: InputSettings):
-    """`(LoadedModel, ChatTemplate)` of `model` and `inputs.conv_mode`; raises `UsageError`
-    when the checkpoint does not load."""
-    try:
-        loaded = model.load()
-    except (FileNotFoundError, ValueError, ModelLoadError) as error:
-        raise UsageError(str(error)) from error
-    return loaded, resolve_template(inputs.conv_mode, loaded.processor)
-
-
 def chat(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
@@ -104,7 +84,7 @@ def chat(
     first_file = options.image_file or options.video_file
     if first_file is not None:
         check_media_file(first_file, "--image-file" if options.image_file else "--video-file")
-    loaded, template = load(model, inputs)
+    loaded, template = load_chat_model(model, inputs)
     session = ChatSession(
         loaded, template, generation, fps=inputs.fps, max_frames=inputs.max_frames
     )

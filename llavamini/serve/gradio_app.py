@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from llavamini.flags import standalone_main
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.cli import Address, load
 from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession
+from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def gradio(
     options: GradioOptions = GradioOptions(),
 ) -> None:
     """Load the model and serve the demo until interrupted."""
-    loaded, template = load(model, inputs)
+    loaded, template = load_chat_model(model, inputs)
     chat = DemoChat(loaded, template, generation, inputs.fps, inputs.max_frames)
     demo = build_demo(chat).queue()
     demo.launch(server_name=address.host, server_port=address.port, share=options.share)

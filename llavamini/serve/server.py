@@ -19,8 +19,8 @@ from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.cli import Address, load
 from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES
+from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def build_server(
     from llavamini.serve.openai_api import create_app
 
     config = server_config(model, generation, inputs, options)  # before the slow model load
-    loaded, template = load(model, inputs)
+    loaded, template = load_chat_model(model, inputs)
     app = create_app(loaded, dataclasses.replace(config, conv_mode=template.name))
     if address.host not in LOOPBACK_HOSTS:
         logger.warning(

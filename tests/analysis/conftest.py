@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from llavamini.apps.tiny import build_tiny_checkpoint
 
@@ -15,11 +14,9 @@ tokens change the answers: comparisons that a near-uniform model would pass by l
 
 
 def load(folder: str):
-    from llavamini.model.loading import load_pretrained
+    from llavamini.model.loading import ModelSpec
 
-    loaded = load_pretrained(folder, dtype=torch.float32, device="cpu")
-    loaded.model.eval()
-    return loaded
+    return ModelSpec(folder, device="cpu", dtype="float32").load()
 
 
 def question_inputs(loaded, data, index: int, image_index: int | None = None):

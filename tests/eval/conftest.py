@@ -14,11 +14,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_checkpoint):
-    from llavamini.model.loading import load_pretrained
+    from llavamini.model.loading import ModelSpec
 
-    loaded = load_pretrained(tiny_checkpoint, dtype="float32", device="cpu")
-    loaded.model.eval()
-    return loaded
+    return ModelSpec(tiny_checkpoint, device="cpu", dtype="float32").load()
 
 
 @pytest.fixture(autouse=True)

@@ -1,19 +1,25 @@
 """The runner and the CLI on the tiny checkpoint: batching, resuming, sharding, end to end."""
 
+import dataclasses
 import json
 import math
 import os
+import types
+import typing
 
 import pytest
 
 import llavamini.inference
-from llavamini.eval.answers import read_answers
+from llavamini.conversation import TEMPLATES
+from llavamini.eval.answers import merge_answer_files, read_answers
 from llavamini.eval.cli import build_parser
 from llavamini.eval.metrics.choice import infer_choice
 from llavamini.eval.runner import RunConfig, run_questions
 from llavamini.eval.tasks import get_task
 from llavamini.eval.tasks.gqa import convert_prediction
 from llavamini.eval.tasks.mmbench import prediction_text
+from llavamini.inference import GenerationSettings, InputSettings
+from llavamini.model.loading import ModelSpec
 from tests.conftest import decode_with_placeholders, ramp_frames, write_video
 from tests.eval.helpers import image_base64, make_image, write_json, write_jsonl
 
@@ -47,13 +53,12 @@ def gqa_root(tmp_path_factory):
 def _config(root, answers_file, **overrides):
     fields = dict(
         task=get_task("gqa"),
-        model_path="tiny",
+        model=ModelSpec("tiny", device="cpu", dtype="float32"),
+        inputs=InputSettings(conv_mode="llava_llama_3_1"),
         answers_file=str(answers_file),
         questions_file=str(root / "gqa" / "llava_gqa_testdev_balanced.jsonl"),
         visual_folder=str(root / "gqa" / "data" / "images"),
-        max_new_tokens=MAX_NEW_TOKENS,
-        device="cpu",
-        dtype="float32",
+        generation=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS),
     )
     fields.update(overrides)
     return RunConfig(**fields)
@@ -93,6 +98,15 @@ def test_answer_lines_follow_the_llava_schema_and_record_the_run(gqa_root, tiny_
         "num_beams": 1,
     }
     assert settings["model_path"] == "tiny" and record["model_id"] == "tiny"
+    assert settings["model"] == {
+        "path": "tiny",
+        "device": "cpu",
+        "dtype": "float32",
+        "attn_implementation": None,
+        "quantization": None,
+        "pack_vision_weights": False,
+    }
+    assert settings["dtype"] == "float32"  # kept at the top level for older readers
 
 
 def test_killed_run_resumes_without_loss_or_duplicates(
@@ -130,7 +144,101 @@ def test_resume_refuses_answers_made_with_other_settings(gqa_root, tiny_loaded, 
     path = tmp_path / "a.jsonl"
     run_questions(_config(gqa_root, path, limit=1), loaded=tiny_loaded)
     with pytest.raises(ValueError, match="max_new_tokens|generation"):
-        run_questions(_config(gqa_root, path, max_new_tokens=7), loaded=tiny_loaded)
+        run_questions(
+            _config(gqa_root, path, generation=GenerationSettings(max_new_tokens=7)),
+            loaded=tiny_loaded,
+        )
+
+
+def test_answer_files_from_before_the_full_record_resume(gqa_root, tiny_loaded, tmp_path):
+    """Records written before every model field and the image tasks' fps / max_frames were
+    recorded resume and merge with new ones; what they did record is still checked."""
+    path = tmp_path / "a.jsonl"
+    config = _config(gqa_root, path, limit=2)
+    run_questions(dataclasses.replace(config, limit=1), loaded=tiny_loaded)
+    (record,) = read_answers(str(path))
+    old = {k: v for k, v in record["metadata"]["settings"].items() if k not in ("model", "fps")}
+    del old["max_frames"]
+    record["metadata"]["settings"] = old
+    write_jsonl(path, [record])
+    run_questions(config, loaded=tiny_loaded)
+    assert len(read_answers(str(path))) == 2
+    merged = str(tmp_path / "merged.jsonl")
+    assert merge_answer_files([str(path)], merged) == 2
+    record["metadata"]["settings"] = {**old, "dtype": "bfloat16"}
+    write_jsonl(path, [record])
+    with pytest.raises(ValueError, match="dtype"):
+        run_questions(config, loaded=tiny_loaded)
+
+
+def _other_value(cls, field, default):
+    """A value of `cls`'s `field` other than `default` that `cls` accepts, from the field's
+    type and metadata alone."""
+    hint = typing.get_type_hints(cls)[field.name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    choices = field.metadata.get("choices") or (
+        typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+    )
+    candidates = {
+        bool: [not default],
+        int: [(default or 1) + 1],
+        float: [0.5, 0.25],
+        str: [f"test-{field.name}", *TEMPLATES],
+    }.get(hint, [])
+    required = {
+        f.name: f"test-{f.name}"
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    for value in [*choices, *candidates]:
+        if value == default:
+            continue
+        try:
+            cls(**{**required, field.name: value})
+        except ValueError:
+            continue
+        return value
+    raise AssertionError(f"no test value for {cls.__name__}.{field.name} ({hint})")
+
+
+def test_every_shared_setting_reaches_the_flags_and_the_record(gqa_root, tiny_loaded, tmp_path):
+    """Every field of the shared dataclasses of `eval run` (found in its signature and by
+    `dataclasses.fields`, not listed here) is a flag whose value reaches the function and the
+    settings record of the answers."""
+    from llavamini.cli import parse
+    from llavamini.eval.cli import run
+    from llavamini.flags import option_strings, verb_parameters
+
+    shared = {ModelSpec: "model", GenerationSettings: "generation", InputSettings: None}
+    parameters = {p.cls: p for p in verb_parameters(run) if p.cls in shared}
+    assert set(parameters) == set(shared)
+    answers = str(tmp_path / "answers.jsonl")
+    argv = ["eval", "run", "gqa", "--data-root", str(gqa_root), "--answers-file", answers]
+    argv += ["--limit", "1"]
+    expected = {}
+    for cls, parameter in parameters.items():
+        assert parameter.fields == dataclasses.fields(cls)  # all of them, no `only(...)`
+        values = {}
+        for field in dataclasses.fields(cls):
+            default = getattr(parameter.default, field.name, None)
+            values[field.name] = _other_value(cls, field, default)
+            flag = option_strings(field)[0]
+            if isinstance(values[field.name], bool):
+                argv += [flag] if values[field.name] else [f"--no-{flag[2:]}"]
+            else:
+                argv += [flag, str(values[field.name])]
+        expected[cls] = values
+    function, arguments = parse(argv)
+    for cls, parameter in parameters.items():
+        assert dataclasses.asdict(arguments[parameter.name]) == expected[cls], cls.__name__
+
+    function(**arguments, loaded=tiny_loaded)  # the values need not load: the model is given
+    settings = read_answers(answers)[0]["metadata"]["settings"]
+    for cls, key in shared.items():
+        recorded = settings[key] if key else settings
+        for name, value in expected[cls].items():
+            assert recorded[name] == value, (cls.__name__, name)
 
 
 def test_missing_images_are_reported_before_any_generation(gqa_root, tmp_path, monkeypatch):

@@ -306,3 +306,19 @@ def test_video_peak_memory_does_not_grow_with_frames():
         return int(run.stdout.split()[-1])
 
     assert growth(32) <= growth(4) + 2048
+
+
+def test_a_new_model_initialises_its_compressor_like_a_standalone_one():
+    """`QueryCompressor.init_queries` is the one initialisation of the queries and position
+    table: a model built from a config gets the sin-cos table and N(0, 0.02) queries."""
+    from llavamini.model.compressor import QueryCompressor, sincos_pos_embed_2d
+
+    model = make_model(seed=3)
+    compressor = model.model.compressor
+    assert isinstance(compressor, QueryCompressor)
+    width = compressor.query.shape[1]
+    table = sincos_pos_embed_2d(width, compressor.size).to(compressor.pos_embed.dtype)
+    torch.testing.assert_close(compressor.pos_embed.detach(), table, rtol=0, atol=0)
+    assert 0.01 < compressor.query.std().item() < 0.03
+    standalone = QueryCompressor(width, compressor.size, num_heads=1)
+    torch.testing.assert_close(standalone.pos_embed.detach(), table, rtol=0, atol=0)

@@ -44,14 +44,14 @@ def test_compression_attention_rows_are_distributions(tmp_path):
 
     from llavamini.analysis.compression import compression_attention
     from llavamini.apps.tiny import build_tiny_checkpoint
-    from llavamini.model.loading import load_pretrained
+    from llavamini.model.loading import ModelSpec
 
     Image.new("RGB", (60, 60), (10, 20, 200)).save(tmp_path / "image.png")
     build_tiny_checkpoint(
         str(tmp_path / "hd"), image_size=56, compressor_size=2, resolution_ratio=2
     )
     pixels, attention = compression_attention(
-        load_pretrained(str(tmp_path / "hd")), str(tmp_path / "image.png")
+        ModelSpec(str(tmp_path / "hd"), device="cpu").load(), str(tmp_path / "image.png")
     )
     assert pixels.shape == (3, 56, 56)
     assert attention.shape == (4, 8, 8)  # 2 x 2 crops of a 4 x 4 grid, stitched

@@ -67,12 +67,12 @@ def test_stage2_starts_from_stage1_and_its_checkpoint_answers(assets, stage1, tm
     from transformers import AutoProcessor
 
     from llavamini.inference import generate
-    from llavamini.model.loading import load_pretrained
+    from llavamini.model.loading import ModelSpec
 
     assert (tmp_path / "processor_config.json").is_file()  # written by `llavamini train`
     processor = AutoProcessor.from_pretrained(str(tmp_path))
     assert processor.conv_mode == trainer.processing_class.conv_mode == "llava_llama_3_1"
-    bundle = load_pretrained(str(tmp_path))
+    bundle = ModelSpec(str(tmp_path), device="cpu").load()
     image = assets["captions"].replace("captions.json", "images/000000.png")
     content = [{"type": "image", "path": image}, {"type": "text", "text": "How many shapes?"}]
     inputs = bundle.processor.apply_chat_template(

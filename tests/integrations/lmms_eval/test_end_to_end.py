@@ -101,6 +101,8 @@ def runner_answers(local_images, tiny_loaded, tmp_path_factory):
     from llavamini.eval.answers import read_answers
     from llavamini.eval.runner import RunConfig, run_questions
     from llavamini.eval.tasks import get_task
+    from llavamini.inference import GenerationSettings, InputSettings
+    from llavamini.model.loading import ModelSpec
 
     root = tmp_path_factory.mktemp("runner")
     rows = [
@@ -109,14 +111,12 @@ def runner_answers(local_images, tiny_loaded, tmp_path_factory):
     ]
     config = RunConfig(
         task=get_task("gqa"),
-        model_path="tiny",
+        model=ModelSpec("tiny", device="cpu", dtype="float32"),
+        inputs=InputSettings(conv_mode=tiny_loaded.processor.conv_mode),
         answers_file=str(root / "answers.jsonl"),
         questions_file=write_jsonl(root / "questions.jsonl", rows),
         visual_folder="/",
-        conv_mode=tiny_loaded.processor.conv_mode,
-        max_new_tokens=MAX_NEW_TOKENS,
-        device="cpu",
-        dtype="float32",
+        generation=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS),
         num_workers=0,
     )
     run_questions(config, loaded=tiny_loaded)

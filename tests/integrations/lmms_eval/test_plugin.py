@@ -197,6 +197,8 @@ def test_video_answers_equal_the_runner(tiny_loaded, tmp_path):
     from llavamini.eval.answers import read_answers
     from llavamini.eval.runner import RunConfig, run_questions
     from llavamini.eval.tasks import get_task
+    from llavamini.inference import GenerationSettings, InputSettings
+    from llavamini.model.loading import ModelSpec
 
     task = get_task("msvd_qa")
     (tmp_path / "videos").mkdir()
@@ -204,14 +206,12 @@ def test_video_answers_equal_the_runner(tiny_loaded, tmp_path):
     rows = [{"video_name": "clip1", "question": "what is shown?", "question_id": "v_0"}]
     config = RunConfig(
         task=task,
-        model_path="tiny",
+        model=ModelSpec("tiny", device="cpu", dtype="float32"),
+        inputs=InputSettings(conv_mode=tiny_loaded.processor.conv_mode),
         answers_file=str(tmp_path / "answers.jsonl"),
         questions_file=write_json(tmp_path / "test_q.json", rows),
         visual_folder=str(tmp_path / "videos"),
-        conv_mode=tiny_loaded.processor.conv_mode,
-        max_new_tokens=5,
-        device="cpu",
-        dtype="float32",
+        generation=GenerationSettings(max_new_tokens=5),
         num_workers=0,
     )
     run_questions(config, loaded=tiny_loaded)
