@@ -21,19 +21,25 @@ asks to sample; `max_new_tokens` (default 128), `top_p`, `num_beams`; generation
 the template's stop token, and the answer is cut at the first `until` string (lmms-eval sets
 `until: ["\n\n"]` for a task that names none).
 
-One process, one device: lmms-eval's multi-process (accelerate) sharding is not supported.
+Data parallel: under `accelerate launch --num_processes N -m lmms_eval` (or `torchrun`), each
+process loads the model on its own device (`cuda:LOCAL_RANK` on GPUs; the CPU is shared) and
+lmms-eval's evaluator gives it every N-th doc (`rank`, `world_size`) and gathers the answers
+and scores on rank 0. `batch_size` is per process. The padding requests the evaluator adds to
+even out the ranks' request counts are not generated (their answers are discarded).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import torch
+from accelerate import Accelerator
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.utils import simple_parse_args_string
+from lmms_eval.utils import Collator, simple_parse_args_string
 from PIL import Image
 from tqdm import tqdm
 
@@ -47,6 +53,47 @@ logger = logging.getLogger(__name__)
 
 GENERATION_KEYS = ("until", "max_new_tokens", "temperature", "do_sample", "top_p", "num_beams")
 """The `generation_kwargs` this model reads; others are logged once and ignored."""
+
+PADDING_ONLY = "__padding_only__"
+"""The metadata key lmms-eval's evaluator sets on the requests it adds to even out ranks."""
+
+SHARED_DEVICES = ("cpu", "mps")
+"""Device types that all the processes of a machine share (no per-process index)."""
+
+
+def process_layout(accelerator: Accelerator) -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process among the evaluation's processes.
+
+    Accelerate's when it launched several processes. Otherwise torch.distributed's: without
+    GPUs, `accelerate launch --multi_gpu` and `torchrun` start N processes whose Accelerator
+    reports one (distributed type NO) while torch.distributed holds their gloo group, the one
+    lmms-eval's evaluator shards and gathers over. (0, 1, 0) for a lone process.
+    """
+    if accelerator.num_processes > 1:
+        return (
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.local_process_index,
+        )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
+    return 0, 1, 0
+
+
+def process_device(device: str | None, local_rank: int, world_size: int) -> str | None:
+    """The device this process loads the model on.
+
+    One process keeps `device` (None: the best available, `ModelSpec.resolved_device`). With
+    several, each takes its machine's accelerator number `local_rank` (`cuda` or `cuda:0` ->
+    `cuda:LOCAL_RANK`), as lmms-eval's own models do; a CPU or MPS device is shared.
+    """
+    if world_size == 1:
+        return device
+    kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else None)
+    if kind is None or kind in SHARED_DEVICES:
+        return device
+    return f"{kind}:{local_rank}"
 
 
 def visual_parts(visuals) -> list[dict]:
@@ -105,6 +152,11 @@ def stop_strings(gen_kwargs: dict) -> list[str]:
     return [s for s in until if s]
 
 
+def settings_key(gen_kwargs: dict | None) -> str:
+    """A string equal for equal `generation_kwargs` (the batching key)."""
+    return json.dumps(gen_kwargs or {}, sort_keys=True, default=str)
+
+
 def cut_at(text: str, stops: Sequence[str]) -> str:
     """`text` up to the first occurrence of any of `stops`, stripped."""
     for stop in stops:
@@ -119,7 +171,7 @@ class LlavaMini(lmms):
         pretrained: checkpoint folder or cached hub id.
         conv_mode: chat template name (None: the checkpoint processor's).
         device, dtype, attn_implementation: model placement and precision.
-        batch_size: requests per generate call (int or a string of one).
+        batch_size: requests per generate call in each process (int or a string of one).
         fps, max_frames: video frame sampling.
         max_new_tokens: the budget when a task's `generation_kwargs` set none.
         loaded: an already loaded `LoadedModel` (tests, notebooks) instead of `pretrained`.
@@ -150,8 +202,11 @@ class LlavaMini(lmms):
             message = "batch_size must be an integer >= 1 ('auto' is not supported)"
             raise ValueError(f"{message}, got {batch_size!r}.")
         self.batch_size_per_call = int(batch_size)
+        self.accelerator = Accelerator()
+        self._rank, self._world_size, local_rank = process_layout(self.accelerator)
         if loaded is None:
             dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
+            device = process_device(device, local_rank, self._world_size)
             loaded = ModelSpec(pretrained, device, dtype, attn_implementation).load()
         loaded.model.eval()
         self.loaded = loaded
@@ -162,11 +217,13 @@ class LlavaMini(lmms):
         self.default_max_new_tokens = int(max_new_tokens)
         self._warned_keys: set[str] = set()
         logger.info(
-            "llava_mini: %s, conv mode %s, batch size %d, on %s.",
+            "llava_mini: %s, conv mode %s, batch size %d, on %s (process %d of %d).",
             pretrained,
             self.conv_mode,
             self.batch_size_per_call,
             loaded.model.device,
+            self._rank,
+            self._world_size,
         )
 
     @classmethod
@@ -225,42 +282,39 @@ class LlavaMini(lmms):
     # ---- lmms-eval's interface ---------------------------------------------------------------
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """One answer per request `(context, gen_kwargs, doc_to_visual, doc_id, task, split)`.
+        """One answer per request `(context, gen_kwargs, doc_to_visual, doc_id, task, split)`,
+        in the requests' order.
 
-        Requests with equal `gen_kwargs` are batched `batch_size` at a time, in their order;
-        the answers come back in the requests' order.
+        Requests with equal `gen_kwargs` are batched `batch_size` at a time, longest context
+        first (lmms-eval's `Collator`, as its own models batch). The evaluator's padding
+        requests answer "" without generating: no rank waits for them (the model is not wrapped
+        for collective forward passes, as DDP would), the evaluator discards their answers, and
+        its response cache never stores an empty one.
         """
-        answers: list[str | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), desc="llava_mini", unit="q")
-        for gen_kwargs, batch in self._batches(requests):
+        answers = [""] * len(requests)
+        work = [i for i, request in enumerate(requests) if not request.metadata.get(PADDING_ONLY)]
+        collator = Collator(
+            [requests[i].args for i in work],
+            sort_fn=lambda args: (-len(args[0]), args[0]),
+            group_fn=lambda args: {"generation_kwargs": settings_key(args[1])},
+            grouping=True,
+        )
+        texts = []
+        progress = tqdm(total=len(work), desc="llava_mini", unit="q", disable=self.rank != 0)
+        for batch in collator.get_batched(n=self.batch_size_per_call):
+            gen_kwargs = dict(batch[0][1] or {})
             conversations = []
-            for _, request in batch:
-                context, _, doc_to_visual, doc_id, task, split = request.args
+            for context, _, doc_to_visual, doc_id, task, split in batch:
                 visuals = self._doc_visuals(doc_to_visual, doc_id, task, split)
                 conversations.append(user_conversation(context, visuals))
-            for (index, request), text in zip(
-                batch, self.answer(conversations, gen_kwargs), strict=True
-            ):
-                answers[index] = text
-                self.cache_hook.add_partial("generate_until", (request.args[0], gen_kwargs), text)
+            for args, text in zip(batch, self.answer(conversations, gen_kwargs), strict=True):
+                texts.append(text)
+                self.cache_hook.add_partial("generate_until", (args[0], gen_kwargs), text)
             progress.update(len(batch))
         progress.close()
+        for i, text in zip(work, collator.get_original(texts), strict=True):
+            answers[i] = text
         return answers
-
-    def _batches(self, requests: Sequence[Instance]):
-        """Yield `(gen_kwargs, [(index, request), ...])`: requests grouped by equal generation
-        settings, `batch_size` at a time, in request order."""
-        groups: dict[str, list[tuple[int, Instance]]] = {}
-        settings: dict[str, dict] = {}
-        for index, request in enumerate(requests):
-            gen_kwargs = dict(request.args[1] or {})
-            key = json.dumps(gen_kwargs, sort_keys=True, default=str)
-            groups.setdefault(key, []).append((index, request))
-            settings[key] = gen_kwargs
-        size = self.batch_size_per_call
-        for key, members in groups.items():
-            for start in range(0, len(members), size):
-                yield settings[key], members[start : start + size]
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """Per request `(context, continuation, doc_to_visual, doc_id, task, split)`: the sum of
@@ -272,7 +326,8 @@ class LlavaMini(lmms):
         prompt's, so no token straddles the two.
         """
         results = []
-        for request in tqdm(requests, desc="llava_mini loglikelihood", unit="q"):
+        progress = tqdm(requests, desc="llava_mini loglikelihood", unit="q", disable=self.rank != 0)
+        for request in progress:
             context, continuation, doc_to_visual, doc_id, task, split = request.args
             if callable(continuation):
                 continuation = continuation(self.task_dict[task][split][doc_id])

@@ -1,8 +1,11 @@
 """lmms-eval evaluates an offline local task on the tiny checkpoint through the plug-in: from the
 CLI (`lmms-eval --model llava_mini ... --include_path DIR`) and from `simple_evaluate`, the
-answers are `llavamini eval run`'s and the score in the results file is the one they imply.
+answers are `llavamini eval run`'s and the score in the results file is the one they imply; two
+data-parallel processes (`accelerate launch`, gloo on CPUs) give one process's answers and
+score, each question answered by exactly one of them.
 
-The CLI exits 0 even when the evaluation raised, so both read the results file, not the code.
+The CLI exits 0 even when the evaluation raised, so the tests read the results file, not the
+code. They run offline (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1) and without GPUs.
 """
 
 import json
@@ -10,6 +13,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,19 +42,28 @@ QUESTIONS = [
 ]
 MAX_NEW_TOKENS = 6
 TASK = "llavamini_local_vqa"
+VISUALS_LOG = "LLAVAMINI_TEST_VISUALS_LOG"
+"""The task's doc_to_visual appends `PID QUESTION_ID` to the file this variable names: the
+plug-in calls it once per request it answers."""
 
-TASK_UTILS = '''\
+TASK_UTILS = f'''\
 """doc_to_visual / doc_to_text of the local test task (written by the test)."""
+
+import os
 
 from PIL import Image
 
 
 def doc_to_visual(doc):
+    log = os.environ.get("{VISUALS_LOG}")
+    if log:
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(f"{{os.getpid()}} {{doc['question_id']}}\\n")
     return [Image.open(path).convert("RGB") for path in doc["images"]]
 
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    kwargs = lmms_eval_specific_kwargs or {}
+    kwargs = lmms_eval_specific_kwargs or {{}}
     return kwargs.get("pre_prompt", "") + doc["question"] + kwargs.get("post_prompt", "")
 '''
 
@@ -157,30 +171,96 @@ def _sample_answers(samples: list[dict]) -> dict[str, str]:
     return answers
 
 
-def test_cli_answers_equal_the_runner_and_score_is_read_from_the_results_file(
-    tiny_checkpoint, local_task, runner_answers, tmp_path
-):
-    assert len(set(runner_answers.values())) > 1  # the images matter: the check is meaningful
-    output = tmp_path / "out"
+ONE_PROCESS = ["lmms-eval"]
+TWO_PROCESSES = [
+    "accelerate", "launch",
+    # --multi_gpu starts the processes (torch's elastic launcher) also on a machine without
+    # GPUs, where they join a gloo group; port 0: a free one (CI runs tests side by side).
+    "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
+    "--mixed_precision", "no", "--dynamo_backend", "no",
+    "-m", "lmms_eval",
+]  # fmt: skip
+
+
+@dataclass
+class CliRun:
+    """What one lmms-eval command left: its score, its per-sample answers (question id ->
+    text), the doc ids of its samples file, and `(pid, question id)` per answered request."""
+
+    score: float
+    answers: dict[str, str]
+    sample_doc_ids: list[int]
+    answered: list[tuple[str, str]]
+
+
+def run_cli(launcher: list[str], checkpoint: str, task_folder: Path, folder: Path) -> CliRun:
+    """Evaluate the local task with the tiny checkpoint (batch size 2 per process), offline and
+    on CPUs, under `launcher` (the venv's `lmms-eval`, or `accelerate launch ... -m lmms_eval`)."""
+    output, visuals_log = folder / "out", folder / "visuals.log"
     command = [
-        str(Path(sys.executable).with_name("lmms-eval")),
+        str(Path(sys.executable).with_name(launcher[0])), *launcher[1:],
         "--model", "llava_mini",
-        "--model_args", f"pretrained={tiny_checkpoint},device=cpu,dtype=float32,batch_size=2",
+        "--model_args", f"pretrained={checkpoint},device=cpu,dtype=float32,batch_size=2",
         "--tasks", TASK,
-        "--include_path", str(local_task),
+        "--include_path", str(task_folder),
         "--output_path", str(output),
         "--log_samples",
     ]  # fmt: skip
-    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(folder / "datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        VISUALS_LOG: str(visuals_log),
+    }
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     log = completed.stdout[-3000:] + completed.stderr[-6000:]
     results_path = _one(sorted(output.rglob("*_results.json")), f"results file\n{log}")
     results = json.loads(results_path.read_text(encoding="utf-8"))
-    assert results["results"][TASK]["exact_match,none"] == EXPECTED_SCORE, log
     samples_path = _one(sorted(output.rglob(f"*_samples_{TASK}.jsonl")), "samples file")
     samples = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines()]
-    assert _sample_answers(samples) == runner_answers
-    assert len(samples) == len(QUESTIONS)
+    answered = [
+        tuple(line.split()) for line in visuals_log.read_text(encoding="utf-8").splitlines()
+    ]
+    return CliRun(
+        score=results["results"][TASK]["exact_match,none"],
+        answers=_sample_answers(samples),
+        sample_doc_ids=[sample["doc_id"] for sample in samples],
+        answered=answered,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_checkpoint, local_task, tmp_path_factory) -> CliRun:
+    return run_cli(ONE_PROCESS, tiny_checkpoint, local_task, tmp_path_factory.mktemp("one"))
+
+
+def _each_question_once(run: CliRun) -> None:
+    assert sorted(run.sample_doc_ids) == list(range(len(QUESTIONS)))
+    assert Counter(question for _, question in run.answered) == Counter(
+        f"q{i}" for i in range(len(QUESTIONS))
+    )
+
+
+def test_cli_answers_equal_the_runner_and_score_is_read_from_the_results_file(
+    one_process_run, runner_answers
+):
+    assert len(set(runner_answers.values())) > 1  # the images matter: the check is meaningful
+    assert one_process_run.score == EXPECTED_SCORE
+    assert one_process_run.answers == runner_answers
+    _each_question_once(one_process_run)
+
+
+def test_two_processes_answer_and_score_as_one_each_question_once(
+    one_process_run, tiny_checkpoint, local_task, tmp_path
+):
+    two = run_cli(TWO_PROCESSES, tiny_checkpoint, local_task, tmp_path)
+    assert two.answers == one_process_run.answers
+    assert two.score == one_process_run.score
+    _each_question_once(two)
+    shards = {pid: {q for p, q in two.answered if p == pid} for pid, _ in two.answered}
+    assert len(shards) == 2, f"expected two processes to answer, got {shards}"
 
 
 def test_simple_evaluate_answers_equal_the_runner_at_any_batch_size(

@@ -1,9 +1,10 @@
 """The plug-in's lmms-eval methods on hand-made requests: registration, media (several images, a
-video, none), batching, `until`, `loglikelihood` against the model's own log-probabilities, and
-multi-round generation."""
+video, none), batching, `until`, the evaluator's padding requests, each process's place and
+device, `loglikelihood` against the model's own log-probabilities, and multi-round generation."""
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,13 @@ from lmms_eval.models import get_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from llavamini.inference import GenerationSettings, generate  # noqa: E402
-from llavamini.integrations.lmms_eval import LlavaMini, user_conversation  # noqa: E402
+from llavamini.integrations.lmms_eval import (  # noqa: E402
+    PADDING_ONLY,
+    LlavaMini,
+    process_device,
+    process_layout,
+    user_conversation,
+)
 
 GEN_KWARGS = {"max_new_tokens": 5, "temperature": 0, "do_sample": False}
 
@@ -120,6 +127,43 @@ def test_until_cuts_the_answer_and_groups_keep_request_order(tiny_loaded, docs):
     ]
     model = _model(tiny_loaded, docs, batch_size=2)
     assert model.generate_until(requests) == [cut, direct, cut]
+
+
+def test_padding_requests_are_not_generated(tiny_loaded, docs, monkeypatch):
+    model = _model(tiny_loaded, docs, batch_size=2)
+    padding = _generation_request(2, docs)
+    padding.metadata[PADDING_ONLY] = True  # as lmms-eval's evaluator marks the ones it adds
+    requests = [_generation_request(2, docs), padding, _generation_request(0, docs)]
+    generated = []
+    answer = model.answer
+    monkeypatch.setattr(
+        model,
+        "answer",
+        lambda batch, gen_kwargs: generated.extend(batch) or answer(batch, gen_kwargs),
+    )
+    direct = [_direct_answer(tiny_loaded, docs[i]) for i in (2, 0)]
+    assert model.generate_until(requests) == [direct[0], "", direct[1]]
+    assert len(generated) == 2
+
+
+def test_each_process_takes_its_rank_and_its_own_gpu(monkeypatch):
+    alone = SimpleNamespace(num_processes=1, process_index=0, local_process_index=0)
+    assert process_layout(alone) == (0, 1, 0)  # no process group in this test process
+    rank_5 = SimpleNamespace(num_processes=8, process_index=5, local_process_index=1)
+    assert process_layout(rank_5) == (5, 8, 1)  # 2 machines x 4 GPUs: rank 5 is GPU 1 of the 2nd
+    assert process_device("cuda:0", 1, 1) == "cuda:0"  # one process keeps what it asked for
+    assert process_device("cuda", 3, 8) == "cuda:3"
+    assert process_device("cuda:0", 3, 8) == "cuda:3"
+    assert process_device("cpu", 3, 8) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert process_device(None, 2, 4) == "cuda:2"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device(None, 2, 4) is None  # the best available: the shared CPU or MPS
+
+
+def test_a_model_alone_is_rank_0_of_1(tiny_loaded, docs):
+    model = _model(tiny_loaded, docs)
+    assert (model.rank, model.world_size) == (0, 1)
 
 
 def _logprob_from_the_model_loss(tiny_loaded, doc, continuation: str) -> float:
