@@ -144,13 +144,9 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
         else:
             vision_tokens, fused = [], []
             for b, sample_visuals in enumerate(visuals):
-                encoded = [self.encode_visual(v, text_embeds[b], keep[b]) for v in sample_visuals]
-                vision_tokens.append([tokens for tokens, _ in encoded])
-                if encoded:
-                    mean = torch.stack([text.float() for _, text in encoded]).mean(0)
-                    fused.append(mean.to(text_embeds.dtype))
-                else:
-                    fused.append(text_embeds[b])
+                tokens, text = self.encode_sample(sample_visuals, text_embeds[b], keep[b])
+                vision_tokens.append(tokens)
+                fused.append(text)
             text_embeds = torch.stack(fused)
 
         max_length = self.config.tokenizer_model_max_length if labels is not None else None

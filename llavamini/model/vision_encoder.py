@@ -180,6 +180,23 @@ class VisionEncoderMixin:
         vision, text = self.encode_images(visual[None], text_embeds[None], keep[None])
         return vision[0], text[0]
 
+    def encode_sample(
+        self, visuals: list[torch.Tensor], text_embeds: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The images and videos of one prompt, in placeholder order -> (per visual, its
+        `(V_i, D)` vision tokens; the `(L, D)` text fused by each visual and averaged over them,
+        in float32, as over a video's frames; the raw text when there is no visual).
+
+        Every visual's pre-fusion reads the whole prompt's text (`keep`), wherever its own
+        placeholder is; this is what lets several images, or images in later turns, share one
+        prompt.
+        """
+        encoded = [self.encode_visual(visual, text_embeds, keep) for visual in visuals]
+        if not encoded:
+            return [], text_embeds
+        mean = torch.stack([text.float() for _, text in encoded]).mean(0)
+        return [tokens for tokens, _ in encoded], mean.to(text_embeds.dtype)
+
 
 def frame_activation_bytes(config, parts: int, element_size: int) -> int:
     """An upper estimate of the activations one video frame holds at once in `encode_video`

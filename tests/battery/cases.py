@@ -36,8 +36,15 @@ DOORS = {
     "chat": "`llavamini chat --query` one-shot (`llavamini.serve.cli.chat`)",
     "eval": "`llavamini eval run synthetic` on a question file (LLaVA's JSONL schema)",
     "data": "`llavamini data check` on a training manifest (the training reader's checks)",
+    "vllm": "the vLLM plug-in's processor (`LlavaMiniMultiModalProcessor.apply`) on the prompt "
+    "as vLLM tokenizes it, images as PIL images, a video as a `video_url` hands it over (the "
+    "file's bytes); vLLM parses requests, messages and image files before it. Checked in "
+    "`.venv-vllm` by `tests/integrations/vllm/test_battery_door.py`, not by the default suite",
 }
 """The front doors that read user data, by the name the table uses."""
+
+ELSEWHERE = {"vllm": "tests/integrations/vllm/test_battery_door.py"}
+"""Doors whose cells another environment's test checks (`test_battery.py` runs the others)."""
 
 CONTEXT_TOKENS = 4096
 """The tiny checkpoint's context (`max_position_embeddings`); the long prompt is past it."""
@@ -342,10 +349,14 @@ def _answered(
         **_all(Accepted(answer)),
         "processor": Accepted(inputs),
         "data": Accepted("no problem reported"),
+        "vllm": Accepted(inputs),
         **overrides,
     }
 
 
+VLLM_DECODES = NotApplicable("vLLM's image loader opens the file before the plug-in")
+VLLM_PARSES = NotApplicable("vLLM parses the request and its messages before the plug-in")
+VLLM_TOKENIZES = NotApplicable("vLLM decodes and tokenizes the text before the plug-in")
 ONE_FILE = NotApplicable("one-shot chat takes one --image-file or --video-file")
 ONE_VISUAL = NotApplicable("a question has one image or video")
 IMAGE_TASK = NotApplicable("the synthetic task asks about images; video tasks share its reader")
@@ -361,19 +372,27 @@ CASES: list[HostileInput] = [
         "bomb",
         "decompression bomb: a 20000 x 20000 PNG header in 57 bytes",
         _bytes_file("bomb.png", png_header_only(20000, 20000)),
-        _all(Rejected(LIMIT), data=Rejected(LIMIT)),
+        _all(Rejected(LIMIT), data=Rejected(LIMIT), vllm=VLLM_DECODES),
     ),
     HostileInput(
         "truncated-image",
         "a PNG cut in half",
         _truncated_image,
-        _all(Rejected("image file is truncated"), data=Rejected("[undecodable media]")),
+        _all(
+            Rejected("image file is truncated"),
+            data=Rejected("[undecodable media]"),
+            vllm=VLLM_DECODES,
+        ),
     ),
     HostileInput(
         "corrupt-image",
         "bytes that are no image, named .png",
         _bytes_file("corrupt.png", b"these bytes are no image"),
-        _all(Rejected("cannot identify image file"), data=Rejected("[undecodable media]")),
+        _all(
+            Rejected("cannot identify image file"),
+            data=Rejected("[undecodable media]"),
+            vllm=VLLM_DECODES,
+        ),
     ),
     HostileInput(
         "truncated-video",
@@ -408,6 +427,7 @@ CASES: list[HostileInput] = [
         _answered(
             processor=Accepted("model inputs with 1 frame", shows="frames [1]"),
             eval=IMAGE_TASK,
+            vllm=Accepted("model inputs with 1 frame", shows="frames [1]"),
         ),
     ),
     HostileInput(
@@ -453,6 +473,7 @@ CASES: list[HostileInput] = [
             Rejected("exceeds the model's context"),
             processor=Accepted("input_ids longer than the context (generate refuses them)"),
             data=Rejected("[over-length]"),
+            vllm=Accepted("a prompt longer than the context (vLLM refuses it: max_model_len)"),
         ),
     ),
     HostileInput(
@@ -482,13 +503,14 @@ CASES: list[HostileInput] = [
             server=Rejected("not valid JSON"),
             eval=Rejected("line 1: not JSON"),
             data=Rejected("not valid UTF-8"),
+            vllm=VLLM_TOKENIZES,
         ),
     ),
     HostileInput(
         "escaped-surrogate",
         "valid JSON holding the escape \\udcff: a lone surrogate, no UTF-8 text",
         _escaped_surrogate,
-        _all(Rejected("not valid Unicode")),
+        _all(Rejected("not valid Unicode"), vllm=VLLM_TOKENIZES),
     ),
     HostileInput(
         "many-images",
@@ -499,6 +521,7 @@ CASES: list[HostileInput] = [
             chat=ONE_FILE,
             eval=ONE_VISUAL,
             data=Accepted("no problem reported"),
+            vllm=Accepted("one engine item of 100 images", shows="100 visuals"),
         ),
         slow=True,
     ),
@@ -511,6 +534,7 @@ CASES: list[HostileInput] = [
             chat=NO_PARTS,
             eval=NO_PARTS,
             data=NotApplicable("unknown record keys are ignored, as in LLaVA's manifests"),
+            vllm=VLLM_PARSES,
         ),
     ),
     HostileInput(
@@ -523,6 +547,7 @@ CASES: list[HostileInput] = [
             "chat": NotApplicable("no ids"),
             "eval": Rejected("appears twice"),
             "data": Accepted("no problem reported: both samples train"),
+            "vllm": NotApplicable("no ids"),
         },
     ),
     HostileInput(
@@ -535,6 +560,7 @@ CASES: list[HostileInput] = [
             "chat": NO_MESSAGES,
             "eval": Rejected("missing field 'text'"),
             "data": Rejected("'conversations' must be a non-empty list"),
+            "vllm": VLLM_PARSES,
         },
     ),
     HostileInput(
@@ -547,6 +573,7 @@ CASES: list[HostileInput] = [
             "chat": NO_FILE,
             "eval": Rejected("'question_id' must be"),
             "data": Rejected("'image' must be"),
+            "vllm": VLLM_PARSES,
         },
     ),
     HostileInput(
@@ -559,6 +586,9 @@ CASES: list[HostileInput] = [
             "chat": Accepted("the file is read: the user names their own files"),
             "eval": Rejected("outside --visual-folder"),
             "data": Rejected("outside --image-folder"),
+            "vllm": NotApplicable(
+                "vLLM reads local files (--allowed-local-media-path) before the plug-in"
+            ),
         },
     ),
     HostileInput(
@@ -573,6 +603,10 @@ CASES: list[HostileInput] = [
             ),
             eval=IMAGE_TASK,
             data=Rejected(f"{LONG_VIDEO_SECONDS + 110} tokens (vision tokens included) exceed"),
+            vllm=Accepted(
+                f"model inputs with {MAX_VIDEO_FRAMES} frames (the cap)",
+                shows=f"frames [{MAX_VIDEO_FRAMES}]",
+            ),
         ),
         slow=True,
     ),

@@ -7,11 +7,12 @@ supported and measured throughput: docs/serving.md.
 
 How pre-fusion fits vLLM (the hard part): the LLM's input depends on the whole prompt and the
 visual together, while vLLM embeds the flat, chunked tokens of all scheduled requests without
-request boundaries. So each prompt's one image or video is a multimodal item whose placeholder
-range covers the *whole* prompt (`processing.py`); the item carries the prompt's token ids, which
-are mixed into its hash, and the model's `embed_multimodal` returns the embeddings of every
-prompt position (fused text, vision tokens). vLLM's encoder cache then hands each prefill chunk
-its slice, and prefix caching keys every block of the prompt on the (image, prompt) pair.
+request boundaries. So each prompt's images and videos, however many and in whichever turns, are
+one multimodal item whose placeholder range covers the *whole* prompt (`processing.py`); the item
+carries the prompt's token ids, which are mixed into its hash, and the model's `embed_multimodal`
+returns the embeddings of every prompt position (fused text, vision tokens). vLLM's encoder
+cache then hands each prefill chunk its slice, and prefix caching keys every block of the prompt
+on the (media, prompt) pair.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from vllm.sequence import IntermediateTensors
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
 from llavamini.integrations.vllm.processing import (
-    PIXEL_FIELDS,
+    FRAMES_FIELD,
+    PIXEL_FIELD,
     PROMPT_FIELD,
     LlavaMiniDummyInputsBuilder,
     LlavaMiniMultiModalProcessor,
@@ -121,7 +122,7 @@ class LlavaMiniEncoder(VisionEncoderMixin, nn.Module):
     dummy_inputs=LlavaMiniDummyInputsBuilder,
 )
 class LlavaMiniForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
-    """LLaVA-Mini in vLLM: one image or video per prompt (see `processing.py`)."""
+    """LLaVA-Mini in vLLM: any images and videos per prompt, as one item (`processing.py`)."""
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
@@ -153,30 +154,35 @@ class LlavaMiniForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
         """The items of one modality -> per item, `(L', D)` embeddings of its whole prompt.
 
-        kwargs: `pixel_values` (images, each `(parts, 3, H, W)`) or `video_pixel_values`
-        (videos, each `(T, parts, 3, H, W)`), and `prompt_ids` (each `(L,)`, the placeholder as
-        `IMAGE_TOKEN_INDEX`), batched by vLLM into one tensor or a list.
+        kwargs (`processing.py`), batched by vLLM into one tensor or a list: `pixel_values`
+        (each `(F, parts, 3, H, W)`, the prompt's visuals along one frame axis),
+        `visual_frames` (each `(N,)`: 0 for an image, T for a T-frame video) and `prompt_ids`
+        (each `(L,)`, a placeholder as `IMAGE_TOKEN_INDEX`).
         """
-        pixels = kwargs.get(PIXEL_FIELDS["image"])
-        if pixels is None:
-            pixels = kwargs.get(PIXEL_FIELDS["video"])
+        pixels = kwargs.get(PIXEL_FIELD)
         if pixels is None:
             return []
         return [
-            self.embed_prompt(visual, ids)
-            for visual, ids in zip(_items(pixels), _items(kwargs[PROMPT_FIELD]), strict=True)
-        ]
+            self.embed_prompt(split_visuals(item, frames), ids)
+            for item, frames, ids in zip(
+                _items(pixels), _items(kwargs[FRAMES_FIELD]), _items(kwargs[PROMPT_FIELD]),
+                strict=True,
+            )
+        ]  # fmt: skip
 
-    def embed_prompt(self, visual: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """One visual and its prompt's ids `(L,)` -> the LLM's input `(L', D)`: the fused text
-        with the vision tokens at the placeholder, as the transformers model splices it."""
+    def embed_prompt(self, visuals: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+        """A prompt's visuals (images `(parts, 3, H, W)`, videos `(T, parts, 3, H, W)`, in
+        placeholder order) and its ids `(L,)` -> the LLM's input `(L', D)`: the text fused by
+        every visual and averaged over them, with each visual's tokens at its placeholder, as
+        the transformers model computes it (`encode_sample`, `splice_vision_tokens`)."""
         tower = next(self.encoder.vision_tower.parameters())
         ids = ids.to(device=tower.device, dtype=torch.long)
         text = self.language_model.embed_input_ids(ids.clamp(min=0))
         real = torch.ones_like(ids)[None]
         keep = prefusion_text_keep(ids[None], real, None)[0]
-        vision, fused = self.encoder.encode_visual(visual.to(tower.device, tower.dtype), text, keep)
-        spliced = splice_vision_tokens(fused[None], ids[None], real, None, [[vision]], "right")
+        visuals = [visual.to(tower.device, tower.dtype) for visual in visuals]
+        vision, fused = self.encoder.encode_sample(visuals, text, keep)
+        spliced = splice_vision_tokens(fused[None], ids[None], real, None, [vision], "right")
         return spliced.inputs_embeds[0].to(text.dtype)
 
     def forward(
@@ -221,3 +227,17 @@ def _items(batched) -> list[torch.Tensor]:
     if isinstance(batched, torch.Tensor):
         return list(batched.unbind(0))
     return list(batched)
+
+
+def split_visuals(pixels: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+    """One item's `(F, parts, 3, H, W)` pixels and `(N,)` frame counts -> its N visuals: an
+    image (count 0) `(parts, 3, H, W)`, a video (count T) `(T, parts, 3, H, W)`."""
+    visuals, row = [], 0
+    for count in frames.tolist():
+        if count == 0:
+            visuals.append(pixels[row])
+            row += 1
+        else:
+            visuals.append(pixels[row : row + count])
+            row += count
+    return visuals

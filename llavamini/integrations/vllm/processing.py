@@ -1,23 +1,34 @@
-"""vLLM's multimodal processing for LLaVA-Mini: a prompt and its one image or video -> the engine's
-token ids, the item's tensors, its hash and its placeholder range.
+"""vLLM's multimodal processing for LLaVA-Mini: a prompt and its images and videos -> the
+engine's token ids, one item's tensors, its hash and its placeholder range.
 
 vLLM hands `LlavaMiniMultiModalProcessor.apply` the prompt already tokenized as plain text (an
 `<image>` / `<video>` placeholder is then a few ordinary tokens). The prompt is decoded and
 tokenized again exactly as `LlavaMiniProcessor` does it (text between placeholders in one piece,
 a placeholder becoming `IMAGE_TOKEN_INDEX`, BOS prepended when missing), so the ids are the
-transformers model's.
+transformers model's. Its k-th `<image>` takes the k-th image and its k-th `<video>` the k-th
+video, as in `LlavaMiniProcessor`; several of each, in any turn, are allowed.
 
-The engine's prompt is that prompt with the placeholder replaced by one filler token per vision
-token (C*C for an image, T*C*C for a T-frame video), and the multimodal item's placeholder range
-is the whole prompt: pre-fusion rewrites every kept text position as well as the vision
-positions, so `embed_multimodal` returns an embedding for each of them. The item carries the
-prompt ids (`prompt_ids`) and its hash mixes them in: two prompts on one image are different
-items for vLLM's encoder cache and prefix cache.
+The engine's prompt is that prompt with each placeholder replaced by one filler token per vision
+token (C*C for an image, T*C*C for a T-frame video). All visuals of the prompt travel as *one*
+multimodal item (of modality 'video' when any is a video, else 'image') whose placeholder range
+is the whole prompt: pre-fusion rewrites every kept text position from every visual and the
+whole text, so `embed_multimodal` returns an embedding for each position, and no position
+belongs to one visual alone. The item carries the prompt ids (`prompt_ids`) and its hash mixes
+them in: two prompts on one image are different items for vLLM's encoder cache and prefix cache.
+
+Videos follow the project's frame policy, as `llavamini chat` and `llavamini serve` sample them:
+a `video_url` part arrives with its file's bytes, which are decoded again at `video_fps` (1)
+frames per second, capped at `video_max_frames` (`MAX_VIDEO_FRAMES`, 180), by
+`llavamini.data.video.load_video`, whatever frames vLLM's own loader sampled; decoded frames
+(`LLM.generate(..., multi_modal_data={"video": frames})`) and JPEG frame lists are taken as
+sampled. Both settings may be changed per server or request with `mm_processor_kwargs`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,6 +43,8 @@ from vllm.multimodal.inputs import (
     MultiModalKwargsItems,
     PlaceholderRange,
 )
+from vllm.multimodal.media import MediaWithBytes
+from vllm.multimodal.parse import ProcessorBatchItems
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
@@ -40,15 +53,26 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX
+from llavamini.data.messages import media_in_placeholder_order
 from llavamini.data.tokenization import tokenizer_image_token
-from llavamini.model.processing_llavamini import LlavaMiniProcessor
+from llavamini.data.video import load_video
+from llavamini.model.processing_llavamini import LlavaMiniProcessor, check_video_policy
+from llavamini.serve.session import MAX_VIDEO_FRAMES
 
-PIXEL_FIELDS = {"image": "pixel_values", "video": "video_pixel_values"}
-"""Name of the pixel tensor of an item, by modality (separate names: a batch of images
-`(N, parts, 3, H, W)` must not be mistaken for one video `(T, parts, 3, H, W)`)."""
+PIXEL_FIELD = "pixel_values"
+"""The item's pixels: its visuals in placeholder order, stacked along one frame axis (an image
+is one row, a T-frame video T rows), `(F, parts, 3, H, W)` float32."""
+
+FRAMES_FIELD = "visual_frames"
+"""The item's visuals as rows of `PIXEL_FIELD`: `(N,)` long, 0 for an image (one row, encoded
+as an image), T for a T-frame video."""
 
 PROMPT_FIELD = "prompt_ids"
-"""The item's prompt ids, `IMAGE_TOKEN_INDEX` at the placeholder, `(L,)` long."""
+"""The item's prompt ids, `IMAGE_TOKEN_INDEX` at each placeholder, `(L,)` long."""
+
+VIDEO_POLICY_KWARGS = ("video_fps", "video_max_frames")
+"""The `mm_processor_kwargs` this processor takes: `LlavaMiniProcessor`'s frame policy (the
+defaults are `llavamini chat`'s: the checkpoint's fps, `MAX_VIDEO_FRAMES`)."""
 
 DUMMY_VIDEO_FRAMES = 4
 """Frames of the video used to profile the engine (the encoder's memory grows with frames; it
@@ -81,8 +105,8 @@ class LlavaMiniProcessingInfo(BaseProcessingInfo):
         return _load_processor(self.ctx.model_config.model)
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        # One visual per prompt: its item stands for the whole prompt (module docstring).
-        return {"image": 1, "video": 1}
+        # Any number per prompt (vLLM's --limit-mm-per-prompt applies): they become one item.
+        return {"image": None, "video": None}
 
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]
@@ -124,14 +148,10 @@ class LlavaMiniDummyInputsBuilder(BaseDummyInputsBuilder[LlavaMiniProcessingInfo
 
 
 class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingInfo]):
-    """A prompt with one image or video -> the engine's input (module docstring)."""
+    """A prompt with its images and videos -> the engine's input (module docstring)."""
 
     def _get_mm_fields_config(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs):
-        modality = "video" if PIXEL_FIELDS["video"] in hf_inputs else "image"
-        return {
-            PIXEL_FIELDS[modality]: MultiModalFieldConfig.batched(modality),
-            PROMPT_FIELD: MultiModalFieldConfig.batched(modality),
-        }
+        return _fields_config(item_modality(hf_inputs[FRAMES_FIELD]))
 
     def get_dummy_mm_inputs(self, mm_counts: Mapping[str, int], **kwargs):
         """vLLM's warm-up asks for one item of every modality in one prompt, which this model
@@ -145,54 +165,60 @@ class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingIn
         return []  # `apply` places the vision tokens itself
 
     def apply(self, inputs: ProcessorInputs, timing_ctx=None):
-        """Tokenize the prompt as `LlavaMiniProcessor` does, preprocess its visual, and build
-        the engine's prompt, item tensors, hash and placeholder range.
+        """Tokenize the prompt as `LlavaMiniProcessor` does, preprocess its images and videos,
+        and build the engine's prompt, the one item's tensors, its hash and placeholder range.
 
-        Raises `ValueError` when the prompt has more than one image or video, or when its
-        placeholders and media disagree.
+        Raises `ValueError` when the placeholders and the media disagree (naming both counts),
+        for embeddings or other modalities given instead of media, for a video that cannot be
+        decoded, and for unknown or invalid `mm_processor_kwargs`.
         """
-        processor = self.info.get_hf_processor()
+        processor = self._processor(inputs.hf_processor_mm_kwargs)
         config = self.info.get_hf_config()
         items = inputs.mm_data_items
         counts = {m: c for m, c in items.get_all_counts().items() if c}
-        if sum(counts.values()) > 1:
-            raise ValueError(
-                f"LLaVA-Mini on vLLM takes one image or video per prompt, got {counts}."
-            )
+        other = sorted(set(counts) - {"image", "video"})
+        if other:
+            raise ValueError(f"LLaVA-Mini takes images and videos, not {other}.")
         text = processor.tokenizer.decode(inputs.prompt, skip_special_tokens=False)
         ids = tokenizer_image_token(text, processor.tokenizer, add_bos=True)
-        placeholders = ids.count(IMAGE_TOKEN_INDEX)
-        if placeholders != sum(counts.values()):
-            raise ValueError(
-                f"The prompt has {placeholders} {DEFAULT_IMAGE_TOKEN}/{DEFAULT_VIDEO_TOKEN} "
-                f"placeholders but {sum(counts.values())} images or videos."
-            )
-        if not counts:
+        media = media_in_placeholder_order(
+            [text],
+            [_media_sources(items, "image", processor)],
+            [_media_sources(items, "video", processor)],
+        )[0]  # raises ValueError when the counts of placeholders and media differ
+        if not media:
             return mm_input(prompt_token_ids=ids, mm_kwargs=MultiModalKwargsItems({}),
                             mm_hashes={}, mm_placeholders={})  # fmt: skip
 
-        (modality,) = counts
-        source = items[modality].get(0)
-        if modality == "image":
-            pixels = processor.process_image(source)  # (parts, 3, H, W)
-            count = vision_token_count(config, pixels.shape[0])
-        else:
-            pixels = processor.process_video(_video_frames(source))  # (T, parts, 3, H, W)
-            count = vision_token_count(config, pixels.shape[1], frames=pixels.shape[0])
-        at = ids.index(IMAGE_TOKEN_INDEX)
+        visuals = [processor.process(kind, source) for kind, source in media]
+        prompt_ids, at = [], 0
         filler = processor.tokenizer.pad_token_id or 0
-        prompt_ids = ids[:at] + [filler] * count + ids[at + 1 :]
+        for visual in visuals:
+            place = ids.index(IMAGE_TOKEN_INDEX, at)
+            frames = visual.shape[0] if visual.dim() == 5 else 1
+            count = vision_token_count(config, visual.shape[-4], frames=frames)
+            prompt_ids += ids[at:place] + [filler] * count
+            at = place + 1
+        prompt_ids += ids[at:]
 
-        hf_inputs = BatchFeature(
-            {PIXEL_FIELDS[modality]: pixels[None], PROMPT_FIELD: torch.tensor([ids])}
-        )
-        mm_kwargs = MultiModalKwargsItems.from_hf_inputs(
-            hf_inputs, self._get_mm_fields_config(hf_inputs, {})
-        )
+        frame_counts = [visual.shape[0] if visual.dim() == 5 else 0 for visual in visuals]
+        pixels = torch.cat([v if v.dim() == 5 else v[None] for v in visuals])
+        modality = item_modality(frame_counts)
+        hf_inputs = BatchFeature({
+            PIXEL_FIELD: pixels[None],
+            FRAMES_FIELD: torch.tensor([frame_counts]),
+            PROMPT_FIELD: torch.tensor([ids]),
+        })  # fmt: skip
+        mm_kwargs = MultiModalKwargsItems.from_hf_inputs(hf_inputs, _fields_config(modality))
         algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
-        (media_hash,) = inputs.get_mm_hashes(self.info.model_id, algorithm)[modality]
+        media_hashes = inputs.get_mm_hashes(self.info.model_id, algorithm)
+        taken = {"image": iter(media_hashes.get("image", [])),
+                 "video": iter(media_hashes.get("video", []))}  # fmt: skip
         item_hash = MultiModalHasher.hash_kwargs(
-            algorithm, media=media_hash, prompt=np.asarray(ids, dtype=np.int64)
+            algorithm,
+            media=[next(taken[kind]) for kind, _ in media],
+            prompt=np.asarray(ids, dtype=np.int64),
+            policy=f"{processor.video_fps} fps, at most {processor.video_max_frames} frames",
         )
         return mm_input(
             prompt_token_ids=prompt_ids,
@@ -201,10 +227,82 @@ class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingIn
             mm_placeholders={modality: [PlaceholderRange(offset=0, length=len(prompt_ids))]},
         )
 
+    def _processor(self, mm_kwargs: Mapping[str, object]) -> LlavaMiniProcessor:
+        """The checkpoint's processor with the video policy of `llavamini chat` (the checkpoint's
+        fps, at most `MAX_VIDEO_FRAMES` frames), as changed by `mm_kwargs`."""
+        unknown = sorted(set(mm_kwargs) - set(VIDEO_POLICY_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"LLaVA-Mini's mm_processor_kwargs are {list(VIDEO_POLICY_KWARGS)}, got {unknown}."
+            )
+        processor = self.info.get_hf_processor()
+        fps = mm_kwargs.get("video_fps", processor.video_fps)
+        max_frames = mm_kwargs.get("video_max_frames", MAX_VIDEO_FRAMES)
+        if not isinstance(fps, (int, float)) or (
+            max_frames is not None and not isinstance(max_frames, int)
+        ):
+            raise ValueError(
+                f"video_fps must be a number and video_max_frames an integer or null, got "
+                f"{fps!r} and {max_frames!r}."
+            )
+        check_video_policy(fps, max_frames)
+        return processor.with_video_policy(fps, max_frames)
 
-def _video_frames(video) -> np.ndarray:
-    """vLLM's video item (frames, or `(frames, metadata)` when vLLM decoded the file) ->
-    `(T, H, W, 3)` uint8 frames, taken as sampled."""
+
+def item_modality(frame_counts) -> str:
+    """The modality of the item of a prompt's visuals (`FRAMES_FIELD`, a list or a tensor of any
+    shape): 'video' when any visual is a video, else 'image'."""
+    return "video" if bool(torch.as_tensor(frame_counts).gt(0).any()) else "image"
+
+
+def _fields_config(modality: str) -> dict[str, MultiModalFieldConfig]:
+    return {name: MultiModalFieldConfig.batched(modality)
+            for name in (PIXEL_FIELD, FRAMES_FIELD, PROMPT_FIELD)}  # fmt: skip
+
+
+def _media_sources(items, modality: str, processor: LlavaMiniProcessor) -> list:
+    """The sources of a prompt's images or videos as `LlavaMiniProcessor.process` takes them: PIL
+    images; a video's frames, sampled by the project's policy when it came as a file."""
+    if modality not in items:
+        return []
+    batch = items[modality]
+    if not isinstance(batch, ProcessorBatchItems):
+        raise ValueError(
+            f"LLaVA-Mini on vLLM takes {modality}s as media, not as embeddings "
+            f"({type(batch).__name__}): send the {modality} itself."
+        )
+    sources = []
+    for index in range(batch.get_count()):
+        item = batch.get(index)
+        if item is None:
+            raise ValueError(
+                f"{modality} {index} came as a cached id without its data: LLaVA-Mini's item "
+                f"covers the whole prompt, so send the {modality} itself."
+            )
+        if modality == "video":
+            item = _video_frames(batch, index, processor)
+        sources.append(item)
+    return sources
+
+
+def _video_frames(batch, index: int, processor: LlavaMiniProcessor) -> np.ndarray:
+    """Video `index` of vLLM's video items -> `(T, H, W, 3)` uint8 frames: a video file's
+    (a `video_url`, whose bytes vLLM keeps) decoded again by the project's policy
+    (`processor.video_fps`, `processor.video_max_frames`); decoded frames and JPEG frame lists
+    as they are, already sampled."""
+    raw = batch.data[index]
+    metadata = raw[1] if isinstance(raw, tuple) else None
+    if isinstance(batch.metadata, list) and metadata is None:
+        metadata = batch.metadata[index]
+    from_file = isinstance(raw, MediaWithBytes) or (
+        isinstance(raw, tuple) and isinstance(raw[0], MediaWithBytes)
+    )
+    if from_file and (metadata or {}).get("video_backend") != "jpeg_sequence":
+        wrapped = raw if isinstance(raw, MediaWithBytes) else raw[0]
+        return load_video_bytes(
+            wrapped.original_bytes, processor.video_fps, processor.video_max_frames
+        )
+    video = batch.get(index)
     if isinstance(video, tuple):
         video = video[0]
     if isinstance(video, torch.Tensor):
@@ -213,3 +311,21 @@ def _video_frames(video) -> np.ndarray:
         video = np.stack([np.asarray(frame.convert("RGB")) if hasattr(frame, "convert")
                           else np.asarray(frame) for frame in video])  # fmt: skip
     return np.asarray(video, dtype=np.uint8)
+
+
+def load_video_bytes(data: bytes, fps: float, max_frames: int | None) -> np.ndarray:
+    """A video file's bytes -> its frames sampled as `llavamini chat` samples a file
+    (`llavamini.data.video.load_video`: same decoder, same frame indices). Raises `ValueError`
+    naming the `video_url` (never the temporary file) when no frame can be decoded."""
+    descriptor, path = tempfile.mkstemp(prefix="llavamini-video-")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        return load_video(path, fps, max_frames)
+    except ValueError as error:
+        message = str(error).replace(path, "the video_url's file")
+        raise ValueError(
+            f"{message} ({len(data)} bytes); send an MP4, WebM, MKV, AVI or MOV file."
+        ) from error
+    finally:
+        os.unlink(path)

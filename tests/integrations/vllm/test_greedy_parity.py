@@ -126,3 +126,68 @@ def test_a_video(llm, reference):
         {"prompt": prompt, "multi_modal_data": {"video": frames}}, sampling(), use_tqdm=False
     )
     assert list(outputs[0].outputs[0].token_ids) == reference_answer(reference, conversation)
+
+
+def test_two_images_in_one_prompt(llm, reference):
+    first, second = picture(40), picture(41, (50, 90))
+    question = "What differs between the two pictures?"
+    conversation = [{"role": "user", "content": [
+        {"type": "image", "image": first},
+        {"type": "image", "image": second},
+        {"type": "text", "text": question},
+    ]}]  # fmt: skip
+    swapped = [{"role": "user", "content": [
+        {"type": "image", "image": second},
+        {"type": "image", "image": first},
+        {"type": "text", "text": question},
+    ]}]  # fmt: skip
+    expected = [reference_answer(reference, c) for c in (conversation, swapped)]
+    assert expected[0] != expected[1]  # else the order of the images could go unnoticed
+    assert vllm_answers(llm, [conversation, swapped]) == expected
+
+
+def test_an_image_and_a_video_in_one_prompt(llm, reference):
+    image = picture(42)
+    frames = np.stack([np.asarray(picture(43 + t)) for t in range(2)])  # (T, H, W, 3) uint8
+    conversation = [{"role": "user", "content": [
+        {"type": "video", "video": frames},
+        {"type": "image", "image": image},
+        {"type": "text", "text": "Is the picture in the video?"},
+    ]}]  # fmt: skip
+    processor, _ = reference
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt.index("<video>") < prompt.index("<image>")
+    outputs = llm.generate(
+        {"prompt": prompt, "multi_modal_data": {"image": image, "video": frames}},
+        sampling(),
+        use_tqdm=False,
+    )
+    assert list(outputs[0].outputs[0].token_ids) == reference_answer(reference, conversation)
+
+
+def test_a_three_turn_chat_with_images_in_turns_one_and_three(llm, reference):
+    conversation = [
+        *image_message(picture(50), "What is unusual about this image?"),
+        {"role": "assistant", "content": "The colours are random."},
+        {"role": "user", "content": "Describe the picture in detail."},
+        {"role": "assistant", "content": "It is noise."},
+        *image_message(picture(51, (70, 40)), "And this one: is it the same?"),
+    ]
+    processor, _ = reference
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt.count("<image>") == 2
+    outputs = llm.chat([as_openai(conversation)], sampling(), use_tqdm=False)
+    assert list(outputs[0].outputs[0].token_ids) == reference_answer(reference, conversation)
+
+
+def test_placeholders_and_media_that_disagree_are_refused(llm, reference):
+    processor, _ = reference
+    prompt = processor.apply_chat_template(
+        image_message(picture(52), "What is it?"), add_generation_prompt=True
+    )
+    with pytest.raises(ValueError, match="1 <image> placeholders but 2 images"):
+        llm.generate(
+            {"prompt": prompt, "multi_modal_data": {"image": [picture(52), picture(53)]}},
+            sampling(),
+            use_tqdm=False,
+        )

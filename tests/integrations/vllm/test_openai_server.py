@@ -1,5 +1,6 @@
 """`vllm serve CKPT` (the plug-in found through its entry point) answers an OpenAI client's image
-question with the transformers model's greedy tokens."""
+question, and a `video_url` question sampled as `llavamini chat` samples the file, with the
+transformers model's greedy tokens."""
 
 import base64
 import io
@@ -9,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from llavamini.serve.session import MAX_VIDEO_FRAMES
+from tests.conftest import write_video
 from tests.integrations.vllm.conftest import SKIP_REASON
 from tests.integrations.vllm.test_greedy_parity import (
     NEW_TOKENS,
@@ -61,6 +66,19 @@ def server(checkpoint, tmp_path_factory):
         process.wait(timeout=60)
 
 
+def answer_tokens(client, content: list[dict], **extra) -> list[int]:
+    """Greedy `NEW_TOKENS` tokens of the server for one user message."""
+    response = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": content}],
+        temperature=0,
+        max_tokens=NEW_TOKENS,
+        extra_body={"min_tokens": NEW_TOKENS, "return_token_ids": True, **extra},
+    )
+    choice = response.choices[0]
+    return list(getattr(choice, "token_ids", None) or choice.model_extra["token_ids"])
+
+
 def test_openai_chat_completion_matches_transformers(server, reference):
     image = picture(30)
     buffer = io.BytesIO()
@@ -86,3 +104,58 @@ def test_openai_chat_completion_matches_transformers(server, reference):
     tokens = getattr(choice, "token_ids", None) or choice.model_extra["token_ids"]
     # The PNG round trip is lossless, so the reference sees the same pixels.
     assert list(tokens) == reference_answer(reference, image_message(image, question))
+
+
+VIDEO_SECONDS, VIDEO_FPS = 5, 4
+"""The test video: 20 frames at 4 fps, of which the project's 1 fps policy takes 5 (vLLM's own
+loader would take all 20)."""
+
+
+def test_a_video_url_is_sampled_as_llavamini_chat_samples_the_file(
+    server, reference, checkpoint, tmp_path
+):
+    from llavamini.model.loading import load_pretrained
+    from llavamini.serve.session import ChatSession, resolve_template
+
+    count = VIDEO_SECONDS * VIDEO_FPS
+    frames = np.stack([np.asarray(picture(60 + t)) for t in range(count)])
+    path = write_video(tmp_path / "clip.mp4", frames, fps=VIDEO_FPS)
+    url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    question = "What happens?"
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": question}]
+
+    processor, model = reference
+    conversation = [{"role": "user", "content": [
+        {"type": "video", "path": str(path)}, {"type": "text", "text": question}]}]  # fmt: skip
+    # `llavamini chat --video-file clip.mp4 --query ...` builds exactly these inputs.
+    loaded = load_pretrained(checkpoint)
+    session = ChatSession(
+        loaded, resolve_template(None, loaded.processor), max_frames=MAX_VIDEO_FRAMES
+    )
+    session.attach(str(path))
+    chat_prompt, chat_visuals = session.prompt(question)
+    policy = processor.with_video_policy(session.processor.video_fps, MAX_VIDEO_FRAMES)
+    inputs = policy.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert chat_prompt == policy.apply_chat_template(conversation, add_generation_prompt=True)
+    assert chat_visuals[0].shape[0] == VIDEO_SECONDS  # 1 fps
+    assert torch.equal(inputs["images"][0][0], chat_visuals[0])
+    expected = reference_answer((policy, model), conversation)
+    every_frame = reference_answer(
+        (processor.with_video_policy(VIDEO_FPS, None), model), conversation
+    )
+    assert expected != every_frame  # else the sampling could go unnoticed
+
+    assert answer_tokens(server, content) == expected
+    # The frame cap per request, as `llavamini chat --max-frames 2`.
+    capped = reference_answer((processor.with_video_policy(1.0, 2), model), conversation)
+    assert capped != expected
+    assert answer_tokens(server, content, mm_processor_kwargs={"video_max_frames": 2}) == capped
+
+
+def test_an_undecodable_video_url_is_a_client_error(server):
+    url = "data:video/mp4;base64," + base64.b64encode(b"these bytes hold no video").decode()
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "Hi?"}]
+    with pytest.raises(openai.BadRequestError):
+        answer_tokens(server, content)
