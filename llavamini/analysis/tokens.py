@@ -17,7 +17,7 @@ import torch
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render
-from llavamini.data.dataset import conversation_messages
+from llavamini.data.dataset import conversation_messages, image_first
 from llavamini.data.messages import placeholder_kinds
 from llavamini.data.tokenization import tokenize_batch, tokenize_conversation
 from llavamini.eval.tasks.base import read_json, read_llava_questions
@@ -91,7 +91,7 @@ def _read_question_file(path: str, folder: str) -> list[AnalysisSample]:
 
     questions = read_llava_questions(path, folder)
     samples = [
-        AnalysisSample(str(q.question_id), q.visual, _with_image_token(q.prompt))
+        AnalysisSample(str(q.question_id), q.visual, image_first(q.prompt))
         for q in questions
         if q.visual is not None
     ]
@@ -125,10 +125,6 @@ def _read_conversation_file(path: str, folder: str) -> list[AnalysisSample]:
         samples.append(AnalysisSample(sample_id, os.path.join(folder, image), question, answer))
     _log_left_out(path, len(records) - len(samples))
     return samples
-
-
-def _with_image_token(text: str) -> str:
-    return DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
 
 
 def _log_left_out(path: str, count: int) -> None:
