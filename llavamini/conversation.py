@@ -135,11 +135,15 @@ def get_template(name: str) -> ChatTemplate:
     return TEMPLATES[name]
 
 
-def template_for_call(chat_template: str | None, default: ChatTemplate) -> ChatTemplate:
-    """The template one call asks for: `default` when None, a `TEMPLATES` name, or Jinja source
-    (which keeps `default`'s stop strings)."""
+def template_for_call(
+    chat_template: str | ChatTemplate | None, default: ChatTemplate
+) -> ChatTemplate:
+    """The template one call asks for: `default` when None, a `ChatTemplate`, a `TEMPLATES`
+    name, or Jinja source (which keeps `default`'s stop strings)."""
     if chat_template is None:
         return default
+    if isinstance(chat_template, ChatTemplate):
+        return chat_template
     if chat_template in TEMPLATES:
         return get_template(chat_template)
     return ChatTemplate("custom", chat_template, "", default.stop_strings)

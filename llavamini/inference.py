@@ -2,7 +2,7 @@
 
 Model inputs come from `LlavaMiniProcessor` (`llavamini.model.processing_llavamini`); `generate`
 answers such a batch (left-padded, so batched answers equal batch-size-1 answers) and decodes
-the answers.
+the answers; `generate_ids` is the same call returning the token ids (analysis reads them).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
 from transformers import BatchFeature
 
 from llavamini.conversation import ChatTemplate, get_template
@@ -86,14 +87,15 @@ def stop_token_ids(tokenizer, template: ChatTemplate) -> list[int]:
     return ids
 
 
-def generate(
+def generate_ids(
     loaded: LoadedModel,
     inputs: BatchFeature,
     settings: GenerationSettings = GenerationSettings(),
     template: ChatTemplate | None = None,
     streamer=None,
-) -> list[str]:
-    """Answer each prompt of a processor batch.
+) -> torch.LongTensor:
+    """The new token ids of each prompt of a processor batch, `(B, new tokens)`: the one call
+    of `model.generate` (stop tokens, pad token, decoding settings).
 
     Args:
         loaded: model and processor.
@@ -102,19 +104,35 @@ def generate(
         template: gives the stop tokens (default: the processor's conv mode).
         streamer: a transformers streamer (batch of one), for token-by-token output.
 
-    Returns:
-        The answers, special tokens removed, stripped.
+    Rows that stop early are padded with the pad token (0 when the tokenizer has none); a row
+    that stopped holds its stop token.
     """
     model, processor = loaded.model, loaded.processor
     tokenizer = processor.tokenizer
-    output = model.generate(
+    return model.generate(
         **inputs.to(model.device),
         eos_token_id=stop_token_ids(tokenizer, template or processor.template),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         streamer=streamer,
         **settings.to_kwargs(),
     )
-    return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+
+
+def generate(
+    loaded: LoadedModel,
+    inputs: BatchFeature,
+    settings: GenerationSettings = GenerationSettings(),
+    template: ChatTemplate | None = None,
+    streamer=None,
+) -> list[str]:
+    """Answer each prompt of a processor batch (`generate_ids`, decoded).
+
+    Returns:
+        The answers, special tokens removed, stripped.
+    """
+    output = generate_ids(loaded, inputs, settings, template, streamer)
+    texts = loaded.processor.batch_decode(output, skip_special_tokens=True)
+    return [text.strip() for text in texts]
 
 
 @dataclass(frozen=True)

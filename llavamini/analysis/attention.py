@@ -55,10 +55,11 @@ from llavamini.analysis.tokens import (
     llm_kinds,
     prefusion_kinds,
     prompt_tokens,
+    system_text,
 )
 from llavamini.conversation import get_template
 from llavamini.data.video import media_kind
-from llavamini.inference import stop_token_ids
+from llavamini.inference import GenerationSettings, generate_ids
 
 logger = logging.getLogger(__name__)
 
@@ -221,22 +222,19 @@ def _transpose(summaries: list[dict | None]) -> dict:
 
 
 def generate_answer_ids(loaded, prompt: PromptTokens, visual: torch.Tensor, template, limit: int):
-    """Greedy answer token ids (the stop token included when reached), as `inference.generate`
-    produces them."""
+    """Greedy answer token ids (the stop token included when reached): the processor's batch of
+    the prompt answered by `inference.generate_ids`, the call every answer goes through.
 
-    model, tokenizer = loaded.model, loaded.tokenizer
-    ids = torch.tensor([prompt.input_ids], device=model.device)
-    output = model.generate(
-        inputs=ids,
-        attention_mask=torch.ones_like(ids),
-        images=[[visual]],
-        eos_token_id=stop_token_ids(tokenizer, template),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        max_new_tokens=limit,
-        do_sample=False,
-        num_beams=1,
-    )
-    return output[0].tolist()
+    Raises `ValueError` when the processor tokenizes `prompt.text` other than `prompt`."""
+
+    inputs = loaded.processor.model_inputs([prompt.text], [[visual]])
+    if inputs["input_ids"][0].tolist() != prompt.input_ids:
+        raise ValueError(
+            "The processor tokenizes the analysed prompt differently: the token kinds would "
+            "not describe the generated sequence."
+        )
+    settings = GenerationSettings(max_new_tokens=limit)
+    return generate_ids(loaded, inputs, settings, template)[0].tolist()
 
 
 def run_sample(
@@ -295,13 +293,14 @@ def analyze_attention(
 
     model, tokenizer = loaded.model, loaded.tokenizer
     template = get_template(conv_mode)
+    system = system_text(template, tokenizer)
     collector = AttentionCollector(max_elements)
     counts: dict[str, int] = {}
     details = []
     for sample in samples:
         visual = loaded.processor.process(media_kind(sample.image), sample.image)
         visual = visual.to(model.device, model.dtype)
-        prompt = prompt_tokens(template, tokenizer, sample.user_message, sample.sample_id)
+        prompt = prompt_tokens(template, tokenizer, sample.user_message, sample.sample_id, system)
         if sample.answer is None:
             answer_ids = generate_answer_ids(loaded, prompt, visual, template, max_new_tokens)
         else:

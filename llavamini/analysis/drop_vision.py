@@ -33,7 +33,7 @@ from llavamini.eval.runner import (
     check_visuals_exist,
     load_question_visual,
     pending_questions,
-    question_conversation,
+    question_inputs,
 )
 from llavamini.eval.tasks.base import ScoreInputs, read_jsonl, write_json
 from llavamini.inference import stop_token_ids
@@ -173,11 +173,10 @@ def answer_dropping_vision(loaded, question, config, drop_layer: int, template) 
     model = loaded.model
     processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
     tokenizer = processor.tokenizer
-    conversation = question_conversation(question, config.task, config.prefix)
-    prompts, _ = processor.render([conversation], True, chat_template=template.name)
     visual = load_question_visual(question, processor, config.task)
-    inputs = processor.model_inputs(prompts, [[visual] if visual is not None else []])
-    inputs = inputs.to(model.device)
+    inputs = question_inputs(
+        processor, [question], [visual], config.task, config.conv_mode, config.prefix
+    ).to(model.device)
     with torch.no_grad():
         spliced = model.model.embed_multimodal(
             inputs["input_ids"],

@@ -1,10 +1,10 @@
 """Which token is what: the analysed samples, their prompts, and the kind of every position.
 
 A sample is an image question (LLaVA question JSONL) or an image conversation (LLaVA-format
-JSON, whose first answer is used). Its prompt is rendered and tokenized exactly as generation
-does; each position of the sequences the LLM and pre-fusion run over gets a kind (vision,
-system, text before the image, text after it, answer), which decides whether it is a query row
-of the analysis and which key group it belongs to.
+JSON, whose first answer is used). Its prompt is rendered and tokenized by the processor's
+steps, as generation does; each position of the sequences the LLM and pre-fusion run over gets a
+kind (vision, system, text before the image, text after it, answer), which decides whether it is
+a query row of the analysis and which key group it belongs to.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import torch
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render
-from llavamini.data.dataset import conversation_messages
-from llavamini.data.tokenization import tokenize_conversation, tokenizer_image_token
+from llavamini.data.dataset import conversation_messages, image_first
+from llavamini.data.messages import placeholder_kinds
+from llavamini.data.tokenization import tokenize_batch, tokenize_conversation
 from llavamini.eval.tasks.base import read_json, read_llava_questions
 from llavamini.model.packing import prefusion_text_keep
+from llavamini.model.processing_llavamini import render_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def _read_question_file(path: str, folder: str) -> list[AnalysisSample]:
 
     questions = read_llava_questions(path, folder)
     samples = [
-        AnalysisSample(str(q.question_id), q.visual, _with_image_token(q.prompt))
+        AnalysisSample(str(q.question_id), q.visual, image_first(q.prompt))
         for q in questions
         if q.visual is not None
     ]
@@ -125,10 +127,6 @@ def _read_conversation_file(path: str, folder: str) -> list[AnalysisSample]:
     return samples
 
 
-def _with_image_token(text: str) -> str:
-    return DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-
-
 def _log_left_out(path: str, count: int) -> None:
     if count:
         logger.info("%s: left out %d samples without an image.", path, count)
@@ -154,17 +152,26 @@ def system_text(template, tokenizer) -> str:
     return render(template, [], add_generation_prompt=False, tokenizer=tokenizer)
 
 
-def prompt_tokens(template, tokenizer, user_message: str, sample_id: str = "?") -> PromptTokens:
-    """Tokenize the prompt as generation does and mark the kind of each token.
+def prompt_tokens(
+    template, tokenizer, user_message: str, sample_id: str = "?", system: str | None = None
+) -> PromptTokens:
+    """Render and tokenize the prompt with the processor's steps (`render_conversation`, then
+    `tokenize_batch`, as `LlavaMiniProcessor.apply_chat_template` does for generation) and mark
+    the kind of each token.
 
-    The system tokens are those inside the system segment's characters, and any token before
-    them (an added BOS); found through the tokenizer's offsets (`tokenize_conversation`).
-    Tokens after the (first) image placeholder are `TEXT`, the others `BEFORE_IMAGE`.
+    The system tokens are those inside the system segment's characters (`system`, else
+    `system_text`), and any token before them (an added BOS); found through the tokenizer's
+    offsets (`tokenize_conversation`). Tokens after the (first) image placeholder are `TEXT`,
+    the others `BEFORE_IMAGE`.
     """
 
-    prompt = render(template, [("user", user_message)], tokenizer=tokenizer)
-    input_ids = tokenizer_image_token(prompt, tokenizer)
-    system = system_text(template, tokenizer).rstrip()
+    prompt, _ = render_conversation(
+        [{"role": "user", "content": user_message}], template, True, tokenizer
+    )
+    [input_ids], _ = tokenize_batch(
+        [prompt], [len(placeholder_kinds(prompt))], tokenizer, "left", add_bos=True
+    )
+    system = (system_text(template, tokenizer) if system is None else system).rstrip()
     if system and not prompt.startswith(system):
         raise ValueError(
             f"Sample {sample_id}: the prompt of template {template.name!r} does not start with "
@@ -197,8 +204,11 @@ def given_answer_ids(
     e.g. a byte-level BPE merging the header's newlines with the answer's first word.)
     """
 
-    messages = [("user", user_message), ("assistant", answer)]
-    text = render(template, messages, add_generation_prompt=False, tokenizer=tokenizer)
+    conversation = [
+        {"role": "user", "content": user_message},
+        {"role": "assistant", "content": answer},
+    ]
+    text, _ = render_conversation(conversation, template, False, tokenizer)
     if not text.startswith(prompt.text):
         raise ValueError(
             f"Sample {sample_id}: template {template.name!r} does not write the answer after the "

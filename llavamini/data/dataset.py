@@ -98,6 +98,12 @@ def sample_media(record: dict, name: str) -> list[tuple[str, str]]:
         raise BadSampleError(f"Sample {name}: {error}", "missing media") from error
 
 
+def image_first(text: str) -> str:
+    """`text` with its `<image>` placeholders removed, stripped, after one `<image>\n` (where
+    the reference puts a sample's one image)."""
+    return DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+
+
 def conversation_messages(record: dict, template: ChatTemplate, num_visuals: int) -> list:
     """The sample's turns as `(role, text)`, with its placeholders normalised.
 
@@ -131,9 +137,7 @@ def conversation_messages(record: dict, template: ChatTemplate, num_visuals: int
         if placeholders == 0:
             raise ValueError("an image or video but no <image>/<video> placeholder in the text")
         messages = [
-            (role, DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip())
-            if DEFAULT_IMAGE_TOKEN in text
-            else (role, text)
+            (role, image_first(text)) if DEFAULT_IMAGE_TOKEN in text else (role, text)
             for role, text in messages
         ]
     if template.name == "plain":

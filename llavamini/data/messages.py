@@ -1,12 +1,13 @@
 """Chat messages and media sources: transformers' chat format -> prompt turns and media.
 
-A conversation is a list of `{"role", "content"}` messages; `parse_conversation` turns it into
-`(role, text)` turns with `<image>` / `<video>` placeholders, the system prompt, and the
-`(kind, source)` of its images and videos in order, for `LlavaMiniProcessor`
-(`llavamini.model.processing_llavamini`); `media_in_placeholder_order` does the same for prompt
-strings and separate image and video lists. `to_pil_image`, `to_video_frames` and `local_path`
-read media sources: PIL images, arrays, paths, `file://` and base64 `data:` URLs; nothing is
-downloaded.
+A conversation is a list of `{"role", "content"}` messages. `parse_messages` is the one parser
+of them (the processor's and the OpenAI server's): the system prompt, and per message its text
+pieces and media parts in order. `parse_conversation` turns that into `(role, text)` turns with
+`<image>` / `<video>` placeholders and the `(kind, source)` of the media, for
+`LlavaMiniProcessor` (`llavamini.model.processing_llavamini`); `media_in_placeholder_order` does
+the same for prompt strings and separate image and video lists. `to_pil_image`,
+`to_video_frames` and `local_path` read media sources: PIL images, arrays, paths, `file://` and
+base64 `data:` URLs (`decode_data_url`, the one decoder of those); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import binascii
 import io
 import os
+from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -98,40 +100,102 @@ def as_batch(conversation) -> list[Messages]:
 
 
 MEDIA_KEYS = {"image": ("image", "path", "url", "base64"), "video": ("video", "path", "url")}
+URL_PARTS = {"image_url": "image", "video_url": "video"}
+"""OpenAI's content parts `{"type": "image_url", "image_url": {"url": ...}}` (and vLLM's
+`video_url`), and the media kind of each."""
+MEDIA_PLACEHOLDERS = {"image": DEFAULT_IMAGE_TOKEN, "video": DEFAULT_VIDEO_TOKEN}
 
 
-def parse_conversation(
+@dataclass(frozen=True)
+class MediaPart:
+    """One image or video of a message: its kind ('image' or 'video'), its source (as the part
+    gave it: a path, URL, data URL, PIL image or array) and the index of its part."""
+
+    kind: str
+    source: object
+    part: int
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """One user or assistant message: its role, its index in the conversation, and its text
+    pieces and media in content order."""
+
+    role: str
+    index: int
+    pieces: tuple[str | MediaPart, ...]
+
+    @property
+    def texts(self) -> list[str]:
+        return [piece for piece in self.pieces if isinstance(piece, str)]
+
+    @property
+    def media(self) -> list[MediaPart]:
+        return [piece for piece in self.pieces if isinstance(piece, MediaPart)]
+
+    def text(self) -> str:
+        """The pieces joined by newlines, an image becoming `<image>` and a video `<video>`
+        where its part is (transformers' convention)."""
+        return "\n".join(
+            piece if isinstance(piece, str) else MEDIA_PLACEHOLDERS[piece.kind]
+            for piece in self.pieces
+        )
+
+
+def parse_messages(
     conversation: Messages, number: int = 0
-) -> tuple[list[tuple[str, str]], str | None, list[tuple[str, object]]]:
-    """One conversation in transformers' chat format -> (`(role, text)` turns with
-    placeholders, the system prompt of a leading system message or None, the `(kind, source)`
-    of its media in order).
+) -> tuple[str | None, list[ParsedMessage]]:
+    """One conversation in transformers' (or OpenAI's) chat format -> (its system prompt or
+    None, its user and assistant messages), checked: the one parser of chat messages.
 
-    A content string is taken as it is; content parts are joined by newlines, an image part
-    becoming `<image>` and a video part `<video>`.
+    Leading system messages are joined by newlines; a system message after another role is
+    refused. A content string is one text piece, taken as it is (placeholders included);
+    `None` content is an empty text, except in a user message. Only user messages may hold
+    images and videos. Raises `ValueError` naming the conversation, message and part.
     """
-    turns, system, media = [], None, []
+    system, messages = [], []
     for index, message in enumerate(conversation):
         where = f"conversation {number}, message {index}"
         if not isinstance(message, dict) or "role" not in message:
             raise ValueError(f"{where}: a message is a dict with 'role' and 'content'.")
         role, content = message["role"], message.get("content")
         if role == "system":
-            if index != 0:
-                raise ValueError(f"{where}: a system message may only come first.")
-            system = _content_text(content, where, media, allow_media=False)
+            if messages:
+                raise ValueError(f"{where}: system messages may only come first.")
+            system.append("\n".join(_pieces(content, where, allow_media=False)))
             continue
         if role not in ("user", "assistant"):
             raise ValueError(
                 f"{where}: role must be 'system', 'user' or 'assistant', not {role!r}."
             )
-        turns.append((role, _content_text(content, where, media, allow_media=role == "user")))
+        if content is None and role == "user":
+            raise ValueError(f"{where}: a user message needs 'content'.")
+        pieces = _pieces(content, where, allow_media=role == "user")
+        messages.append(ParsedMessage(role, index, tuple(pieces)))
+    return ("\n".join(system) if system else None), messages
+
+
+def parse_conversation(
+    conversation: Messages, number: int = 0
+) -> tuple[list[tuple[str, str]], str | None, list[tuple[str, object]]]:
+    """One conversation in transformers' chat format -> (`(role, text)` turns with
+    placeholders, the system prompt of its leading system messages or None, the
+    `(kind, source)` of its media in order), as `parse_messages` checks it.
+
+    A content string is taken as it is; content parts are joined by newlines, an image part
+    becoming `<image>` and a video part `<video>`.
+    """
+    system, messages = parse_messages(conversation, number)
+    turns = [(message.role, message.text()) for message in messages]
+    media = [(item.kind, item.source) for message in messages for item in message.media]
     return turns, system, media
 
 
-def _content_text(content, where: str, media: list, allow_media: bool) -> str:
+def _pieces(content, where: str, allow_media: bool) -> list[str | MediaPart]:
+    if content is None:
+        return [""]
     if isinstance(content, str):
-        return content
+        return [content]
     if not isinstance(content, (list, tuple)):
         raise ValueError(f"{where}: 'content' must be a string or a list of parts.")
     pieces = []
@@ -143,12 +207,13 @@ def _content_text(content, where: str, media: list, allow_media: bool) -> str:
                 raise ValueError(f"{here}: a text part needs a string 'text'.")
             pieces.append(part["text"])
             continue
-        if kind == "image_url":
-            url = part.get("image_url")
-            part, kind = {"url": url.get("url") if isinstance(url, dict) else url}, "image"
+        if kind in URL_PARTS:
+            url = part.get(kind)
+            part, kind = {"url": url.get("url") if isinstance(url, dict) else url}, URL_PARTS[kind]
         if kind not in MEDIA_KEYS:
             raise ValueError(
-                f"{here}: 'type' must be 'text', 'image', 'image_url' or 'video', got {kind!r}."
+                f"{here}: 'type' must be 'text', 'image', 'image_url', 'video' or 'video_url', "
+                f"got {kind!r}."
             )
         if not allow_media:
             raise ValueError(f"{here}: only user messages may hold images and videos.")
@@ -160,9 +225,8 @@ def _content_text(content, where: str, media: list, allow_media: bool) -> str:
         source = sources[0]
         if part.get("base64") is not None and not source.startswith("data:"):
             source = "data:image;base64," + source  # transformers' raw base64 form
-        media.append((kind, source))
-        pieces.append(DEFAULT_IMAGE_TOKEN if kind == "image" else DEFAULT_VIDEO_TOKEN)
-    return "\n".join(pieces)
+        pieces.append(MediaPart(kind, source, number))
+    return pieces
 
 
 def local_path(source: str) -> str:
@@ -213,12 +277,32 @@ def to_video_frames(video, fps: float, max_frames: int | None) -> np.ndarray:
     return frames
 
 
-def _decode_data_url(url: str) -> Image.Image:
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64"):
-        raise ValueError(f"An image data URL must be base64 encoded, got {header[:40]!r}.")
+class DataURLTooLarge(ValueError):
+    """A data URL whose content is over the caller's limit."""
+
+
+def decode_data_url(url: str, max_bytes: int | None = None) -> tuple[str, bytes]:
+    """A base64 `data:` URL -> (its media type, e.g. 'image/png' ('' when it names none), its
+    bytes): the one decoder of data URLs.
+
+    Raises `DataURLTooLarge` when the content would be over `max_bytes` (checked before
+    decoding), `ValueError` when the URL is not base64 or its payload is not valid base64.
+    """
+    header, comma, payload = url.partition(",")
+    mime, *options = header.removeprefix("data:").split(";")
+    if not url.startswith("data:") or not comma or "base64" not in options:
+        raise ValueError(
+            f"Expected a data URL like data:<type>;base64,<data>, got one starting {header[:40]!r}."
+        )
+    # Four base64 characters carry three bytes: refuse oversized uploads before decoding them.
+    if max_bytes is not None and len(payload) // 4 * 3 > max_bytes:
+        raise DataURLTooLarge(f"The data URL is over the limit of {max_bytes} bytes.")
     try:
-        data = base64.b64decode(payload, validate=True)
-    except binascii.Error as error:
-        raise ValueError(f"Cannot decode the image of a data URL: {error}") from error
+        return mime, base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"The data URL is not valid base64: {error}") from error
+
+
+def _decode_data_url(url: str) -> Image.Image:
+    _, data = decode_data_url(url)
     return open_rgb(io.BytesIO(data), "the image of a data URL")

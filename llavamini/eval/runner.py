@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tqdm import tqdm
+from transformers import BatchFeature
 
 from llavamini import inference
 from llavamini.conversation import ChatTemplate, get_template
@@ -356,6 +357,22 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     return config.answers_file
 
 
+def question_inputs(
+    processor,
+    batch: Sequence[Question],
+    visuals: Sequence,
+    task: Task,
+    conv_mode: str | None,
+    prefix: str | None = None,
+) -> BatchFeature:
+    """The processor's batch for `batch`, each question with its processed visual (or None):
+    the task's conversation (`question_conversation`) rendered with `conv_mode` (None: the
+    processor's) and the generation prompt."""
+    conversations = [question_conversation(q, task, prefix) for q in batch]
+    prompts, _ = processor.render(conversations, True, chat_template=conv_mode)
+    return processor.model_inputs(prompts, [[v] if v is not None else [] for v in visuals])
+
+
 def answer_batches(
     config: RunConfig, loaded, questions: Sequence[Question], template: ChatTemplate
 ) -> Iterator[tuple[list[Question], list[str]]]:
@@ -369,10 +386,9 @@ def answer_batches(
         return [load_question_visual(q, processor, config.task) for q in batch]
 
     def answer(batch: list[Question], visuals: list) -> list[str]:
-        conversations = [question_conversation(q, config.task, config.prefix) for q in batch]
-        prompts, _ = processor.render(conversations, True, chat_template=config.conv_mode)
-        per_sample = [[v] if v is not None else [] for v in visuals]
-        inputs = processor.model_inputs(prompts, per_sample)
+        inputs = question_inputs(
+            processor, batch, visuals, config.task, config.conv_mode, config.prefix
+        )
         return inference.generate(loaded, inputs, generation, template)
 
     batches = prefetched(_batches(questions, config.batch_size), load_batch, config.num_workers)

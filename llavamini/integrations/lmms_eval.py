@@ -264,8 +264,7 @@ class LlavaMini(lmms):
     def model_inputs(self, conversations: Sequence[list[dict]]):
         """Conversations -> the processor's left-padded batch, with the generation prompt."""
         prompts, media = self.processor.render(conversations, True, chat_template=self.conv_mode)
-        visuals = [[self.processor.process(kind, source) for kind, source in m] for m in media]
-        return self.processor.model_inputs(prompts, visuals)
+        return self.processor.model_inputs(prompts, self.processor.process_media(media))
 
     def answer(self, conversations: Sequence[list[dict]], gen_kwargs: dict) -> list[str]:
         """Answers to a batch of conversations under one set of `generation_kwargs`."""

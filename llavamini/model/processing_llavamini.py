@@ -90,6 +90,25 @@ def checkpoint_conv_mode(name_or_path: str) -> str:
     return default_template_name(AutoTokenizer.from_pretrained(checkpoint_dir))
 
 
+def render_conversation(
+    conversation: Messages,
+    template: ChatTemplate,
+    add_generation_prompt: bool,
+    tokenizer,
+    number: int = 0,
+) -> tuple[str, list[tuple[str, object]]]:
+    """One conversation -> (its prompt string, the `(kind, source)` of its media in placeholder
+    order): `LlavaMiniProcessor.render`'s step for one conversation, the only place a leading
+    system message replaces the template's system prompt.
+
+    `tokenizer` is the processor's (its special tokens; the template of 'chat_template').
+    Raises `ValueError` naming conversation `number`'s malformed message and part.
+    """
+    messages, system, media = parse_conversation(conversation, number)
+    chosen = template if system is None else dataclasses.replace(template, system=system)
+    return render(chosen, messages, add_generation_prompt, tokenizer), media
+
+
 class LlavaMiniProcessor(ProcessorMixin):
     """A CLIP/SigLIP image processor and a tokenizer, with the chat template of a conv mode.
 
@@ -225,24 +244,21 @@ class LlavaMiniProcessor(ProcessorMixin):
         self,
         conversations: Messages | Sequence[Messages],
         add_generation_prompt: bool = False,
-        chat_template: str | None = None,
+        chat_template: str | ChatTemplate | None = None,
     ) -> tuple[list[str], list[list[tuple[str, object]]]]:
         """Conversations in transformers' chat format -> (prompt strings, per conversation the
         `(kind, source)` of its images and videos in placeholder order).
 
-        `chat_template` is a conv mode name or Jinja source for this call (default: the
-        processor's). A leading system message replaces the template's system prompt. Raises
-        `ValueError` naming the message and part that is malformed.
+        `chat_template` is a conv mode name, a `ChatTemplate` or Jinja source for this call
+        (default: the processor's). A leading system message replaces the template's system
+        prompt. Raises `ValueError` naming the message and part that is malformed.
         """
-        batch = as_batch(conversations)
         template = template_for_call(chat_template, self.template)
-        prompts, media = [], []
-        for number, conversation in enumerate(batch):
-            messages, system, sources = parse_conversation(conversation, number)
-            chosen = template if system is None else dataclasses.replace(template, system=system)
-            prompts.append(render(chosen, messages, add_generation_prompt, self.tokenizer))
-            media.append(sources)
-        return prompts, media
+        rendered = [
+            render_conversation(conversation, template, add_generation_prompt, self.tokenizer, i)
+            for i, conversation in enumerate(as_batch(conversations))
+        ]
+        return [prompt for prompt, _ in rendered], [media for _, media in rendered]
 
     def apply_chat_template(
         self,

@@ -1,15 +1,14 @@
 """The OpenAI API's media: a content part's URL becomes a local file, from a base64 `data:` URL
-(written to a temporary folder) or a local path inside the operator's `--allowed-media-dir`;
+(decoded by `llavamini.data.messages.decode_data_url`, as the processor decodes one, and written
+to a temporary folder) or a local path inside the operator's `--allowed-media-dir`;
 remote URLs are refused (the server never fetches).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-from urllib.parse import unquote, urlparse
 
+from llavamini.data.messages import DataURLTooLarge, decode_data_url, local_path
 from llavamini.serve.api_schema import ApiError, ServerConfig
 
 VIDEO_SUFFIX_BY_MIME = {
@@ -35,8 +34,7 @@ def media_file(kind: str, url: str, param: str, config: ServerConfig, folder: st
         raise ApiError(
             400, "Remote URLs are not fetched; send the file as a base64 data URL.", param=param
         )
-    path = unquote(urlparse(url).path) if url.startswith("file://") else url
-    return allowed_local_path(path, config.allowed_media_dir, param)
+    return allowed_local_path(local_path(url), config.allowed_media_dir, param)
 
 
 def allowed_local_path(path: str, allowed_dir: str | None, param: str) -> str:
@@ -65,10 +63,12 @@ def allowed_local_path(path: str, allowed_dir: str | None, param: str) -> str:
 
 
 def _write_data_url(kind: str, url: str, param: str, max_bytes: int, folder: str) -> str:
-    header, comma, payload = url.partition(",")
-    mime, *options = header[len("data:") :].split(";")
-    if not comma or "base64" not in options:
-        raise ApiError(400, "Expected a data URL like data:<type>;base64,<data>.", param=param)
+    try:
+        mime, data = decode_data_url(url, max_bytes)
+    except DataURLTooLarge as error:
+        raise ApiError(413, f"{error} (the server's limit)", param=param) from error
+    except ValueError as error:
+        raise ApiError(400, str(error), param=param) from error
     if kind == "image" and not mime.startswith("image/"):
         raise ApiError(400, f"An image_url data URL needs an image/* type, got {mime!r}.", param)
     if kind == "video" and mime not in VIDEO_SUFFIX_BY_MIME:
@@ -77,15 +77,6 @@ def _write_data_url(kind: str, url: str, param: str, max_bytes: int, folder: str
             f"Video type {mime!r} is not supported; use one of {sorted(VIDEO_SUFFIX_BY_MIME)}.",
             param,
         )
-    # Four base64 characters carry three bytes: refuse oversized uploads before decoding them.
-    if len(payload) // 4 * 3 > max_bytes:
-        raise ApiError(
-            413, f"The data URL is over the server's limit of {max_bytes} bytes.", param=param
-        )
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise ApiError(400, f"The data URL is not valid base64: {error}", param=param) from error
     suffix = IMAGE_SUFFIX if kind == "image" else VIDEO_SUFFIX_BY_MIME[mime]
     path = os.path.join(folder, f"{len(os.listdir(folder))}{suffix}")
     with open(path, "wb") as file:

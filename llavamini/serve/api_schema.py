@@ -12,13 +12,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from llavamini.conversation import ChatTemplate
+from llavamini.data.messages import ParsedMessage, parse_messages
 from llavamini.inference import GenerationSettings
-from llavamini.serve.session import (
-    CHAT_DEFAULTS,
-    MAX_VIDEO_FRAMES,
-    resolve_template,
-    with_system_prompt,
-)
+from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, resolve_template
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,8 @@ class ChatCompletionRequest(BaseModel):
 
 @dataclass
 class Turn:
-    """One non-system message: its text and its media as `(kind, url, param)`."""
+    """One non-system message: its text (the text parts joined by newlines) and its media as
+    `(kind, url, param)`."""
 
     role: str
     text: str
@@ -131,15 +128,29 @@ class Turn:
 
 @dataclass
 class Plan:
-    """A validated request, ready for the worker."""
+    """A validated request, ready for the worker.
+
+    Attributes:
+        template: the chat template.
+        system: the system prompt of the request's leading system messages (None: the
+            template's own).
+        settings: decoding settings.
+        turns: the user and assistant messages, the last from the user.
+    """
 
     template: ChatTemplate
+    system: str | None
     settings: GenerationSettings
     turns: list[Turn]
 
 
 def plan_request(request: ChatCompletionRequest, config: ServerConfig, processor) -> Plan:
-    """Check what the schema cannot and gather what the worker needs; raises `ApiError`."""
+    """Check what the schema cannot and gather what the worker needs; raises `ApiError`.
+
+    The messages are parsed by `llavamini.data.messages.parse_messages`, as the processor
+    parses them; the worker puts a user message's images and videos before its text (as
+    `llavamini chat` and vLLM's server do).
+    """
     if request.n != 1:
         raise ApiError(400, f"Only n=1 is supported, got n={request.n}.", param="n")
     if request.stop:
@@ -149,8 +160,13 @@ def plan_request(request: ChatCompletionRequest, config: ServerConfig, processor
         template = resolve_template(conv_mode, processor)
     except KeyError as error:
         raise ApiError(400, error.args[0], param="conv_mode") from error
-    system, turns = _split_messages(request.messages)
-    if not turns or turns[-1].role != "user":
+    try:
+        system, messages = parse_messages(
+            [message.model_dump(exclude_none=True) for message in request.messages]
+        )
+    except ValueError as error:
+        raise ApiError(400, str(error), param="messages") from error
+    if not messages or messages[-1].role != "user":
         raise ApiError(400, "The last message must come from the user.", param="messages")
     defaults = config.defaults
     max_new_tokens = request.max_completion_tokens or request.max_tokens
@@ -159,51 +175,16 @@ def plan_request(request: ChatCompletionRequest, config: ServerConfig, processor
         temperature=defaults.temperature if request.temperature is None else request.temperature,
         top_p=defaults.top_p if request.top_p is None else request.top_p,
     )
-    return Plan(with_system_prompt(template, system), settings, turns)
+    return Plan(template, system, settings, [_turn(message) for message in messages])
 
 
-def _split_messages(messages: list[Message]) -> tuple[str | None, list[Turn]]:
-    """Leading system messages (joined) and the turns after them."""
-    system, turns = [], []
-    for i, message in enumerate(messages):
-        param = f"messages[{i}]"
-        if message.role == "system":
-            if turns:
-                raise ApiError(400, "System messages must come first.", param=param)
-            system.append(_text_only(message, param))
-        elif message.role == "assistant":
-            turns.append(Turn("assistant", _text_only(message, param), []))
-        else:
-            turns.append(_user_turn(message, param))
-    return ("\n".join(system) if system else None), turns
-
-
-def _text_only(message: Message, param: str) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    if message.content is None:
-        return ""
-    texts = []
-    for j, part in enumerate(message.content):
-        if not isinstance(part, TextPart):
-            raise ApiError(
-                400, f"{message.role} messages may contain only text.", f"{param}.content[{j}]"
-            )
-        texts.append(part.text)
-    return "\n".join(texts)
-
-
-def _user_turn(message: Message, param: str) -> Turn:
-    if message.content is None:
-        raise ApiError(400, "A user message needs content.", param=f"{param}.content")
-    if isinstance(message.content, str):
-        return Turn("user", message.content, [])
-    texts, media = [], []
-    for j, part in enumerate(message.content):
-        if isinstance(part, TextPart):
-            texts.append(part.text)
-        elif isinstance(part, ImagePart):
-            media.append(("image", part.image_url.url, f"{param}.content[{j}].image_url.url"))
-        else:
-            media.append(("video", part.video_url.url, f"{param}.content[{j}].video_url.url"))
-    return Turn("user", "\n".join(texts), media)
+def _turn(message: ParsedMessage) -> Turn:
+    media = [
+        (
+            item.kind,
+            item.source,
+            f"messages[{message.index}].content[{item.part}].{item.kind}_url.url",
+        )
+        for item in message.media
+    ]
+    return Turn(message.role, "\n".join(message.texts), media)

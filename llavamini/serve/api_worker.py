@@ -49,12 +49,22 @@ class Backend:
 
     def answer(self, plan: Plan, on_text=None, cancel=None) -> Reply:
         """Build the conversation (decoding its media) and answer its last user message."""
+        session = self.session(plan)
+        try:
+            return session.ask(plan.turns[-1].text, on_text=on_text, cancel=cancel)
+        except ValueError as error:  # prompt too long for the context, '<image>' in the text
+            raise ApiError(400, str(error), param="messages") from error
+
+    def session(self, plan: Plan) -> ChatSession:
+        """A `ChatSession` holding the plan's conversation up to its last user message, whose
+        media are attached (decoded and processed) and pending."""
         session = ChatSession(
             self.loaded,
             plan.template,
             plan.settings,
             fps=self.config.fps,
             max_frames=self.config.max_frames,
+            system=plan.system,
         )
         with tempfile.TemporaryDirectory(prefix="llavamini-serve-") as folder:
             for turn in plan.turns:
@@ -62,10 +72,7 @@ class Backend:
                     self._attach(session, kind, url, param, folder)
                 if turn is not plan.turns[-1]:
                     self._add_turn(session, turn)
-        try:
-            return session.ask(plan.turns[-1].text, on_text=on_text, cancel=cancel)
-        except ValueError as error:  # prompt too long for the context, '<image>' in the text
-            raise ApiError(400, str(error), param="messages") from error
+        return session
 
     def _attach(self, session, kind: str, url: str, param: str, folder: str) -> None:
         path = media_file(kind, url, param, self.config, folder)

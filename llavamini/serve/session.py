@@ -7,23 +7,23 @@ A conversation is a list of `(role, text)` turns plus the pixel tensors of its i
 in placeholder order. A visual attached with `attach` goes into the *next* user turn as one
 `<image>\\n` (or `<video>\\n`) placeholder before its text (where the reference puts it), so
 images can arrive at any turn, several per turn, or never (text-only chat). Media are processed
-once, when attached, and every turn's model inputs are built by the checkpoint's
-`LlavaMiniProcessor`.
+once, when attached; every turn's prompt is rendered and tokenized by the checkpoint's
+`LlavaMiniProcessor` (a system prompt is its leading system message), and answered by
+`llavamini.inference.generate`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import TextStreamer
+from transformers import BatchFeature, TextStreamer
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
-from llavamini.conversation import ChatTemplate, get_template, render
+from llavamini.conversation import ChatTemplate, get_template
 from llavamini.data.video import media_kind
 from llavamini.inference import GenerationSettings, generate, stop_token_ids
 from llavamini.model.loading import LoadedModel
@@ -48,11 +48,6 @@ def resolve_template(conv_mode: str | None, processor) -> ChatTemplate:
     if conv_mode is None:
         logger.info("Conv mode %s (the checkpoint's; --conv-mode overrides it)", name)
     return template
-
-
-def with_system_prompt(template: ChatTemplate, system: str | None) -> ChatTemplate:
-    """`template` with its system prompt replaced (None keeps the template's own)."""
-    return template if system is None else dataclasses.replace(template, system=system)
 
 
 class GenerationCancelled(Exception):
@@ -129,6 +124,7 @@ class ChatSession:
         fps: video frames taken per second of video (None: the processor's, the training and
             evaluation policy).
         max_frames: cap on video frames (None: the processor's; the reference's has no cap).
+        system: the system prompt, in place of the template's (None: the template's own).
     """
 
     def __init__(
@@ -138,9 +134,11 @@ class ChatSession:
         settings: GenerationSettings = CHAT_DEFAULTS,
         fps: float | None = None,
         max_frames: int | None = None,
+        system: str | None = None,
     ):
         self.loaded = loaded
         self.template = template
+        self.system = system
         self.settings = settings
         processor = loaded.processor
         self.processor = processor.with_video_policy(
@@ -181,9 +179,17 @@ class ChatSession:
 
     def prompt(self, text: str) -> tuple[str, list[torch.Tensor]]:
         """The rendered prompt and the visuals that `ask(text)` would send to the model."""
-        messages = self.messages + [("user", self._user_text(text))]
-        prompt = render(self.template, messages, tokenizer=self.processor.tokenizer)
-        return prompt, self.visuals + self.pending
+        turns = self.messages + [("user", self._user_text(text))]
+        system = [] if self.system is None else [{"role": "system", "content": self.system}]
+        conversation = system + [{"role": role, "content": content} for role, content in turns]
+        prompts, _ = self.processor.render([conversation], True, self.template)
+        return prompts[0], self.visuals + self.pending
+
+    def model_inputs(self, text: str) -> BatchFeature:
+        """The processor's batch that `ask(text)` would send to the model."""
+        prompt, visuals = self.prompt(text)
+        logger.debug("Prompt (%d visuals): %r", len(visuals), prompt)
+        return self.processor.model_inputs([prompt], [visuals])
 
     def ask(
         self,
@@ -203,14 +209,13 @@ class ChatSession:
         longer than the context, say) or a cancellation the conversation is as before, pending
         visuals included. Raises `ValueError` for bad input.
         """
-        prompt, visuals = self.prompt(text)
+        visuals = self.visuals + self.pending
+        inputs = self.model_inputs(text)
         tokenizer = self.processor.tokenizer
-        inputs = self.processor.model_inputs([prompt], [visuals])
         prompt_tokens = inputs["input_ids"].shape[1]
         # Transformers streamers do not support beam search; such answers arrive in one piece.
         streaming = self.settings.num_beams == 1
         streamer = _CallbackStreamer(tokenizer, on_text, cancel) if streaming else None
-        logger.debug("Prompt (%d tokens, %d visuals): %r", prompt_tokens, len(visuals), prompt)
         answer = generate(self.loaded, inputs, self.settings, self.template, streamer=streamer)[0]
         if streamer is None:
             if on_text is not None:

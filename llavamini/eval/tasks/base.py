@@ -3,7 +3,8 @@
 A task names its default files inside LLaVA's `eval.zip` layout
 (`<data_root>/<benchmark>/...`, data root `playground/data/eval`), knows how to read its
 question file into `Question`s, which answer-format suffix its prompts carry, and how to score
-an answer file. The runner builds each user message the same way for every task:
+an answer file. The runner builds each user message the same way for every task
+(`llavamini.eval.runner.question_conversation`, rendered by the processor):
 
     "<image>\\n" (when there is a visual) + prompt_prefix + question.prompt
     + ("\\n" + prompt_suffix, unless the question file already carries it)
@@ -130,11 +131,6 @@ class Task:
         if self.prompt_suffix and not self.suffix_in_file:
             text += "\n" + self.prompt_suffix
         return text
-
-    def user_message(self, question: Question, prompt_prefix: str | None = None) -> str:
-        """The user turn for `question` (see the module docstring)."""
-        text = self.question_text(question, prompt_prefix)
-        return text if question.visual is None else "<image>\n" + text
 
 
 def read_json(path: str, what: str):
