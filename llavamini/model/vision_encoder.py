@@ -12,6 +12,7 @@ import torch
 from llavamini.model.compressor import build_compressor
 from llavamini.model.packing import stitch_crops
 from llavamini.model.projector import build_projector
+from llavamini.model.reduction import TokenReduction, method_of, reduce_images
 from llavamini.model.vision_tower import VisionTower
 from llavamini.utils.allocator import keep_freed_memory_for_models
 
@@ -27,7 +28,14 @@ class VisionEncoderMixin:
     image, video or batch of images -> (vision tokens, fused text). Needs the attributes
     `config`, `vision_tower`, `mm_projector`, `compressor`, `prefusion_layers` and `rotary_emb`;
     the transformers model (`LlavaMiniModelMixin`) and the vLLM plug-in's encoder both use it,
-    so both compute the same thing."""
+    so both compute the same thing.
+
+    `token_reduction` (None: every patch) is a training-free reduction
+    (`llavamini.model.reduction`) that a vision-side method applies here, in place of the
+    compressor of checkpoints that have none.
+    """
+
+    token_reduction: TokenReduction | None = None
 
     def build_vision_modules(self, config) -> None:
         """Create `vision_tower`, `mm_projector` and `compressor` from `config` (the release's
@@ -70,6 +78,10 @@ class VisionEncoderMixin:
                 f"{tuple(images.shape[-2:])}: preprocess them with llavamini.data.process_images."
             )
         batch, parts = images.shape[:2]
+        reduction = self.token_reduction
+        if reduction is not None and method_of(reduction).stage == "vision":
+            reduced = reduce_images(self.vision_tower, images, reduction).to(text_embeds.dtype)
+            return self.fuse(self.mm_projector(reduced), None, text_embeds, keep)
         features = self.vision_tower(images.flatten(0, 1)).to(text_embeds.dtype)
         features = features.unflatten(0, (batch, parts))  # (B, parts, N, D_v)
         if parts == 1:
