@@ -16,7 +16,19 @@ from llavamini.model.processing_llavamini import checkpoint_conv_mode
 
 TASK_HELP = "task name (see `llavamini eval list`)"
 
-UnquantizedModel = Annotated[ModelSpec, only("path", "device", "dtype", "attn_implementation")]
+UnquantizedModel = Annotated[
+    ModelSpec,
+    only(
+        "path",
+        "device",
+        "dtype",
+        "attn_implementation",
+        "reduction",
+        "reduction_tokens",
+        "reduction_seed",
+        "fastv_layer",
+    ),
+]
 """The `ModelSpec` of commands that load the checkpoint unquantized (evaluation, analysis)."""
 
 
@@ -110,5 +122,6 @@ def run_config(
         device=model.resolved_device,
         dtype=model.resolved_dtype,
         attn_implementation=model.attn_implementation,
+        token_reduction=model.token_reduction,
         **fields,
     )

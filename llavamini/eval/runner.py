@@ -18,6 +18,7 @@ and, for videos, fps and frame cap. A resumed run must have the same `settings`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ from llavamini.eval.sharding import get_chunk
 from llavamini.eval.tasks.base import InlineImage, Question, Task
 from llavamini.inference import GenerationSettings
 from llavamini.model.loading import ModelSpec
+from llavamini.model.reduction import TokenReduction
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class RunConfig:
         prompt_prefix_source: where `prompt_prefix` came from (recorded).
         model_name: `model_id` of the answer lines (default: the checkpoint folder's name).
         device, dtype, attn_implementation: model placement and precision.
+        token_reduction: a training-free vision-token reduction (None: none), applied to the
+            model for this run (`llavamini.model.reduction`).
         num_workers: threads loading visuals ahead of generation (0: in the main thread).
         limit: answer only the first N questions of the chunk (smoke runs).
     """
@@ -86,6 +90,7 @@ class RunConfig:
     device: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
+    token_reduction: TokenReduction | None = None
     num_workers: int = 2
     limit: int | None = None
 
@@ -128,6 +133,8 @@ class RunConfig:
             },
             "dtype": self.dtype,
         }
+        if self.token_reduction is not None:  # absent otherwise: older answer files resume
+            settings["token_reduction"] = dataclasses.asdict(self.token_reduction)
         if task.modality == "video":
             settings.update(fps=self.fps, max_frames=self.max_frames)
         return settings
@@ -308,6 +315,7 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     with (
         AnswerWriter(config.answers_file) as writer,
         tqdm(total=chunk_size, initial=done, desc=description, unit="q") as bar,
+        loaded.model.token_reduction_applied(config.token_reduction),
     ):
         for batch, texts in answered:
             for question, text in zip(batch, texts, strict=True):
