@@ -349,6 +349,7 @@ def run_questions(config: RunConfig, loaded=None) -> str:
     with (
         AnswerWriter(config.answers_file) as writer,
         tqdm(total=chunk_size, initial=done, desc=description, unit="q") as bar,
+        loaded.model.token_reduction_applied(config.model.token_reduction),
     ):
         for batch, texts in answered:
             for question, text in zip(batch, texts, strict=True):

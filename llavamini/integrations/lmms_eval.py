@@ -175,6 +175,8 @@ class LlavaMini(lmms):
         fps, max_frames: video frame sampling.
         max_new_tokens: the budget when a task's `generation_kwargs` set none.
         loaded: an already loaded `LoadedModel` (tests, notebooks) instead of `pretrained`.
+        reduction, reduction_tokens: a training-free vision-token reduction and its budget
+            (`ModelSpec.reduction`; docs/token_reduction.md).
         kwargs: lmms-eval's other options (`max_batch_size`, ...), logged and ignored.
     """
 
@@ -190,6 +192,8 @@ class LlavaMini(lmms):
         max_new_tokens: int = 128,
         attn_implementation: str | None = None,
         loaded: LoadedModel | None = None,
+        reduction: str | None = None,
+        reduction_tokens: int | str | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -207,7 +211,15 @@ class LlavaMini(lmms):
         if loaded is None:
             dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
             device = process_device(device, local_rank, self._world_size)
-            loaded = ModelSpec(pretrained, device, dtype, attn_implementation).load()
+            tokens = int(reduction_tokens) if reduction_tokens not in (None, "None", "") else None
+            loaded = ModelSpec(
+                pretrained,
+                device,
+                dtype,
+                attn_implementation,
+                reduction=reduction or None,
+                reduction_tokens=tokens,
+            ).load()
         loaded.model.eval()
         self.loaded = loaded
         self.conv_mode = conv_mode or loaded.processor.conv_mode

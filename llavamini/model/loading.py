@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
+from llavamini.model.reduction import TokenReduction, method_of
 from llavamini.utils.allocator import transient_allocations
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,9 @@ class ModelSpec:
         pack_vision_weights: pack the vision tower's block weights for MKL (`VisionTower.
             pack_weights`): on a CPU in float32, one image ~6% faster for a second copy of
             those weights (1.2 GB for CLIP-L). Off by default: memory first.
+        reduction, reduction_tokens, reduction_seed, fastv_layer: a training-free
+            vision-token reduction applied after loading (`token_reduction`; a checkpoint
+            without compressor only; docs/token_reduction.md). None: every vision token.
     """
 
     path: str = dataclass_field(
@@ -180,14 +184,44 @@ class ModelSpec:
             "faster, +1.2 GB for CLIP-L)"
         },
     )
+    reduction: str | None = dataclass_field(
+        default=None,
+        metadata={
+            "help": "training-free vision-token reduction of a checkpoint without compressor: "
+            "pool, random, visionzip, prumerge_plus, fastv (docs/token_reduction.md)"
+        },
+    )
+    reduction_tokens: int | None = dataclass_field(
+        default=None,
+        metadata={"help": "--reduction's budget: vision tokens per image the LLM sees"},
+    )
+    reduction_seed: int = dataclass_field(
+        default=0, metadata={"help": "--reduction random: the seed of the draw"}
+    )
+    fastv_layer: int = dataclass_field(
+        default=2, metadata={"help": "--reduction fastv: the LLM layer K it drops tokens from"}
+    )
 
     def __post_init__(self):
+        if self.reduction is not None:
+            method_of(self.token_reduction)
+        elif self.reduction_tokens is not None:
+            raise ValueError("--reduction-tokens needs --reduction (the method).")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}; expected one of {sorted(DTYPES)}.")
         if self.quantization not in (None, "8bit", "4bit"):
             raise ValueError(
                 f"Unknown quantization {self.quantization!r}; expected '8bit' or '4bit'."
             )
+
+    @property
+    def token_reduction(self) -> TokenReduction | None:
+        """The `reduction` fields as the model takes them (None: no reduction)."""
+        if self.reduction is None:
+            return None
+        return TokenReduction(
+            self.reduction, self.reduction_tokens, self.reduction_seed, self.fastv_layer
+        )
 
     @property
     def resolved_device(self) -> str:
@@ -228,6 +262,8 @@ class ModelSpec:
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"Cannot load {self.path!r}: {error}") from error
         loaded.model.eval()
+        if self.reduction is not None:
+            loaded.model.set_token_reduction(self.token_reduction)
         return loaded
 
     def _load(self, device: str, dtype: torch.dtype | str) -> LoadedModel:

@@ -38,6 +38,8 @@ are batched and keep their gradients (F7); pre-fusion works on transformers 5 (F
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel, PreTrainedModel
@@ -55,6 +57,7 @@ from llavamini.model.packing import (
     visuals_per_sample,
 )
 from llavamini.model.prefusion import PreFusionLayers
+from llavamini.model.reduction import TokenReduction, check_applicable
 from llavamini.model.vision_encoder import VisionEncoderMixin
 
 ENCODER_LAYERS = ["CLIPEncoderLayer", "SiglipEncoderLayer"]
@@ -98,7 +101,22 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
         self.prefusion_layers = PreFusionLayers(
             config, config.prefusion_layer_num, layer_class=type(self.layers[0])
         )
+        self.llm_pruner = None
         self.post_init()
+
+    def set_token_reduction(self, reduction: TokenReduction | None) -> None:
+        """Apply a training-free vision-token reduction (`llavamini.model.reduction`) from the
+        next call on, or none (None). Raises `TokenReductionError` for an unknown method or a
+        checkpoint with a compressor."""
+        if self.llm_pruner is not None:
+            self.llm_pruner.remove()
+        self.llm_pruner, self.token_reduction = None, None
+        if reduction is None:
+            return
+        method = check_applicable(reduction, self.config)
+        if method.stage == "llm":
+            self.llm_pruner = method.install(self.layers, reduction)
+        self.token_reduction = reduction
 
     def embed_multimodal(
         self,
@@ -153,6 +171,9 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
         spliced = splice_vision_tokens(
             text_embeds, input_ids, attention_mask, labels, vision_tokens, padding_side, max_length
         )
+        if self.llm_pruner is not None:
+            per_image = self.vision_tower.tokens_per_image - self.vision_tower.drop_class_token
+            self.llm_pruner.start(spliced.vision_mask, per_image)
         return spliced if return_vision_mask else spliced[:4]
 
     def _to_vision_device(self, images: Images) -> Images:
@@ -220,12 +241,27 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
             **kwargs,
         )
 
+    def set_token_reduction(self, reduction: TokenReduction | None) -> None:
+        """See `LlavaMiniModelMixin.set_token_reduction`."""
+        self.model.set_token_reduction(reduction)
+
+    @contextlib.contextmanager
+    def token_reduction_applied(self, reduction: TokenReduction | None):
+        """`reduction` (None: none) inside the block, the model's own setting after it."""
+        previous = self.model.token_reduction
+        self.set_token_reduction(reduction)
+        try:
+            yield self
+        finally:
+            self.set_token_reduction(previous)
+
     def generate(
         self,
         inputs: torch.Tensor | None = None,
         images: Images | None = None,
         attention_mask: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
+        token_reduction: TokenReduction | None = None,
         **kwargs,
     ) -> torch.LongTensor:
         """Greedy or sampled generation from a prompt with placeholders; returns only new tokens.
@@ -235,9 +271,15 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
         and handed to `GenerationMixin.generate` as `inputs_embeds`; decode steps are plain
         decoder steps with the KV cache.
 
+        `token_reduction` applies a training-free reduction for this call only (see
+        `set_token_reduction`, which applies one until changed).
+
         Runs under `torch.inference_mode` (under `torch.no_grad` with DeepSpeed ZeRO-3), so the
         returned tensors are inference tensors: clone them before changing them in place.
         """
+        if token_reduction is not None:
+            with self.token_reduction_applied(token_reduction):
+                return self.generate(inputs, images, attention_mask, input_ids, **kwargs)
         # Inference mode skips autograd's version counters and view tracking: 5-8% of a decode
         # step on a CPU (docs/benchmarks.md). Not under ZeRO-3: parameters it gathers for good
         # here (the small, persistent ones) would become inference tensors training cannot use.

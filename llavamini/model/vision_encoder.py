@@ -12,6 +12,7 @@ import torch
 from llavamini.model.compressor import build_compressor
 from llavamini.model.packing import stitch_crops
 from llavamini.model.projector import build_projector
+from llavamini.model.reduction import TokenReduction, method_of, reduce_images
 from llavamini.model.vision_tower import VisionTower
 from llavamini.utils.allocator import keep_freed_memory_for_models
 
@@ -27,7 +28,14 @@ class VisionEncoderMixin:
     image, video or batch of images -> (vision tokens, fused text). Needs the attributes
     `config`, `vision_tower`, `mm_projector`, `compressor`, `prefusion_layers` and `rotary_emb`;
     the transformers model (`LlavaMiniModelMixin`) and the vLLM plug-in's encoder both use it,
-    so both compute the same thing."""
+    so both compute the same thing.
+
+    `token_reduction` (None: every patch) is a training-free reduction
+    (`llavamini.model.reduction`) that a vision-side method applies here, in place of the
+    compressor of checkpoints that have none.
+    """
+
+    token_reduction: TokenReduction | None = None
 
     def build_vision_modules(self, config) -> None:
         """Create `vision_tower`, `mm_projector` and `compressor` from `config` (the release's
@@ -73,6 +81,11 @@ class VisionEncoderMixin:
         # The projector's dtype, which a quantized CPU load may keep above the text's (float32
         # beside bfloat16: `CPU_FLOAT32_MODULES` in llavamini/model/loading.py).
         vision_dtype = next((p.dtype for p in self.mm_projector.parameters()), text_embeds.dtype)
+        reduction = self.token_reduction
+        if reduction is not None and method_of(reduction).stage == "vision":
+            reduced = reduce_images(self.vision_tower, images, reduction).to(vision_dtype)
+            projected = self.mm_projector(reduced).to(text_embeds.dtype)
+            return self.fuse(projected, None, text_embeds, keep)
         features = self.vision_tower(images.flatten(0, 1)).to(vision_dtype)
         features = features.unflatten(0, (batch, parts))  # (B, parts, N, D_v)
         if parts == 1:

@@ -261,9 +261,13 @@ def first_blocks_only(encoder: nn.Module, count: int):
         setattr(owner, name, blocks)
 
 
-def block_output(encoder: nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
+def block_output(
+    encoder: nn.Module, images: torch.Tensor, layer: int, with_input: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The output of block `layer` in transformers' hidden-states numbering (i: block i, 1-based;
-    negative counts from the end, -2 being the second-to-last block), `(N, L, D_v)`.
+    negative counts from the end, -2 being the second-to-last block), `(N, L, D_v)`; with
+    `with_input`, also that block's input `(N, L, D_v)` (what attention-based token reduction
+    reads, `llavamini.model.reduction`).
 
     Only the blocks up to the selected one run (`first_blocks_only`; CLIP at -2 skips 1 of 24),
     which works for every encoder class whose forward loops over its block list. The output is
@@ -278,15 +282,21 @@ def block_output(encoder: nn.Module, images: torch.Tensor, layer: int) -> torch.
     def keep(module, inputs, output):
         captured.append(output[0] if isinstance(output, tuple) else output)
 
-    handle = encoder_blocks(encoder)[index - 1].register_forward_hook(keep)
+    inputs = []
+    block = encoder_blocks(encoder)[index - 1]
+    handles = [block.register_forward_hook(keep)]
+    if with_input:
+        handles.append(block.register_forward_pre_hook(lambda module, args: inputs.append(args[0])))
     try:
         with first_blocks_only(encoder, index):
             encoder(images)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     hidden = captured[0]
     if isinstance(encoder, OpenClipVisionModel) and not getattr(
         encoder.visual.transformer, "batch_first", True
     ):
         hidden = hidden.transpose(0, 1)  # older open_clip runs blocks sequence-first
-    return hidden
+        inputs = [tensor.transpose(0, 1) for tensor in inputs]
+    return (hidden, inputs[0]) if with_input else hidden
