@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from llavamini.conversation import ChatTemplate
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.inference import GenerationSettings
 from llavamini.serve.session import (
     CHAT_DEFAULTS,
-    MAX_VIDEO_FRAMES,
     resolve_template,
     with_system_prompt,
 )

@@ -16,12 +16,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from llavamini.data.video import media_kind
+from llavamini.data.video import MAX_VIDEO_FRAMES, media_kind
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelLoadError, ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession, resolve_template
+from llavamini.serve.session import CHAT_DEFAULTS, ChatSession, resolve_template
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.flags import standalone_main
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
 from llavamini.serve.cli import Address, load
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llavamini.serve.session import MAX_VIDEO_FRAMES
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from tests.conftest import png_header_only, ramp_frames, write_video
 
 DOORS = {
