@@ -27,6 +27,13 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 """File suffixes read as videos (in the order evaluation looks for a video's file)."""
 
 
+MAX_VIDEO_FRAMES = 180
+"""The project's one cap on frames per video: the default of `LlavaMiniProcessor`, of the commands
+(`chat`, `serve`, `gradio`), of training and of `data check`, so that a long video at 1 fps (10
+hours: 36000 frames) costs at most this many frames of memory. `llavamini eval run` keeps the
+reference's no cap (`--max-frames` sets one)."""
+
+
 def media_kind(path: str) -> str:
     """'video' for a file with a `VIDEO_EXTENSIONS` suffix, else 'image'."""
     return "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "image"

@@ -54,7 +54,7 @@ from llavamini.data.messages import (
     to_video_frames,
 )
 from llavamini.data.tokenization import tokenize_batch
-from llavamini.data.video import process_video
+from llavamini.data.video import MAX_VIDEO_FRAMES, process_video
 from llavamini.model.checkpoint import hub_options, resolve_checkpoint_dir
 from llavamini.model.configuration_llavamini import IMAGE_ASPECT_RATIOS
 from llavamini.model.image_processors import (
@@ -119,8 +119,9 @@ class LlavaMiniProcessor(ProcessorMixin):
             `default_template_name`).
         image_aspect_ratio, resolution_ratio: the model config's image preprocessing ('pad' or
             'square'; N x N crops + the global view for N > 1).
-        video_fps, video_max_frames: frames taken per second of video, and their cap (None: no
-            cap, as the reference's inference).
+        video_fps, video_max_frames: frames taken per second of video, and their cap
+            (`llavamini.data.video.MAX_VIDEO_FRAMES` by default, the commands' and training's;
+            None: no cap, as the reference's inference).
         padding_side: of the batches `model_inputs` builds ('left' for generation).
         chat_template: only the conv mode's own (the template follows `conv_mode`).
     """
@@ -133,7 +134,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         image_aspect_ratio: str = "pad",
         resolution_ratio: int = 1,
         video_fps: float = 1.0,
-        video_max_frames: int | None = None,
+        video_max_frames: int | None = MAX_VIDEO_FRAMES,
         padding_side: str = "left",
         chat_template: str | None = None,
     ):

@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field
 
 from llavamini.conversation import ChatTemplate
 from llavamini.data.messages import ParsedMessage, parse_messages
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.inference import GenerationSettings
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, resolve_template
+from llavamini.serve.session import CHAT_DEFAULTS, resolve_template
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from llavamini.data.video import media_kind
+from llavamini.data.video import MAX_VIDEO_FRAMES, media_kind
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
 from llavamini.serve.startup import load_chat_model
 
 logger = logging.getLogger(__name__)

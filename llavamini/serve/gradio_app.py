@@ -17,10 +17,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.flags import standalone_main
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
 from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)

@@ -15,11 +15,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, MAX_VIDEO_FRAMES
+from llavamini.serve.session import CHAT_DEFAULTS
 from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)

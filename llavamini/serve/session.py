@@ -33,10 +33,6 @@ logger = logging.getLogger(__name__)
 CHAT_DEFAULTS = GenerationSettings(max_new_tokens=512)
 """Greedy, up to 512 new tokens: the reference's documented command."""
 
-MAX_VIDEO_FRAMES = 180
-"""The commands' cap on frames per video (`chat`, `serve`, `gradio`): one request cannot take the
-memory of a long video at 1 fps."""
-
 
 def resolve_template(conv_mode: str | None, processor) -> ChatTemplate:
     """The template named `conv_mode`, or the processor's when None.

@@ -14,6 +14,7 @@ import transformers
 import yaml
 
 from llavamini.conversation import TEMPLATES
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.train.stages import STAGES
 
 
@@ -91,7 +92,10 @@ class DataArguments:
     )
     image_aspect_ratio: str = field(default="pad", metadata={"help": "'pad' or 'square'."})
     video_fps: float = field(default=1.0, metadata={"help": "Video frames per second sampled."})
-    video_max_frames: int | None = field(default=None, metadata={"help": "Cap on video frames."})
+    video_max_frames: int | None = field(
+        default=MAX_VIDEO_FRAMES,
+        metadata={"help": f"Cap on frames per video ({MAX_VIDEO_FRAMES}; null in YAML: no cap)."},
+    )
     on_bad_sample: str = field(
         default="raise", metadata={"help": "'raise' (default) or 'skip' (logged and counted)."}
     )

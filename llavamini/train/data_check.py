@@ -2,8 +2,11 @@
 
 Every sample is checked as training would read it: media exist and decode, the conversation is
 well formed, its labels can be built with the tokenizer and template, and it fits `--max-length`
-(counting `--vision-tokens` per image or video frame). The report lists each bad sample and the
-counts per problem; the exit status is 1 when anything is wrong.
+(counting `--vision-tokens` per image or video frame). Videos are sampled as training samples
+them: `--video-fps`, capped at `--video-max-frames` (`MAX_VIDEO_FRAMES` by default, training's
+default), so a 10-hour video at 1 fps holds the cap's frames in memory, not 36000. The report
+lists each bad sample and the counts per problem, and how many videos reached the frame cap;
+the exit status is 1 when anything is wrong.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from llavamini.conversation import get_template
 from llavamini.data import dataset, load_image, load_video
 from llavamini.data.dataset import BadSampleError
 from llavamini.data.mixture import load_records
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.errors import ChecksFailed, UsageError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +38,8 @@ class CheckOptions:
         tokenizer: tokenizer folder (None: label and length checks are skipped).
         version: conversation template.
         max_length: longest sample in tokens, `vision_tokens` per image or video frame.
-        video_fps, video_max_frames: video frame sampling.
+        video_fps, video_max_frames: video frame sampling, as training's (None: no cap, every
+            sampled frame decoded).
         mixture_seed: the seed of mixture sampling.
     """
 
@@ -48,20 +53,26 @@ class CheckOptions:
     vision_tokens: int = field(
         default=1, metadata={"help": "LLM tokens per image or frame (1; 576 in stage 1)"}
     )
-    video_fps: float = 1.0
-    video_max_frames: int | None = None
+    video_fps: float = field(default=1.0, metadata={"help": "video frames per second sampled"})
+    video_max_frames: int | None = field(
+        default=MAX_VIDEO_FRAMES,
+        metadata={"help": f"cap on frames per video ({MAX_VIDEO_FRAMES}: training's default)"},
+    )
     mixture_seed: int = 1
 
 
-def check_record(record: dict, index: int, options: CheckOptions, template, tokenizer) -> None:
-    """Raise `BadSampleError` for the first problem of one record."""
+def check_record(record: dict, index: int, options: CheckOptions, template, tokenizer) -> int:
+    """Raise `BadSampleError` for the first problem of one record; else return how many of its
+    videos reached `options.video_max_frames` (their frames beyond it are not decoded)."""
     name = dataset.sample_name(record, index)
-    frames = 0
+    frames = capped = 0
     media = dataset.sample_media(record, name)
     for kind, path in media:
         try:
             if kind == "video":
-                frames += len(load_video(path, options.video_fps, options.video_max_frames))
+                count = len(load_video(path, options.video_fps, options.video_max_frames))
+                frames += count
+                capped += count == options.video_max_frames
             else:
                 load_image(path)
                 frames += 1
@@ -75,10 +86,11 @@ def check_record(record: dict, index: int, options: CheckOptions, template, toke
             dataset.conversation_messages(record, template, num_visuals)
         except ValueError as error:
             raise BadSampleError(f"Sample {name}: {error}", "malformed conversation") from error
-        return
+        return capped
     input_ids, _ = dataset.prepare_text(record, name, template, tokenizer, num_visuals)
     length = len(input_ids) - num_visuals + frames * options.vision_tokens
     dataset.check_length(name, length, options.max_length)
+    return capped
 
 
 def check(options: CheckOptions) -> Counter:
@@ -96,14 +108,20 @@ def check(options: CheckOptions) -> Counter:
         logger.info("No --tokenizer: label and length checks are skipped.")
     template = get_template(options.version)
     counts: Counter = Counter()
+    capped = 0
     out = sys.stdout
     for index, record in enumerate(records):
         try:
-            check_record(record, index, options, template, tokenizer)
+            capped += check_record(record, index, options, template, tokenizer)
         except BadSampleError as error:
             counts[error.kind] += 1
             out.write(f"[{error.kind}] {error}\n")
     out.write(f"\n{len(records)} samples checked, {sum(counts.values())} bad\n")
+    if capped:
+        out.write(
+            f"{capped} video(s) at the frame cap: {options.video_max_frames} frames sampled "
+            f"from each (--video-max-frames; training's --video_max_frames)\n"
+        )
     for kind in dataset.PROBLEM_KINDS:
         out.write(f"  {kind}: {counts[kind]}\n")
     if counts:

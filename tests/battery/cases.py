@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llavamini.serve.session import MAX_VIDEO_FRAMES
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from tests.conftest import png_header_only, ramp_frames, write_video
 
 DOORS = {
     "server": "`POST /v1/chat/completions` of `llavamini serve` (media as base64 data URLs)",
     "processor": "`LlavaMiniProcessor.apply_chat_template(..., tokenize=True, return_dict=True)` "
-    "(video frames capped at 180)",
+    f"(the processor's defaults: video frames capped at {MAX_VIDEO_FRAMES})",
     "chat": "`llavamini chat --query` one-shot (`llavamini.serve.cli.chat`)",
     "eval": "`llavamini eval run synthetic` on a question file (LLaVA's JSONL schema)",
     "data": "`llavamini data check` on a training manifest (the training reader's checks)",
@@ -51,6 +51,11 @@ CONTEXT_TOKENS = 4096
 
 LONG_VIDEO_SECONDS = 10 * 3600
 """The long video's duration: 10 hours at 1 frame per second."""
+
+LONG_VIDEO_MEMORY_MB = 16
+"""Bound on what a door allocates for the long video (`HostileInput.memory_mb`): its frames up to
+the cap are 0.1 MB decoded, all of them 28 MB."""
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -128,6 +133,9 @@ class HostileInput:
             payload (the folder's parent is outside the media folder).
         expected: the outcome per door name of `DOORS` (every door named).
         slow: runs only under `-m slow` (large input, over ~5 s).
+        memory_mb: at every door, the peak of the memory the door allocates in Python objects
+            and NumPy arrays (decoded frames included; `tracemalloc`) stays under it (None:
+            not measured).
     """
 
     id: str
@@ -135,6 +143,7 @@ class HostileInput:
     build: Callable[[Path], Payload]
     expected: Mapping[str, Expectation]
     slow: bool = False
+    memory_mb: float | None = None
 
     def __post_init__(self):
         if set(self.expected) != set(DOORS):
@@ -602,13 +611,17 @@ CASES: list[HostileInput] = [
                 shows=f"frames [{MAX_VIDEO_FRAMES}]",
             ),
             eval=IMAGE_TASK,
-            data=Rejected(f"{LONG_VIDEO_SECONDS + 110} tokens (vision tokens included) exceed"),
+            data=Accepted(
+                f"no problem reported, and that the video was capped at {MAX_VIDEO_FRAMES} frames",
+                shows=f"1 video(s) at the frame cap: {MAX_VIDEO_FRAMES} frames sampled",
+            ),
             vllm=Accepted(
                 f"model inputs with {MAX_VIDEO_FRAMES} frames (the cap)",
                 shows=f"frames [{MAX_VIDEO_FRAMES}]",
             ),
         ),
         slow=True,
+        memory_mb=LONG_VIDEO_MEMORY_MB,
     ),
 ]
 """Every hostile input, in the order of the docs table."""

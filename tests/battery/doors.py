@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from llavamini.errors import CommandError
-from tests.battery.cases import MAX_VIDEO_FRAMES, Payload
+from tests.battery.cases import Payload
 
 ANSWER_TOKENS = 3
 """New tokens per answer: enough to show the door answered, cheap on 2 CPU cores."""
@@ -125,9 +125,8 @@ def processor_door(payload: Payload, context: DoorContext, monkeypatch) -> Outco
         conversation = [
             {"role": "user", "content": [*content, {"type": "text", "text": payload.text}]}
         ]
-    processor = context.loaded.processor.with_video_policy(1.0, MAX_VIDEO_FRAMES)
     try:
-        inputs = processor.apply_chat_template(
+        inputs = context.loaded.processor.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=True, return_dict=True
         )
     except (ValueError, FileNotFoundError) as error:

@@ -43,7 +43,8 @@ def markdown_table(cases: list[HostileInput] = CASES) -> str:
     ]
     for case in cases:
         slow = " (slow)" if case.slow else ""
-        name = f"`{case.id}`{slow}: {case.description}".replace("|", "\\|")
+        bound = "" if case.memory_mb is None else f"; each door allocates < {case.memory_mb:g} MB"
+        name = f"`{case.id}`{slow}: {case.description}{bound}".replace("|", "\\|")
         cells = [cell(case.expected[door], door) for door in DOORS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     doors = [f"- **{name}**: {description}" for name, description in DOORS.items()]

@@ -1,13 +1,17 @@
 """The bad-input battery: every (hostile input, front door) pair of `tests/battery/cases.py`
 meets its one expected outcome, within a time limit; the large inputs run under `-m slow`."""
 
+import logging
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from tests.battery.cases import CASES, DOORS, ELSEWHERE, Accepted, NotApplicable, Rejected
 from tests.battery.doors import DOOR_FUNCTIONS, DoorContext, Outcome, post, server_body
+
+logger = logging.getLogger(__name__)
 
 DOOR_TIMEOUT_S = {False: 60, True: 300}
 """Seconds one door may take with one input (fast cases, slow cases) before it counts as a
@@ -42,6 +46,18 @@ def within(seconds: float, function, *args) -> Outcome:
     return result["value"]
 
 
+def peak_mb(function, *args) -> tuple[Outcome, float]:
+    """`function(*args)` and the peak of what it allocated meanwhile in Python objects and NumPy
+    arrays (`tracemalloc`; every thread, the server's included), in MB."""
+    tracemalloc.start()
+    try:
+        outcome = function(*args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return outcome, peak / 2**20
+
+
 @pytest.fixture
 def context(request, tmp_path, loaded, tiny_checkpoint):
     media, scratch = tmp_path / "media", tmp_path / "scratch"
@@ -56,7 +72,13 @@ def context(request, tmp_path, loaded, tiny_checkpoint):
 def test_hostile_input_meets_its_expected_outcome(case, door, context, monkeypatch):
     payload = case.build(context.media)
     expected = case.expected[door]
-    outcome = within(DOOR_TIMEOUT_S[case.slow], DOOR_FUNCTIONS[door], payload, context, monkeypatch)
+    door_call = (DOOR_TIMEOUT_S[case.slow], DOOR_FUNCTIONS[door], payload, context, monkeypatch)
+    if case.memory_mb is None:
+        outcome = within(*door_call)
+    else:
+        outcome, peak = peak_mb(within, *door_call)
+        logger.info("%s at the %s door: peak %.1f MB allocated", case.id, door, peak)
+        assert peak < case.memory_mb, f"the door allocated {peak:.1f} MB at its peak"
     if isinstance(expected, Rejected):
         assert not outcome.accepted, f"accepted, expected a refusal: {outcome.detail[:300]}"
         assert expected.message in outcome.detail

@@ -23,6 +23,7 @@ from llavamini.apps.tiny import build_tiny_assets, build_tiny_checkpoint
 from llavamini.constants import IMAGE_TOKEN_INDEX
 from llavamini.conversation import get_template, render
 from llavamini.data import load_video, process_images, process_video, tokenizer_image_token
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.model.image_processors import load_image_processor
 from llavamini.train.train import train
 from tests.conftest import TEST_IMAGE_SIZE, ramp_frames, write_video
@@ -224,7 +225,7 @@ def test_media_in_every_form(processor, media):
     assert torch.equal(processor.process_video(frames), from_file)
     capped = processor.with_video_policy(fps=2.0, max_frames=4)
     assert capped.process_video(str(media / "clip.mp4")).shape[0] == 4
-    assert processor.video_fps == 1.0 and processor.video_max_frames is None  # a copy
+    assert processor.video_fps == 1.0 and processor.video_max_frames == MAX_VIDEO_FRAMES  # a copy
 
 
 @pytest.mark.parametrize(

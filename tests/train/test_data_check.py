@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from llavamini.cli import main
+from tests.conftest import ramp_frames, write_video
 
 
 def test_broken_manifest_is_reported_in_full(tmp_path, capsys, assets):
@@ -52,3 +53,30 @@ def test_broken_manifest_is_reported_in_full(tmp_path, capsys, assets):
     assert "8 samples checked, 6 bad" in out
     assert "  missing media: 1\n  undecodable media: 2\n  malformed conversation: 2\n" in out
     assert "  over-length: 1" in out
+
+
+def test_videos_are_checked_at_the_frame_cap(tmp_path, capsys, assets):
+    """A video is sampled as training samples it: capped at `--video-max-frames` (each frame
+    counted in the length), and the report says how many videos reached the cap."""
+    write_video(tmp_path / "clip.mp4", ramp_frames(12, 48, 64, step=20), fps=4)  # 3 s: 3 frames
+    turns = [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "a"}]
+    record = {"id": "clip", "video": "clip.mp4", "conversations": turns}
+    manifest = tmp_path / "data.json"
+    manifest.write_text(json.dumps([record]))
+    args = ["data", "check", "--data", str(manifest), "--image-folder", str(tmp_path),
+            "--tokenizer", assets["llm"], "--vision-tokens", "200",
+            "--max-length", "550"]  # fmt: skip
+
+    def report(*extra: str) -> tuple[int | None, str]:
+        try:
+            main([*args, *extra])
+            code = None
+        except SystemExit as error:
+            code = error.code
+        return code, capsys.readouterr().out
+
+    code, out = report("--video-max-frames", "2")
+    assert code in (None, 0) and "1 samples checked, 0 bad" in out, out
+    assert "1 video(s) at the frame cap: 2 frames sampled from each" in out
+    code, out = report()  # the default cap is far above 3 frames: 600 vision tokens
+    assert code == 1 and "[over-length] Sample clip" in out and "frame cap" not in out

@@ -55,9 +55,8 @@ from vllm.multimodal.processing.inputs import ProcessorInputs
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX
 from llavamini.data.messages import media_in_placeholder_order
 from llavamini.data.tokenization import tokenizer_image_token
-from llavamini.data.video import load_video
+from llavamini.data.video import MAX_VIDEO_FRAMES, load_video
 from llavamini.model.processing_llavamini import LlavaMiniProcessor, check_video_policy
-from llavamini.serve.session import MAX_VIDEO_FRAMES
 
 PIXEL_FIELD = "pixel_values"
 """The item's pixels: its visuals in placeholder order, stacked along one frame axis (an image
