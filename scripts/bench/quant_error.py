@@ -22,17 +22,34 @@ import torch
 import torch.nn.functional as F
 
 from llavamini.bench.timing import make_images, make_prompt, process_peak_rss_bytes
-from llavamini.model.loading import ModelSpec
+from llavamini.model.loading import QUANTIZATION_SKIP_MODULES, ModelSpec
 from llavamini.utils.allocator import release_freed_memory
 
 logger = logging.getLogger(__name__)
 
 
-def logits_of(path: str, quantization: str | None, text_tokens: int) -> tuple[torch.Tensor, float]:
-    """(`(positions, vocab)` float32 logits, load seconds) of one load of `path`."""
+def logits_of(
+    path: str, quantization: str | None, text_tokens: int, noise: float = 0.0
+) -> tuple[torch.Tensor, float]:
+    """(`(positions, vocab)` float32 logits, load seconds) of one load of `path`. `noise` > 0
+    (unquantized only): every linear that quantization would convert adds Gaussian noise of that
+    size relative to its output's RMS, the error of a quantized linear without its library."""
     started = time.perf_counter()
     model = ModelSpec(path, device="cpu", dtype="bfloat16", quantization=quantization).load().model
     seconds = time.perf_counter() - started
+    if noise:
+        generator = torch.Generator().manual_seed(0)
+
+        def perturb(module, inputs, output):
+            rms = output.float().pow(2).mean().sqrt()
+            error = torch.randn(output.shape, generator=generator) * (noise * rms)
+            return output + error.to(output.dtype)
+
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not name.startswith(
+                tuple(QUANTIZATION_SKIP_MODULES)
+            ):
+                module.register_forward_hook(perturb)
     ids = make_prompt(model.config, text_tokens)
     with torch.inference_mode():  # not while loading: the weights would be inference tensors
         logits = model(input_ids=ids, images=make_images(model.config)).logits[0].float()
@@ -56,9 +73,18 @@ def compare(quantized: torch.Tensor, reference: torch.Tensor) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--quantization", nargs="+", default=["8bit", "4bit"])
+    parser.add_argument("--quantization", nargs="*", default=["8bit", "4bit"])
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--noise",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also bfloat16 with this relative Gaussian error on each linear's output that "
+        "quantization converts (e.g. 0.009 and 0.1, int8's and int4's error per linear): how much "
+        "the model itself amplifies an error of that size",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -77,6 +103,15 @@ def main() -> None:
         logger.info("%s: %s", quantization, row)
         lines.append(
             f"| {quantization} | {row['positions']} | {row['mean_cosine']:.5f} | "
+            f"{row['least_cosine']:.5f} | {row['max_abs_diff_over_std']:.2f} | "
+            f"{row['top1_agreement']:.3f} | {seconds:.1f} |"
+        )
+    for noise in args.noise:
+        logits, seconds = logits_of(args.checkpoint, None, args.text_tokens, noise)
+        row = compare(logits, reference)
+        logger.info("noise %s: %s", noise, row)
+        lines.append(
+            f"| bfloat16 + {noise:g} noise | {row['positions']} | {row['mean_cosine']:.5f} | "
             f"{row['least_cosine']:.5f} | {row['max_abs_diff_over_std']:.2f} | "
             f"{row['top1_agreement']:.3f} | {seconds:.1f} |"
         )
