@@ -171,7 +171,7 @@ def answer_dropping_vision(loaded, question, config, drop_layer: int, template) 
     """One question's answer text with the vision tokens dropped from `drop_layer` on."""
 
     model = loaded.model
-    processor = loaded.processor.with_video_policy(config.fps, config.max_frames)
+    processor = loaded.processor.with_video_policy(config.inputs.fps, config.inputs.max_frames)
     tokenizer = processor.tokenizer
     visual = load_question_visual(question, processor, config.task)
     inputs = question_inputs(
@@ -186,7 +186,7 @@ def answer_dropping_vision(loaded, question, config, drop_layer: int, template) 
             padding_side="left",
             return_vision_mask=True,
         )
-    limit = config.max_new_tokens or config.task.max_new_tokens
+    limit = config.generation.max_new_tokens or config.task.max_new_tokens
     ids = greedy_answer_dropping_vision(
         model, spliced, drop_layer, limit, stop_token_ids(tokenizer, template)
     )
@@ -302,7 +302,7 @@ def run_drop_vision(
     baseline = answers[list(layers).index(num_layers)] if num_layers in layers else None
     return {
         "task": config.task.name,
-        "model_path": config.model_path,
+        "model_path": config.model.path,
         "num_layers": num_layers,
         "layers": list(layers),
         "baseline_layer": num_layers,

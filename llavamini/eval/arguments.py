@@ -100,7 +100,6 @@ def run_config(
     *,
     loaded=None,
     model_name: str | None = None,
-    max_new_tokens: int | None = None,
     **fields,
 ) -> RunConfig:
     """The `RunConfig` answering `task` with `model`, `generation` and `inputs` as they are,
@@ -111,12 +110,8 @@ def run_config(
             read from `model.path` (`checkpoint_conv_mode`).
         loaded: the already loaded model the run will use, if any.
         model_name: the answers' `model_id` (None: the checkpoint folder's name).
-        max_new_tokens: when not None, replaces `generation.max_new_tokens` (the one decoding
-            setting `analyze drop-vision` takes).
         fields: the other `RunConfig` fields (`answers_file`, `batch_size`, ...).
     """
-    if max_new_tokens is not None:
-        generation = dataclasses.replace(generation, max_new_tokens=max_new_tokens)
     if inputs.conv_mode is None:
         conv_mode = (
             loaded.processor.conv_mode if loaded is not None else checkpoint_conv_mode(model.path)

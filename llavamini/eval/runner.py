@@ -139,12 +139,6 @@ class RunConfig:
     def conv_mode(self) -> str:
         return self.inputs.conv_mode
 
-    # Flat names of an earlier RunConfig, read by `llavamini.analysis.drop_vision`: views of the
-    # composed settings, not copies.
-    model_path = property(lambda self: self.model.path)
-    fps = property(lambda self: self.inputs.fps)
-    max_frames = property(lambda self: self.inputs.max_frames)
-    max_new_tokens = property(lambda self: self.generation.max_new_tokens)
 
     def settings(self) -> dict:
         """What determines the answers; recorded in every line and compared on resume.
