@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from llavamini.serve.session import MAX_VIDEO_FRAMES
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from tests.conftest import write_video
 from tests.integrations.vllm.conftest import SKIP_REASON
 from tests.integrations.vllm.test_greedy_parity import (
