@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
-from llavamini.model.reduction import TokenReduction, method_of
+from llavamini.model.reduction import METHODS, TokenReduction, method_of
 from llavamini.utils.allocator import transient_allocations
 
 logger = logging.getLogger(__name__)
@@ -187,8 +187,9 @@ class ModelSpec:
     reduction: str | None = dataclass_field(
         default=None,
         metadata={
-            "help": "training-free vision-token reduction of a checkpoint without compressor: "
-            "pool, random, visionzip, prumerge_plus, fastv (docs/token_reduction.md)"
+            "help": "training-free vision-token reduction of a checkpoint without compressor "
+            "(docs/token_reduction.md)",
+            "choices": tuple(METHODS),
         },
     )
     reduction_tokens: int | None = dataclass_field(

@@ -147,7 +147,9 @@ def chat_door(payload: Payload, context: DoorContext, monkeypatch) -> Outcome:
     loaded = context.loaded
     # The model is loaded once per session; `chat` is run from the file checks on.
     monkeypatch.setattr(
-        cli, "load", lambda model, inputs: (loaded, resolve_template(None, loaded.processor))
+        cli,
+        "load_chat_model",
+        lambda model, inputs: (loaded, resolve_template(None, loaded.processor)),
     )
     media = payload.media
     assert len(media) <= 1, "one-shot chat takes one file"

@@ -8,6 +8,7 @@ import types
 import typing
 
 import pytest
+import torch
 
 import llavamini.inference
 from llavamini.conversation import TEMPLATES
@@ -105,6 +106,10 @@ def test_answer_lines_follow_the_llava_schema_and_record_the_run(gqa_root, tiny_
         "attn_implementation": None,
         "quantization": None,
         "pack_vision_weights": False,
+        "reduction": None,
+        "reduction_tokens": None,
+        "reduction_seed": 0,
+        "fastv_layer": 2,
     }
     assert settings["dtype"] == "float32"  # kept at the top level for older readers
 
@@ -171,9 +176,9 @@ def test_answer_files_from_before_the_full_record_resume(gqa_root, tiny_loaded, 
         run_questions(config, loaded=tiny_loaded)
 
 
-def _other_value(cls, field, default):
-    """A value of `cls`'s `field` other than `default` that `cls` accepts, from the field's
-    type and metadata alone."""
+def _other_value(cls, field, default, chosen):
+    """A value of `cls`'s `field` other than `default` that `cls` accepts beside the values
+    `chosen` for its earlier fields, from the field's type and metadata alone."""
     hint = typing.get_type_hints(cls)[field.name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
@@ -182,7 +187,7 @@ def _other_value(cls, field, default):
     )
     candidates = {
         bool: [not default],
-        int: [(default or 1) + 1],
+        int: [(default or 3) + 1],  # 4 where unset: a square budget for --reduction pool
         float: [0.5, 0.25],
         str: [f"test-{field.name}", *TEMPLATES],
     }.get(hint, [])
@@ -195,7 +200,7 @@ def _other_value(cls, field, default):
         if value == default:
             continue
         try:
-            cls(**{**required, field.name: value})
+            cls(**{**required, **chosen, field.name: value})
         except ValueError:
             continue
         return value
@@ -222,7 +227,7 @@ def test_every_shared_setting_reaches_the_flags_and_the_record(gqa_root, tiny_lo
         values = {}
         for field in dataclasses.fields(cls):
             default = getattr(parameter.default, field.name, None)
-            values[field.name] = _other_value(cls, field, default)
+            values[field.name] = _other_value(cls, field, default, values)
             flag = option_strings(field)[0]
             if isinstance(values[field.name], bool):
                 argv += [flag] if values[field.name] else [f"--no-{flag[2:]}"]
@@ -233,7 +238,16 @@ def test_every_shared_setting_reaches_the_flags_and_the_record(gqa_root, tiny_lo
     for cls, parameter in parameters.items():
         assert dataclasses.asdict(arguments[parameter.name]) == expected[cls], cls.__name__
 
-    function(**arguments, loaded=tiny_loaded)  # the values need not load: the model is given
+    # The values need not load: the model is given, in LLaVA-1.5 mode (no compressor, no
+    # pre-fusion), where a training-free token reduction applies.
+    inner, config = tiny_loaded.model.model, tiny_loaded.model.config
+    kept = inner.compressor, inner.prefusion_layers, config.compressor_type
+    inner.compressor, inner.prefusion_layers = None, torch.nn.ModuleList()
+    config.compressor_type = "none"
+    try:
+        function(**arguments, loaded=tiny_loaded)
+    finally:
+        inner.compressor, inner.prefusion_layers, config.compressor_type = kept
     settings = read_answers(answers)[0]["metadata"]["settings"]
     for cls, key in shared.items():
         recorded = settings[key] if key else settings

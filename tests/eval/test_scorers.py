@@ -122,9 +122,8 @@ def test_mmbench_reads_hint_options_and_inline_images(tmp_path):
     assert [q.question_id for q in questions] == [7, 1_000_007, 2_000_007, 3_000_007]
     first = questions[0]
     assert first.prompt == "Look at the pet.\nWhat animal is it?\nA. cat\nB. dog\nC. fish\nD. bird"
-    assert task.user_message(first) == (
-        "<image>\n"
-        + first.prompt
+    assert task.question_text(first) == (
+        first.prompt
         + "\nAnswer with the option's letter from the given choices directly."
     )
     assert isinstance(first.visual, InlineImage)
@@ -174,7 +173,7 @@ def test_mmbench_cn_uses_the_chinese_suffix_and_reads_answers_as_vlmevalkit(tmp_
     tsv = _mmbench_tsv(tmp_path / "dev_cn.tsv", rows)
     task = get_task("mmbench_cn")
     question = task.read_questions(tsv, "")[0]
-    assert task.user_message(question).endswith("\nD. 黄色\n请直接回答选项字母。")
+    assert task.question_text(question).endswith("\nD. 黄色\n请直接回答选项字母。")
     answers = [
         answer(rows[0]["index"], "D"),
         answer(rows[1]["index"], "C"),
@@ -363,11 +362,11 @@ def test_scienceqa_reads_prompts_and_scores_img_accuracy(tmp_path):
     task = get_task("scienceqa")
     questions = task.read_questions(write_json(tmp_path / "llava_test_CQM-A.json", rows), "/imgs")
     assert questions[0].visual == "/imgs/1/image.png" and questions[1].visual is None
-    assert task.user_message(questions[1]) == (
+    assert task.question_text(questions[1]) == (
         "Question: Text only?\nOptions: (A) p (B) q\n"
         "Answer with the option's letter from the given choices directly."
     )
-    assert task.user_message(questions[0]).startswith("<image>\nQuestion: Which?")
+    assert task.question_text(questions[0]).startswith("Question: Which?")
 
     problems = {
         "1": {

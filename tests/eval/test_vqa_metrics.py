@@ -158,8 +158,8 @@ def test_vqav2_val_reads_official_questions(tmp_path):
     task = get_task("vqav2_val")
     questions = task.read_questions(questions_path, "/coco/val2014")
     assert questions[0].visual == "/coco/val2014/COCO_val2014_000000000042.jpg"
-    assert task.user_message(questions[0]) == (
-        "<image>\nHow many dogs?\nAnswer the question using a single word or phrase."
+    assert task.question_text(questions[0]) == (
+        "How many dogs?\nAnswer the question using a single word or phrase."
     )
 
 

@@ -33,7 +33,7 @@ def test_the_tables_read_from_it_keep_their_names():
         "model.compressor",
         "lm_head",
     ]
-    assert CPU_FLOAT32_MODULES == ("model.vision_tower",)
+    assert CPU_FLOAT32_MODULES == ("model.vision_tower", "model.mm_projector", "model.compressor")
     assert QLORA_SKIP_MODULES == (*QUANTIZATION_SKIP_MODULES, "model.prefusion_layers")
     assert MULTIMODAL_PREFIXES == (
         "model.mm_projector.",
