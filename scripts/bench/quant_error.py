@@ -97,21 +97,14 @@ def main() -> None:
         "agreement | load s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for quantization in args.quantization:
-        logits, seconds = logits_of(args.checkpoint, quantization, args.text_tokens)
+    runs = [(q, q, 0.0) for q in args.quantization]
+    runs += [(f"bfloat16 + {noise:g} noise", None, noise) for noise in args.noise]
+    for label, quantization, noise in runs:
+        logits, seconds = logits_of(args.checkpoint, quantization, args.text_tokens, noise)
         row = compare(logits, reference)
-        logger.info("%s: %s", quantization, row)
+        logger.info("%s: %s", label, row)
         lines.append(
-            f"| {quantization} | {row['positions']} | {row['mean_cosine']:.5f} | "
-            f"{row['least_cosine']:.5f} | {row['max_abs_diff_over_std']:.2f} | "
-            f"{row['top1_agreement']:.3f} | {seconds:.1f} |"
-        )
-    for noise in args.noise:
-        logits, seconds = logits_of(args.checkpoint, None, args.text_tokens, noise)
-        row = compare(logits, reference)
-        logger.info("noise %s: %s", noise, row)
-        lines.append(
-            f"| bfloat16 + {noise:g} noise | {row['positions']} | {row['mean_cosine']:.5f} | "
+            f"| {label} | {row['positions']} | {row['mean_cosine']:.5f} | "
             f"{row['least_cosine']:.5f} | {row['max_abs_diff_over_std']:.2f} | "
             f"{row['top1_agreement']:.3f} | {seconds:.1f} |"
         )
