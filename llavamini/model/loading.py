@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
 import torch
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
-from llavamini.model.reduction import METHODS, TokenReduction, method_of
+from llavamini.model.reduction import (
+    METHODS,
+    TokenReduction,
+    TokenReductionError,
+    check_applicable,
+    method_of,
+)
 from llavamini.utils.allocator import transient_allocations
 
 logger = logging.getLogger(__name__)
@@ -257,9 +263,12 @@ class ModelSpec:
         if self.quantization is not None:
             torch_dtype = self._check_quantization(device, dtype)
         try:
+            if self.reduction is not None:  # from config.json, before minutes of loading weights
+                config = AutoConfig.from_pretrained(resolve_checkpoint_dir(self.path))
+                check_applicable(self.token_reduction, config)
             loaded = self._load(device, torch_dtype)
-        except FileNotFoundError:
-            raise  # it names the missing path already
+        except (FileNotFoundError, TokenReductionError):
+            raise  # they name the missing path / the method and the checkpoint already
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"Cannot load {self.path!r}: {error}") from error
         loaded.model.eval()

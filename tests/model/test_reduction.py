@@ -210,3 +210,18 @@ def test_the_docs_example_adds_a_method_with_one_module_and_one_line(llava15, mo
     finally:
         llava15.set_token_reduction(None)
     assert out.logits.shape[1] == len(PROMPT_A) - 1 + 3
+
+
+def test_a_checkpoint_with_a_compressor_is_refused_before_its_weights_load(
+    tiny_checkpoint, monkeypatch
+):
+    """`ModelSpec.load` reads the checkpoint's config.json first: an 8B model would otherwise
+    load for minutes before the refusal."""
+    from llavamini.model.loading import ModelSpec
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the reduction was checked")
+
+    monkeypatch.setattr(ModelSpec, "_load", no_weights)
+    with pytest.raises(TokenReductionError, match="without a compressor"):
+        ModelSpec(tiny_checkpoint, device="cpu", reduction="pool", reduction_tokens=4).load()
