@@ -16,7 +16,8 @@ Face cache only, unless the caller passes `local_files_only=False` for the check
    same folder (an open_clip tower: from the file `vision_config.pretrained`).
 4. **Key checks** (`load_checked`, behind `LlavaMiniForCausalLM.from_pretrained`): any missing
    or unexpected key raises a `ValueError` listing them (docs/compatibility.md K1); `strict=False`
-   gives transformers' warning instead.
+   gives transformers' warning instead. `file_reads="pread"` reads the safetensors files with
+   `pread(2)` instead of mapping them (`FILE_READS`), for loads that convert every weight.
 5. **DeepSpeed ZeRO-3** (`gathered`): weights written into partitioned parameters, here and by
    training's model setup, are written with the parameters gathered.
 
@@ -36,7 +37,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import CLIPVisionConfig, PreTrainedConfig
+from transformers import CLIPVisionConfig, GenerationConfig, PreTrainedConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import cached_file
 
@@ -62,6 +63,8 @@ HUB_OPTIONS = (
 VISION_ENCODER_PREFIX = "model.vision_tower.vision_tower."
 """Checkpoint prefix of the vision encoder's own state dict (the CLIP tower's
 `CLIPVisionModel`), inside the `model.vision_tower.` module."""
+
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 """Weight files of a vision tower folder, in the order they are tried."""
@@ -94,6 +97,18 @@ def resolve_checkpoint_dir(name_or_path: str, **hub_kwargs) -> str:
             f"in the local Hugging Face cache ({error})"
         ) from error
     return os.path.dirname(config_file)
+
+
+def safetensors_files(checkpoint_dir: str) -> list[str] | None:
+    """The checkpoint's safetensors files (the index's shards, or the single file), or None
+    when the checkpoint is not in safetensors."""
+    index = os.path.join(checkpoint_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(checkpoint_dir, shard) for shard in shards]
+    single = os.path.join(checkpoint_dir, "model.safetensors")
+    return [single] if os.path.isfile(single) else None
 
 
 def stored_keys(checkpoint_dir: str) -> set[str] | None:
@@ -272,6 +287,50 @@ def load_vision_tower(
 
 # ---- 4. key checks -----------------------------------------------------------------------------
 
+FILE_READS = {
+    "mmap": "memory-map the files (transformers' default): the weights are views of the page "
+    "cache, nothing is copied",
+    "pread": "read each tensor with pread(2) into memory of its own, when it is converted: for a "
+    "load that converts every weight (quantization), the pages read never join the process's "
+    "resident set, which then peaks near the converted model's size instead of the files'",
+}
+"""How `load_checked` reads a safetensors checkpoint (safetensors' `safe_open` backends)."""
+
+
+@contextlib.contextmanager
+def unmapped_state_dict(checkpoint_dir: str):
+    """A context giving the checkpoint's tensors as lazy slices that read with `pread(2)`
+    (safetensors' "pread" backend), for `from_pretrained(state_dict=...)`; the files stay open
+    until it exits. Raises `ValueError` for a checkpoint not in safetensors."""
+    files = safetensors_files(checkpoint_dir)
+    if files is None:
+        raise ValueError(f"{checkpoint_dir}: file_reads='pread' needs safetensors weight files.")
+    with contextlib.ExitStack() as stack:
+        state_dict = {}
+        for path in files:
+            handle = stack.enter_context(safe_open(path, framework="pt", backend="pread"))
+            state_dict.update((key, handle.get_slice(key)) for key in handle.keys())
+        yield state_dict
+
+
+def load_weights(
+    load: Callable, name_or_path, checkpoint_dir: str, file_reads: str, *model_args, **kwargs
+):
+    """`load(name_or_path, ...)` (`checkpoint_dir`: where it resolved to) reading the files as
+    `file_reads` says (`FILE_READS`)."""
+    if file_reads not in FILE_READS:
+        raise ValueError(f"file_reads={file_reads!r}; expected one of {sorted(FILE_READS)}.")
+    if file_reads == "mmap":
+        return load(name_or_path, *model_args, **kwargs)
+    for option in HUB_OPTIONS:  # they locate a hub id's files; the state dict is read already
+        kwargs.pop(option, None)
+    with unmapped_state_dict(checkpoint_dir) as state_dict:
+        model, info = load(None, *model_args, state_dict=state_dict, **kwargs)
+    # Without a path transformers reads no generation_config.json: read it as it would.
+    if os.path.isfile(os.path.join(checkpoint_dir, GENERATION_CONFIG_FILE)):
+        model.generation_config = GenerationConfig.from_pretrained(checkpoint_dir)
+    return model, info
+
 
 def load_checked(
     load: Callable, model_class: type, pretrained_model_name_or_path, *model_args, **kwargs
@@ -282,6 +341,7 @@ def load_checked(
     unexpected key an error unless `strict=False` (4). Returns what `from_pretrained` returns
     (the model, or with `output_loading_info` the model and its loading info)."""
     strict = kwargs.pop("strict", True)
+    file_reads = kwargs.pop("file_reads", "mmap")
     output_loading_info = kwargs.pop("output_loading_info", False)
     hub = hub_options(kwargs)
     cache_dir = hub.get("cache_dir")
@@ -290,8 +350,11 @@ def load_checked(
     if config is None:
         config = model_class.config_class.from_pretrained(checkpoint_dir)
     resolve_vision_config(config, checkpoint_dir, cache_dir)
-    model, info = load(
+    model, info = load_weights(
+        load,
         pretrained_model_name_or_path,
+        checkpoint_dir,
+        file_reads,
         *model_args,
         config=config,
         output_loading_info=True,

@@ -293,10 +293,12 @@ class ModelSpec:
                 device_map=device,
             )
         if quantized_on_cpu:
+            # Every weight is converted as it is read: reading the files with pread keeps their
+            # pages out of the process's resident set (FILE_READS in model/checkpoint.py).
+            kwargs["file_reads"] = "pread"
             # Each weight is read in bfloat16, quantized and dropped: let glibc give those back.
             with transient_allocations():
                 model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
-                own_memory(model)
                 modules = dict(model.named_modules())  # LLaVA-1.5 mode has no compressor
                 for name in CPU_FLOAT32_MODULES:
                     if name in modules:
@@ -339,20 +341,6 @@ class ModelSpec:
             raise ModelLoadError(f"{flag} on a GPU needs bitsandbytes: pip install bitsandbytes")
         dtype = DTYPES[dtype]
         return torch.float16 if dtype in ("auto", torch.float32) else dtype
-
-
-def own_memory(model: torch.nn.Module) -> None:
-    """Copy the plain (unquantized) tensors of a model loaded from memory-mapped files into
-    memory of its own, so the files are unmapped once loading ends.
-
-    A quantized load reads every weight through the mapping and keeps only the quantized copy,
-    but the unquantized tensors (embeddings, `lm_head`, ...) are views of the files, and while
-    one is, the pages read for every other weight of its file stay in the process's resident set
-    (clean file pages the kernel may drop, but counted in RSS: 16 GB at 8B for a 6 GB model)."""
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if type(tensor.data) is torch.Tensor:
-                tensor.data = tensor.data.clone()
 
 
 def check_processor(processor: LlavaMiniProcessor, config, checkpoint_dir: str) -> None:

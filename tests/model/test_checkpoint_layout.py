@@ -8,6 +8,7 @@ of its tiny checkpoint when ../shared is present.
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -127,3 +128,29 @@ def test_a_loaded_model_saves_the_same_keys(tmp_path):
             keys[name] = set(f.keys())
     assert keys["a"] == keys["b"]
     assert any(k.startswith(CLIP_PREFIX + "embeddings.") for k in keys["b"])
+
+
+def test_reading_with_pread_loads_what_mapping_loads(tmp_path):
+    """`file_reads="pread"` (what a quantized CPU load uses) gives the same weights, loading
+    info and generation config as the default memory-mapped read, from sharded files too."""
+    model = make_model(seed=4)
+    model.generation_config.max_new_tokens = 7
+    model.save_pretrained(tmp_path, max_shard_size="200KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    mapped, mapped_info = LlavaMiniForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    read, read_info = LlavaMiniForCausalLM.from_pretrained(
+        tmp_path, file_reads="pread", output_loading_info=True
+    )
+    assert read_info["missing_keys"] == mapped_info["missing_keys"] == set()
+    assert read_info["unexpected_keys"] == mapped_info["unexpected_keys"] == set()
+    expected, got = mapped.state_dict(), read.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert read.generation_config.max_new_tokens == 7
+
+
+def test_an_unknown_way_of_reading_files_is_refused(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="file_reads='mapped'; expected one of"):
+        LlavaMiniForCausalLM.from_pretrained(tmp_path, file_reads="mapped")

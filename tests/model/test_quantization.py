@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from llavamini import LlavaMiniForCausalLM
 from llavamini.apps.tiny import build_tiny_checkpoint
+from llavamini.model import checkpoint as checkpoint_module
 from llavamini.model.loading import (
     CPU_FLOAT32_MODULES,
     QUANTIZATION_SKIP_MODULES,
@@ -100,6 +101,34 @@ def test_cpu_quantization_generates(checkpoint, inputs):
     prompt, image = inputs[0][:1], inputs[1][:1]
     new = model.generate(inputs=prompt, images=image, max_new_tokens=3, min_new_tokens=3)
     assert new.shape == (1, 3)
+
+
+def test_cpu_quantization_reads_the_files_without_mapping_them(checkpoint, monkeypatch):
+    """The files are read with pread (their pages never join the process's RSS), and the model
+    equals a memory-mapped load's."""
+    reads = []
+    real = checkpoint_module.unmapped_state_dict
+    monkeypatch.setattr(
+        checkpoint_module, "unmapped_state_dict", lambda path: reads.append(path) or real(path)
+    )
+    spec = ModelSpec(checkpoint, device="cpu", quantization="4bit")
+    model = spec.load().model
+    assert reads == [checkpoint]
+    monkeypatch.setattr(
+        checkpoint_module, "load_weights", mapped_reads(checkpoint_module.load_weights)
+    )
+    mapped = spec.load().model
+    assert reads == [checkpoint]
+    ids = torch.randint(6, 400, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, mapped(input_ids=ids).logits)
+
+
+def mapped_reads(load_weights):
+    """`load_weights` that always memory-maps (what a load without quantization does)."""
+    return lambda load, name, folder, file_reads, *args, **kwargs: load_weights(
+        load, name, folder, "mmap", *args, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
