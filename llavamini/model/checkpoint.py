@@ -16,8 +16,8 @@ Face cache only, unless the caller passes `local_files_only=False` for the check
    same folder (an open_clip tower: from the file `vision_config.pretrained`).
 4. **Key checks** (`load_checked`, behind `LlavaMiniForCausalLM.from_pretrained`): any missing
    or unexpected key raises a `ValueError` listing them (docs/compatibility.md K1); `strict=False`
-   gives transformers' warning instead. `file_reads="pread"` reads the safetensors files with
-   `pread(2)` instead of mapping them (`FILE_READS`), for loads that convert every weight.
+   gives transformers' warning instead. `file_reads="per_tensor"` maps a file anew for each
+   tensor (`FILE_READS`), for loads that convert every weight.
 5. **DeepSpeed ZeRO-3** (`gathered`): weights written into partitioned parameters, here and by
    training's model setup, are written with the parameters gathered.
 
@@ -288,29 +288,56 @@ def load_vision_tower(
 # ---- 4. key checks -----------------------------------------------------------------------------
 
 FILE_READS = {
-    "mmap": "memory-map the files (transformers' default): the weights are views of the page "
-    "cache, nothing is copied",
-    "pread": "read each tensor with pread(2) into memory of its own, when it is converted: for a "
-    "load that converts every weight (quantization), the pages read never join the process's "
-    "resident set, which then peaks near the converted model's size instead of the files'",
+    "map": "memory-map every file for the whole load (transformers' default): the pages read "
+    "for any tensor stay in the process's resident set while its file is mapped",
+    "per_tensor": "map a file anew for each tensor read (`TensorRead`): a weight converted on "
+    "load (quantized) takes its pages out of the process's resident set when it is dropped, "
+    "so the load peaks near the converted model's size instead of the files'",
 }
-"""How `load_checked` reads a safetensors checkpoint (safetensors' `safe_open` backends)."""
+"""How `load_checked` reads a safetensors checkpoint."""
+
+COPY_BELOW_BYTES = 2**20
+"""`TensorRead` copies tensors smaller than this out of their mapping: the kernel maps file
+pages in blocks of up to 2 MiB, so a mapping kept for a small tensor would keep its neighbours'
+pages resident too."""
 
 
-@contextlib.contextmanager
-def unmapped_state_dict(checkpoint_dir: str):
-    """A context giving the checkpoint's tensors as lazy slices that read with `pread(2)`
-    (safetensors' "pread" backend), for `from_pretrained(state_dict=...)`; the files stay open
-    until it exits. Raises `ValueError` for a checkpoint not in safetensors."""
+class TensorRead:
+    """One tensor of a safetensors file, read when transformers materializes it (`[...]`)
+    through a mapping of the file of its own: a view of that mapping, which ends when the tensor
+    is freed (a weight quantized on load drops it at once; one kept as stored, such as the
+    embeddings, keeps only its own pages resident, as it is used), or a copy below
+    `COPY_BELOW_BYTES`. `get_dtype`/`get_shape` answer from the header, as safetensors' own
+    slices do."""
+
+    def __init__(self, path: str, key: str, dtype: str, shape: list[int]):
+        self.path, self.key, self.dtype, self.shape = path, key, dtype, shape
+
+    def get_dtype(self) -> str:
+        return self.dtype
+
+    def get_shape(self) -> list[int]:
+        return self.shape
+
+    def __getitem__(self, index) -> torch.Tensor:
+        with safe_open(self.path, framework="pt") as f:
+            tensor = f.get_slice(self.key)[index]
+        return tensor.clone() if tensor.nbytes < COPY_BELOW_BYTES else tensor
+
+
+def per_tensor_state_dict(checkpoint_dir: str) -> dict[str, TensorRead]:
+    """The checkpoint's tensors as `TensorRead`s, for `from_pretrained(state_dict=...)`.
+    Raises `ValueError` for a checkpoint not in safetensors."""
     files = safetensors_files(checkpoint_dir)
     if files is None:
-        raise ValueError(f"{checkpoint_dir}: file_reads='pread' needs safetensors weight files.")
-    with contextlib.ExitStack() as stack:
-        state_dict = {}
-        for path in files:
-            handle = stack.enter_context(safe_open(path, framework="pt", backend="pread"))
-            state_dict.update((key, handle.get_slice(key)) for key in handle.keys())
-        yield state_dict
+        raise ValueError(f"{checkpoint_dir}: file_reads='per_tensor' needs safetensors files.")
+    state_dict = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                header = f.get_slice(key)
+                state_dict[key] = TensorRead(path, key, header.get_dtype(), header.get_shape())
+    return state_dict
 
 
 def load_weights(
@@ -320,12 +347,12 @@ def load_weights(
     `file_reads` says (`FILE_READS`)."""
     if file_reads not in FILE_READS:
         raise ValueError(f"file_reads={file_reads!r}; expected one of {sorted(FILE_READS)}.")
-    if file_reads == "mmap":
+    if file_reads == "map":
         return load(name_or_path, *model_args, **kwargs)
-    for option in HUB_OPTIONS:  # they locate a hub id's files; the state dict is read already
+    for option in HUB_OPTIONS:  # they locate a hub id's files, found already
         kwargs.pop(option, None)
-    with unmapped_state_dict(checkpoint_dir) as state_dict:
-        model, info = load(None, *model_args, state_dict=state_dict, **kwargs)
+    state_dict = per_tensor_state_dict(checkpoint_dir)
+    model, info = load(None, *model_args, state_dict=state_dict, **kwargs)
     # Without a path transformers reads no generation_config.json: read it as it would.
     if os.path.isfile(os.path.join(checkpoint_dir, GENERATION_CONFIG_FILE)):
         model.generation_config = GenerationConfig.from_pretrained(checkpoint_dir)
@@ -341,7 +368,7 @@ def load_checked(
     unexpected key an error unless `strict=False` (4). Returns what `from_pretrained` returns
     (the model, or with `output_loading_info` the model and its loading info)."""
     strict = kwargs.pop("strict", True)
-    file_reads = kwargs.pop("file_reads", "mmap")
+    file_reads = kwargs.pop("file_reads", "map")
     output_loading_info = kwargs.pop("output_loading_info", False)
     hub = hub_options(kwargs)
     cache_dir = hub.get("cache_dir")

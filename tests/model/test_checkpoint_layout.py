@@ -130,8 +130,8 @@ def test_a_loaded_model_saves_the_same_keys(tmp_path):
     assert any(k.startswith(CLIP_PREFIX + "embeddings.") for k in keys["b"])
 
 
-def test_reading_with_pread_loads_what_mapping_loads(tmp_path):
-    """`file_reads="pread"` (what a quantized CPU load uses) gives the same weights, loading
+def test_reading_per_tensor_loads_what_mapping_loads(tmp_path):
+    """`file_reads="per_tensor"` (what a quantized CPU load uses) gives the same weights, loading
     info and generation config as the default memory-mapped read, from sharded files too."""
     model = make_model(seed=4)
     model.generation_config.max_new_tokens = 7
@@ -139,7 +139,7 @@ def test_reading_with_pread_loads_what_mapping_loads(tmp_path):
     assert (tmp_path / "model.safetensors.index.json").exists()
     mapped, mapped_info = LlavaMiniForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     read, read_info = LlavaMiniForCausalLM.from_pretrained(
-        tmp_path, file_reads="pread", output_loading_info=True
+        tmp_path, file_reads="per_tensor", output_loading_info=True
     )
     assert read_info["missing_keys"] == mapped_info["missing_keys"] == set()
     assert read_info["unexpected_keys"] == mapped_info["unexpected_keys"] == set()
@@ -152,5 +152,34 @@ def test_reading_with_pread_loads_what_mapping_loads(tmp_path):
 
 def test_an_unknown_way_of_reading_files_is_refused(tmp_path):
     make_model().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="file_reads='mapped'; expected one of"):
-        LlavaMiniForCausalLM.from_pretrained(tmp_path, file_reads="mapped")
+    with pytest.raises(ValueError, match="file_reads='pread'; expected one of"):
+        LlavaMiniForCausalLM.from_pretrained(tmp_path, file_reads="pread")
+
+
+def test_a_tensor_read_keeps_its_file_mapped_only_while_it_lives(tmp_path):
+    """A large tensor read per tensor is a view of a mapping of its own that ends when it is
+    freed (what lets a quantized load drop each weight's pages); a small one is copied."""
+    import gc
+    import os
+
+    from safetensors.torch import save_file
+
+    from llavamini.model.checkpoint import COPY_BELOW_BYTES, per_tensor_state_dict
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs Linux's /proc/self/maps")
+    large = torch.arange(COPY_BELOW_BYTES // 2, dtype=torch.bfloat16)
+    save_file({"large": large, "small": large[:16].clone()}, tmp_path / "model.safetensors")
+    state_dict = per_tensor_state_dict(str(tmp_path))
+
+    def mapped() -> bool:
+        gc.collect()
+        with open("/proc/self/maps") as f:
+            return str(tmp_path) in f.read()
+
+    small = state_dict["small"][...]
+    assert torch.equal(small, large[:16]) and not mapped()
+    view = state_dict["large"][...]
+    assert torch.equal(view, large) and mapped()
+    del view
+    assert not mapped()

@@ -103,13 +103,13 @@ def test_cpu_quantization_generates(checkpoint, inputs):
     assert new.shape == (1, 3)
 
 
-def test_cpu_quantization_reads_the_files_without_mapping_them(checkpoint, monkeypatch):
-    """The files are read with pread (their pages never join the process's RSS), and the model
-    equals a memory-mapped load's."""
+def test_cpu_quantization_reads_the_files_per_tensor(checkpoint, monkeypatch):
+    """Each tensor is read through a mapping of its own (a quantized weight's pages leave the
+    process's RSS with it), and the model equals a load that maps the files throughout."""
     reads = []
-    real = checkpoint_module.unmapped_state_dict
+    real = checkpoint_module.per_tensor_state_dict
     monkeypatch.setattr(
-        checkpoint_module, "unmapped_state_dict", lambda path: reads.append(path) or real(path)
+        checkpoint_module, "per_tensor_state_dict", lambda path: reads.append(path) or real(path)
     )
     spec = ModelSpec(checkpoint, device="cpu", quantization="4bit")
     model = spec.load().model
@@ -127,7 +127,7 @@ def test_cpu_quantization_reads_the_files_without_mapping_them(checkpoint, monke
 def mapped_reads(load_weights):
     """`load_weights` that always memory-maps (what a load without quantization does)."""
     return lambda load, name, folder, file_reads, *args, **kwargs: load_weights(
-        load, name, folder, "mmap", *args, **kwargs
+        load, name, folder, "map", *args, **kwargs
     )
 
 
