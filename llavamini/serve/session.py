@@ -114,7 +114,7 @@ class ChatSession:
     """A conversation with a loaded LLaVA-Mini. Not thread-safe: one `ask` at a time.
 
     Args:
-        loaded: model and processor (`load_pretrained`, `ModelSpec.load`).
+        loaded: model and processor (`ModelSpec.load`).
         template: the chat template (`resolve_template`).
         settings: decoding settings for every `ask` (public: change it between turns).
         fps: video frames taken per second of video (None: the processor's, the training and
