@@ -73,8 +73,8 @@ def server_config(
         model_name=options.served_model_name or default_model_name(model.path),
         conv_mode=inputs.conv_mode,
         defaults=generation,
-        fps=inputs.fps,
-        max_frames=inputs.max_frames,
+        video_fps=inputs.video_fps,
+        video_max_frames=inputs.video_max_frames,
         allowed_media_dir=options.allowed_media_dir,
         max_media_bytes=int(options.max_media_mb * 2**20),
     )
@@ -116,7 +116,7 @@ def build_server(
 def serve(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
+    inputs: InputSettings = InputSettings(video_max_frames=MAX_VIDEO_FRAMES),
     address: Address = Address(port=8000),
     options: ServeOptions = ServeOptions(),
 ) -> None:
