@@ -80,9 +80,12 @@ def load_image_processor(checkpoint_dir: str, config):
     if model_type == "open_clip_vision":
         size = config.vision_config.image_size
         return CLIPImageProcessorPil(
-            **{**CLIP_L_336_PROCESSOR, "size": {"shortest_edge": size},
-               "crop_size": {"height": size, "width": size}}
-        )  # fmt: skip
+            **{
+                **CLIP_L_336_PROCESSOR,
+                "size": {"shortest_edge": size},
+                "crop_size": {"height": size, "width": size},
+            }
+        )
     raise FileNotFoundError(
         f"No {IMAGE_PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in "
         f"{looked}."

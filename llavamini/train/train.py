@@ -124,9 +124,12 @@ class TrainingProgress(ProgressCallback):
             return
         if self.seconds is None:
             self.training_bar = tqdm(
-                total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="train",
+                unit="step",
                 dynamic_ncols=True,
-            )  # fmt: skip
+            )
         else:
             self.training_bar = tqdm(
                 total=round(self.seconds),
@@ -260,8 +263,11 @@ def report_skipped(skipped: list[str], training_args) -> None:
     more = f"; and {len(skipped) - SKIPPED_LOGGED} more" if len(skipped) > SKIPPED_LOGGED else ""
     logger.warning(
         "Skipped %d bad samples (on_bad_sample: skip; all listed in %s): %s%s",
-        len(skipped), path, shown, more,
-    )  # fmt: skip
+        len(skipped),
+        path,
+        shown,
+        more,
+    )
 
 
 def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> None:

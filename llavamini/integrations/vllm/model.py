@@ -166,10 +166,12 @@ class LlavaMiniForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         return [
             self.embed_prompt(split_visuals(item, frames), ids)
             for item, frames, ids in zip(
-                _items(pixels), _items(kwargs[FRAMES_FIELD]), _items(kwargs[PROMPT_FIELD]),
+                _items(pixels),
+                _items(kwargs[FRAMES_FIELD]),
+                _items(kwargs[PROMPT_FIELD]),
                 strict=True,
             )
-        ]  # fmt: skip
+        ]
 
     def embed_prompt(self, visuals: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
         """A prompt's visuals (images `(parts, 3, H, W)`, videos `(T, parts, 3, H, W)`, in
