@@ -21,7 +21,7 @@ from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.flags import standalone_main
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, CHAT_INPUTS, ChatSession
 from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class GradioOptions:
 def gradio(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(video_max_frames=MAX_VIDEO_FRAMES),
+    inputs: InputSettings = CHAT_INPUTS,
     address: Address = Address(port=7860),
     options: GradioOptions = GradioOptions(),
 ) -> None:

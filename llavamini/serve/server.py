@@ -15,12 +15,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS
+from llavamini.serve.session import CHAT_DEFAULTS, CHAT_INPUTS
 from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def build_server(
 def serve(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(video_max_frames=MAX_VIDEO_FRAMES),
+    inputs: InputSettings = CHAT_INPUTS,
     address: Address = Address(port=8000),
     options: ServeOptions = ServeOptions(),
 ) -> None:
