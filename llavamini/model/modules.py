@@ -24,7 +24,10 @@ PREFUSION = COMPONENTS["prefusion"]
 MULTIMODAL_MODULES = (PROJECTOR, COMPRESSOR, PREFUSION)
 """The modules LLaVA-Mini adds to the LLM, CLIP aside (they train; CLIP stays frozen)."""
 
-LLM_MODULES = ("embed_tokens", "layers", "norm")
+LLM_LAYERS = "layers"
+"""The LLM's decoder layers (a `ModuleList`) inside `LlavaMiniModel`."""
+
+LLM_MODULES = ("embed_tokens", LLM_LAYERS, "norm")
 """The LLM's own modules inside `LlavaMiniModel` (the backbone's names)."""
 
 MODEL = "model"
