@@ -52,8 +52,7 @@ LLAMA_3_1_JINJA = (
 """The release's format (LLaVA-Mini's `conv_llava_llama_3_1`): contents stripped."""
 
 VICUNA_V1_JINJA = (
-    _SYSTEM.replace("@SYSTEM@", VICUNA_SYSTEM.replace("'", "\\'"))
-    + "{{- system + ' ' -}}"
+    _SYSTEM.replace("@SYSTEM@", VICUNA_SYSTEM.replace("'", "\\'")) + "{{- system + ' ' -}}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{{- 'USER: ' + message['content'] + ' ' -}}"
     "{%- else -%}{{- 'ASSISTANT: ' + message['content'] + '</s>' -}}{%- endif -%}"
@@ -210,4 +209,3 @@ def _render(template, messages, add_generation_prompt, tokenizer) -> str:
         **special_tokens,
     )
     return rendered[0]
-

@@ -141,19 +141,19 @@ class InputSettings:
 
     Attributes:
         conv_mode: chat template name (None: the checkpoint's, from its tokenizer).
-        fps: video frames sampled per second (None: the checkpoint processor's, 1).
-        max_frames: cap on video frames (None: the checkpoint processor's).
+        video_fps: video frames sampled per second (None: the checkpoint processor's, 1).
+        video_max_frames: cap on video frames (None: the checkpoint processor's).
     """
 
     conv_mode: str | None = field(
         default=None,
         metadata={"help": "chat template (default: the checkpoint's, from its tokenizer)"},
     )
-    fps: float | None = field(
+    video_fps: float | None = field(
         default=None,
         metadata={"help": "video frames per second (default: the checkpoint processor's, 1)"},
     )
-    max_frames: int | None = field(
+    video_max_frames: int | None = field(
         default=None,
         metadata={"help": "cap on video frames (default: the checkpoint processor's)"},
     )
@@ -164,7 +164,7 @@ class InputSettings:
                 get_template(self.conv_mode)
             except KeyError as error:
                 raise ValueError(error.args[0]) from error
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.video_max_frames is not None and self.video_max_frames < 1:
+            raise ValueError(f"video_max_frames must be >= 1, got {self.video_max_frames}")
+        if self.video_fps is not None and not self.video_fps > 0:
+            raise ValueError(f"video_fps must be > 0, got {self.video_fps}")

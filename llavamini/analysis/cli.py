@@ -197,7 +197,7 @@ def drop_vision_config(
 def drop_vision(
     options: DropVisionOptions,
     model: eval_args.UnquantizedModel,
-    inputs: InputSettings = InputSettings(fps=1.0),
+    inputs: InputSettings = InputSettings(video_fps=1.0),
     files: eval_args.TaskFiles = eval_args.TaskFiles(),
     report: Report = Report(),
     loaded=None,

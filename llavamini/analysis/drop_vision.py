@@ -171,7 +171,9 @@ def answer_dropping_vision(loaded, question, config, drop_layer: int, template) 
     """One question's answer text with the vision tokens dropped from `drop_layer` on."""
 
     model = loaded.model
-    processor = loaded.processor.with_video_policy(config.inputs.fps, config.inputs.max_frames)
+    processor = loaded.processor.with_video_policy(
+        config.inputs.video_fps, config.inputs.video_max_frames
+    )
     tokenizer = processor.tokenizer
     visual = load_question_visual(question, processor, config.task)
     inputs = question_inputs(

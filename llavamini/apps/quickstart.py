@@ -46,9 +46,12 @@ CONFIGS = resources.files("llavamini").joinpath("configs", "train")
 """The quickstart's recipes, shipped in the package (also `configs/train/` in the repository)."""
 
 QUICKSTART_LLM = dict(
-    hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
     num_key_value_heads=4,
-)  # fmt: skip
+)
 QUICKSTART_VISION = dict(intermediate_size=256)
 
 
@@ -93,9 +96,12 @@ minutes: a slower or busier machine takes longer but learns the same (a wall-clo
 a machine 27% slower on the wrong side of the learning curve's drop)."""
 
 SAMPLES_PER_SECOND = {
-    "stage 1": 128, "all-tokens": 126, "one-token": 190, "one-token-prefusion": 131,
+    "stage 1": 128,
+    "all-tokens": 126,
+    "one-token": 190,
+    "one-token-prefusion": 131,
     "pooling-prefusion": 131,
-}  # fmt: skip
+}
 """Training throughput on an idle 2-core AMD EPYC (AVX2), for the time estimate printed up
 front (stage 1 and 1 token + pre-fusion measured idle; the other variants scaled by their
 ratio to stage 1 in a run beside a busy core); the progress bars show this machine's own."""
@@ -196,11 +202,24 @@ class QuickstartOptions:
         if not self.ablation:
             variants = (MAIN_VARIANT,)
         if self.smoke:
-            return Plan(num_train=48, num_val=16, stage1_steps=2, stage2_steps=2, smoke=True,
-                        latency_questions=2, seed=self.seed, variants=variants)  # fmt: skip
+            return Plan(
+                num_train=48,
+                num_val=16,
+                stage1_steps=2,
+                stage2_steps=2,
+                smoke=True,
+                latency_questions=2,
+                seed=self.seed,
+                variants=variants,
+            )
         stage2 = self.stage2_steps or (ABLATION_STAGE2_STEPS if self.ablation else STAGE2_STEPS)
-        return Plan(image_size=self.image_size, stage1_steps=self.stage1_steps,
-                    stage2_steps=stage2, seed=self.seed, variants=variants)  # fmt: skip
+        return Plan(
+            image_size=self.image_size,
+            stage1_steps=self.stage1_steps,
+            stage2_steps=stage2,
+            seed=self.seed,
+            variants=variants,
+        )
 
 
 @dataclass(frozen=True)
@@ -224,8 +243,19 @@ def train_run(recipe: str, output_dir: str, flags: list[str], plan: Plan, steps:
     log_path = os.path.join(output_dir, TRAINER_LOG_FILE)
     if os.path.exists(log_path):
         os.remove(log_path)  # appended to by the trainer: a rerun must not read the last run's
-    argv = [sys.executable, "-m", "llavamini.train", str(CONFIGS / recipe), *flags, "--output_dir",
-            output_dir, "--max_steps", str(steps), "--seed", str(plan.seed)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "llavamini.train",
+        str(CONFIGS / recipe),
+        *flags,
+        "--output_dir",
+        output_dir,
+        "--max_steps",
+        str(steps),
+        "--seed",
+        str(plan.seed),
+    ]
     environment = {**os.environ, **wait_policy_environment()}
     completed = subprocess.run(argv, env=environment, check=False)
     if completed.returncode != 0:
@@ -302,15 +332,28 @@ def build_data(plan: Plan, options: QuickstartOptions) -> dict:
         "Images are %d px, an %d x %d patch grid (%d vision tokens before compression); the paper "
         "uses 336 px (576 tokens), which needs a GPU for a quickstart. No pretrained CLIP exists "
         "offline, so the tiny vision tower is trained from scratch too.",
-        plan.image_size, side, side, side**2,
-    )  # fmt: skip
+        plan.image_size,
+        side,
+        side,
+        side**2,
+    )
     assets = build_tiny_assets(
-        os.path.join(options.output_dir, "base"), plan.image_size, plan.num_train, plan.num_val,
-        plan.seed, llm_shape=QUICKSTART_LLM, vision_shape=QUICKSTART_VISION,
-        data_dir=options.data_dir, chat_format="compact",
-    )  # fmt: skip
-    logger.info("Data in %s: %d training images, %d held-out questions",
-                os.path.dirname(assets["captions"]), plan.num_train, plan.num_val)  # fmt: skip
+        os.path.join(options.output_dir, "base"),
+        plan.image_size,
+        plan.num_train,
+        plan.num_val,
+        plan.seed,
+        llm_shape=QUICKSTART_LLM,
+        vision_shape=QUICKSTART_VISION,
+        data_dir=options.data_dir,
+        chat_format="compact",
+    )
+    logger.info(
+        "Data in %s: %d training images, %d held-out questions",
+        os.path.dirname(assets["captions"]),
+        plan.num_train,
+        plan.num_val,
+    )
     return assets
 
 
@@ -325,17 +368,27 @@ def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, dict, dic
     paths = ["--vision_tower", assets["clip"], "--image_folder", folder]
     stage1_flags = ["--model_name_or_path", assets["llm"], "--data_path", assets["captions"]]
     stage1_flags += paths
-    stage1 = train_run("quickstart_stage1.yaml", stage1_dir, stage1_flags, plan,
-                       plan.stage1_steps)  # fmt: skip
+    stage1 = train_run("quickstart_stage1.yaml", stage1_dir, stage1_flags, plan, plan.stage1_steps)
     curves = {"stage 1 (captions)": stage1.losses}
     results, baseline = {}, {}
     for name in plan.variants:
         variant = VARIANTS[name]
         logger.info("Stage 2: %s", variant.label)
         model_dir = os.path.join(out, name)
-        stage2 = train_run("quickstart_stage2.yaml", model_dir,
-                            ["--model_name_or_path", stage1_dir, "--data_path", assets["instruct"],
-                             *paths, *variant.flags], plan, plan.stage2_steps)  # fmt: skip
+        stage2 = train_run(
+            "quickstart_stage2.yaml",
+            model_dir,
+            [
+                "--model_name_or_path",
+                stage1_dir,
+                "--data_path",
+                assets["instruct"],
+                *paths,
+                *variant.flags,
+            ],
+            plan,
+            plan.stage2_steps,
+        )
         curves[variant.label] = [(s + stage1.steps, v) for s, v in stage2.losses]
         score = evaluate(model_dir, assets, os.path.join(out, "eval", f"{name}.jsonl"))
         results[name] = {
@@ -355,8 +408,12 @@ def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, dict, dic
 def compression_figure(checkpoint: str, image: str, out: str) -> str:
     """The compressor's attention on one training image, as a heat map PNG."""
     pixels, attention = compression_attention(ModelSpec(checkpoint, device="cpu").load(), image)
-    return plot_compression(pixels, attention, os.path.join(out, "compression.png"),
-                            "What the compressed token attends to")  # fmt: skip
+    return plot_compression(
+        pixels,
+        attention,
+        os.path.join(out, "compression.png"),
+        "What the compressed token attends to",
+    )
 
 
 def write_summary(
@@ -371,10 +428,12 @@ def write_summary(
     write(f"Chat with {checkpoint} about {out}/fresh_image.png:\n")
     for turn in chat:
         write(f"  Q: {turn['question']}\n  A: {turn['answer']}   (truth: {turn['truth']})\n")
-    write(f"\nTry it: llavamini chat --model-path {checkpoint} "
-          f"--image-file {out}/fresh_image.png\n"
-          f"  and ask as it was trained, one question per image (/reset between them), e.g.\n"
-          f"  What colour is at the top left? {synthetic.SHORT_ANSWER}\n")  # fmt: skip
+    write(
+        f"\nTry it: llavamini chat --model-path {checkpoint} "
+        f"--image-file {out}/fresh_image.png\n"
+        f"  and ask as it was trained, one question per image (/reset between them), e.g.\n"
+        f"  What colour is at the top left? {synthetic.SHORT_ANSWER}\n"
+    )
     for path in figures:
         write(f"Figure: {path}\n")
     shortfall = falls_short(results[MAIN_VARIANT], baseline, plan)
@@ -410,20 +469,29 @@ def quickstart(options: QuickstartOptions = QuickstartOptions()) -> dict:
     logger.info(
         "Stage 1: %d steps; stage 2: %d steps for each of %d variant(s). About %.0f minutes on a "
         "2-core CPU; the progress bars show this machine's time.",
-        plan.stage1_steps, plan.stage2_steps, len(plan.variants), plan.estimated_minutes(),
-    )  # fmt: skip
+        plan.stage1_steps,
+        plan.stage2_steps,
+        len(plan.variants),
+        plan.estimated_minutes(),
+    )
     os.makedirs(out, exist_ok=True)
     assets = build_data(plan, options)
     results, curves, baseline = train_and_score(plan, assets, out)
     figures = []
     if options.ablation:
         figures = plot_results(results, curves, baseline, out)
-        image = os.path.join(os.path.dirname(assets["captions"]), "images",
-                             f"{plan.num_train:06d}.png")  # fmt: skip
+        image = os.path.join(
+            os.path.dirname(assets["captions"]), "images", f"{plan.num_train:06d}.png"
+        )
         figures.append(compression_figure(results[MAIN_VARIANT]["checkpoint"], image, out))
     chat = chat_about_a_fresh_image(results[MAIN_VARIANT]["checkpoint"], out, plan)
-    summary = {"plan": plan.__dict__, "results": results, "majority_baseline": baseline,
-               "chat": chat, "figures": figures}  # fmt: skip
+    summary = {
+        "plan": plan.__dict__,
+        "results": results,
+        "majority_baseline": baseline,
+        "chat": chat,
+        "figures": figures,
+    }
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     write_summary(results, baseline, chat, figures, out, plan)

@@ -39,8 +39,12 @@ def plot_results(results: dict, curves: dict, baseline: dict, output_dir: str) -
             steps, values = zip(*curve, strict=True)
             axis.plot(steps, values, label=name)
     # Log scale: the variants part where the loss is already small.
-    axis.set(xlabel="step", ylabel="training loss (log scale)", yscale="log",
-             title="Loss (stage 1, then each variant)")  # fmt: skip
+    axis.set(
+        xlabel="step",
+        ylabel="training loss (log scale)",
+        yscale="log",
+        title="Loss (stage 1, then each variant)",
+    )
     if any(curves.values()):
         axis.legend()
     figure.tight_layout()
@@ -52,8 +56,13 @@ def plot_results(results: dict, curves: dict, baseline: dict, output_dir: str) -
     axis = figure.subplots()
     width = 0.8 / (len(results) + 1)
     positions = range(len(types))
-    axis.bar([p - 0.4 + width / 2 for p in positions], [baseline[t] for t in types], width,
-             label="majority baseline", color="lightgrey")  # fmt: skip
+    axis.bar(
+        [p - 0.4 + width / 2 for p in positions],
+        [baseline[t] for t in types],
+        width,
+        label="majority baseline",
+        color="lightgrey",
+    )
     for index, result in enumerate(results.values(), start=1):
         offsets = [p - 0.4 + width * (index + 0.5) for p in positions]
         axis.bar(

@@ -28,10 +28,16 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = (
-    "top left", "top centre", "top right",
-    "middle left", "centre", "middle right",
-    "bottom left", "bottom centre", "bottom right",
-)  # fmt: skip
+    "top left",
+    "top centre",
+    "top right",
+    "middle left",
+    "centre",
+    "middle right",
+    "bottom left",
+    "bottom centre",
+    "bottom right",
+)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 BACKGROUND = (200, 200, 200)
 QUESTION_MIX = {"colour": 0.5, "position": 0.2, "count": 0.1, "shape": 0.1, "existence": 0.1}
@@ -148,22 +154,29 @@ def write_dataset(
         else:
             kind = kinds[index % len(kinds)]
             question, answer = ask(shapes, kind, rng)
-            val.append({
-                "question_id": f"val-{index}",
-                "image": name,
-                "text": f"{question}\n{SHORT_ANSWER}",
-                "answer": answer,
-                "question_type": kind,
-            })  # fmt: skip
-    paths = {name: os.path.join(output_dir, name) for name in
-             ("captions.json", "instruct.json", "val_questions.jsonl")}  # fmt: skip
+            val.append(
+                {
+                    "question_id": f"val-{index}",
+                    "image": name,
+                    "text": f"{question}\n{SHORT_ANSWER}",
+                    "answer": answer,
+                    "question_type": kind,
+                }
+            )
+    paths = {
+        name: os.path.join(output_dir, name)
+        for name in ("captions.json", "instruct.json", "val_questions.jsonl")
+    }
     for name, data in (("captions.json", captions), ("instruct.json", instruct)):
         with open(paths[name], "w", encoding="utf-8") as f:
             json.dump(data, f)
     with open(paths["val_questions.jsonl"], "w", encoding="utf-8") as f:
         f.writelines(json.dumps(question) + "\n" for question in val)
-    return {"captions": paths["captions.json"], "instruct": paths["instruct.json"],
-            "val_questions": paths["val_questions.jsonl"]}  # fmt: skip
+    return {
+        "captions": paths["captions.json"],
+        "instruct": paths["instruct.json"],
+        "val_questions": paths["val_questions.jsonl"],
+    }
 
 
 def _sample(sample_id: str, image: str, question: str, answer: str) -> dict:

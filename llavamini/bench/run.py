@@ -34,6 +34,7 @@ from llavamini.bench.flops import (
     kv_cache_bytes,
     prompt_lengths,
 )
+from llavamini.bench.memory import process_peak_rss_bytes
 from llavamini.bench.targets import targets
 from llavamini.bench.timing import (
     GenerationCase,
@@ -41,7 +42,6 @@ from llavamini.bench.timing import (
     generation_peak_memory,
     make_images,
     make_prompt,
-    process_peak_rss_bytes,
     time_cases,
     time_components,
 )

@@ -13,7 +13,8 @@ from functools import partial
 import torch
 
 from llavamini.bench.flops import kv_cache_bytes
-from llavamini.bench.timing import make_images, make_prompt, median, peak_memory, time_calls
+from llavamini.bench.memory import peak_memory
+from llavamini.bench.timing import make_images, make_prompt, median, time_calls
 from llavamini.model import LlavaMiniForCausalLM
 from llavamini.model.packing import prefusion_text_keep
 

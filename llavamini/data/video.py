@@ -31,7 +31,7 @@ MAX_VIDEO_FRAMES = 180
 """The project's one cap on frames per video: the default of `LlavaMiniProcessor`, of the commands
 (`chat`, `serve`, `gradio`), of training and of `data check`, so that a long video at 1 fps (10
 hours: 36000 frames) costs at most this many frames of memory. `llavamini eval run` keeps the
-reference's no cap (`--max-frames` sets one)."""
+reference's no cap (`--video-max-frames` sets one)."""
 
 
 def media_kind(path: str) -> str:

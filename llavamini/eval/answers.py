@@ -152,11 +152,17 @@ def run_settings(records: Sequence[dict]) -> list[dict]:
     return distinct
 
 
+RENAMED_SETTINGS = {"fps": "video_fps", "max_frames": "video_max_frames"}
+"""Record keys written by earlier versions -> their names now (the `InputSettings` fields)."""
+
+
 def settings_differences(recorded: dict, current: dict) -> dict[str, tuple]:
     """`{key: (recorded value, current value)}` for each setting that differs between two
     `metadata["settings"]`, a nested key dotted (`generation.top_p`). A key that only one of
     them has is no difference: a record written before a setting was recorded (before
-    `model` and the image tasks' `fps` / `max_frames`) resumes and merges with newer ones."""
+    `model` and the image tasks' `video_fps` / `video_max_frames`) resumes and merges with
+    newer ones. Keys of `RENAMED_SETTINGS` are compared under their names now."""
+    recorded, current = _current_names(recorded), _current_names(current)
     changed = {}
     for key in recorded.keys() & current.keys():
         old, new = recorded[key], current[key]
@@ -166,6 +172,10 @@ def settings_differences(recorded: dict, current: dict) -> dict[str, tuple]:
         elif old != new:
             changed[key] = (old, new)
     return changed
+
+
+def _current_names(settings: dict) -> dict:
+    return {RENAMED_SETTINGS.get(key, key): value for key, value in settings.items()}
 
 
 def merge_answer_files(inputs: Sequence[str], output: str) -> int:

@@ -91,7 +91,7 @@ def run(
     options: RunOptions,
     model: ModelSpec,
     generation: GenerationSettings = TASK_DEFAULT_GENERATION,
-    inputs: InputSettings = InputSettings(fps=REFERENCE_VIDEO_FPS),
+    inputs: InputSettings = InputSettings(video_fps=REFERENCE_VIDEO_FPS),
     files: Annotated[TaskFiles, only("data_root", "questions", "visual_folder")] = TaskFiles(),
     loaded=None,
 ) -> str:

@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 
 REFERENCE_VIDEO_FPS = 1.0
-"""Video frames sampled per second when the caller gives no `fps`: the reference's evaluation."""
+"""Video frames sampled per second when the caller gives no `video_fps`: the reference's
+evaluation."""
 
 TASK_DEFAULT_GENERATION = GenerationSettings(max_new_tokens=None)
 """`eval run`'s decoding unless told otherwise: greedy, the task's answer length (the
@@ -70,9 +71,9 @@ class RunConfig:
     """One `llavamini eval run`: the shared settings as they are, and what only evaluation has.
 
     What is left to a default is settled when the config is built, once: `model`'s device and
-    dtype (`ModelSpec.resolved`), `generation.max_new_tokens` (None: the task's), `inputs.fps`
-    (None: `REFERENCE_VIDEO_FPS`), `model_id` and `answers_file`. `inputs.conv_mode` must be
-    set (`llavamini.eval.arguments.run_config` sets the checkpoint's).
+    dtype (`ModelSpec.resolved`), `generation.max_new_tokens` (None: the task's),
+    `inputs.video_fps` (None: `REFERENCE_VIDEO_FPS`), `model_id` and `answers_file`.
+    `inputs.conv_mode` must be set (`llavamini.eval.arguments.run_config` sets the checkpoint's).
 
     Attributes:
         task: the benchmark.
@@ -122,8 +123,8 @@ class RunConfig:
             "generation": self.generation.with_max_new_tokens(self.task.max_new_tokens),
             "model_id": model_id,
         }
-        if self.inputs.fps is None:
-            settled["inputs"] = dataclasses.replace(self.inputs, fps=REFERENCE_VIDEO_FPS)
+        if self.inputs.video_fps is None:
+            settled["inputs"] = dataclasses.replace(self.inputs, video_fps=REFERENCE_VIDEO_FPS)
         if self.answers_file is None:
             settled["answers_file"] = default_answers_file(
                 model_id, self.task.name, self.num_chunks, self.chunk_idx
@@ -139,14 +140,13 @@ class RunConfig:
     def conv_mode(self) -> str:
         return self.inputs.conv_mode
 
-
     def settings(self) -> dict:
         """What determines the answers; recorded in every line and compared on resume.
 
         Every field of `model` (under "model", device and dtype resolved), of `generation`
-        (under "generation") and of `inputs` (at the top level: conv_mode, fps, max_frames),
-        each under its field's name, so a new field is recorded without an edit here;
-        "model_path" and "dtype" stay at the top level too, as in records written before
+        (under "generation") and of `inputs` (at the top level: conv_mode, video_fps,
+        video_max_frames), each under its field's name, so a new field is recorded without an
+        edit here; "model_path" and "dtype" stay at the top level too, as in records written before
         "model" (`llavamini.eval.answers.settings_differences` compares both kinds).
         """
         task = self.task
@@ -375,7 +375,9 @@ def answer_batches(
     loading in worker threads. The video settings are checked at the call, before the first
     batch."""
     generation = config.generation
-    processor = loaded.processor.with_video_policy(config.inputs.fps, config.inputs.max_frames)
+    processor = loaded.processor.with_video_policy(
+        config.inputs.video_fps, config.inputs.video_max_frames
+    )
 
     def load_batch(batch: list[Question]) -> list:
         return [load_question_visual(q, processor, config.task) for q in batch]

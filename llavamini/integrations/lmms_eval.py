@@ -7,7 +7,8 @@
     device=cpu|cuda|cuda:N|mps (default: the best available, as `llavamini eval run`)
     dtype=auto|float32|bfloat16|float16 (default: float16 on CUDA, else auto, the checkpoint's)
     batch_size=N           requests per `generate` call (default 1)
-    fps=F, max_frames=N    video frame sampling (default 1 fps, no cap: `llavamini eval run`'s)
+    video_fps=F, video_max_frames=N
+                           video frame sampling (default 1 fps, no cap: `llavamini eval run`'s)
     attn_implementation=   sdpa (default), eager, flash_attention_2, ...
 
 Every request becomes the user message `llavamini eval run` builds for a question (the
@@ -46,6 +47,7 @@ from tqdm import tqdm
 from llavamini.constants import IGNORE_INDEX
 from llavamini.conversation import get_template
 from llavamini.data.video import media_kind
+from llavamini.eval.answers import RENAMED_SETTINGS
 from llavamini.inference import GenerationSettings, generate
 from llavamini.model.loading import LoadedModel, ModelSpec
 
@@ -172,7 +174,7 @@ class LlavaMini(lmms):
         conv_mode: chat template name (None: the checkpoint processor's).
         device, dtype, attn_implementation: model placement and precision.
         batch_size: requests per generate call in each process (int or a string of one).
-        fps, max_frames: video frame sampling.
+        video_fps, video_max_frames: video frame sampling (`InputSettings`'s names).
         max_new_tokens: the budget when a task's `generation_kwargs` set none.
         loaded: an already loaded `LoadedModel` (tests, notebooks) instead of `pretrained`.
         reduction, reduction_tokens: a training-free vision-token reduction and its budget
@@ -187,8 +189,8 @@ class LlavaMini(lmms):
         device: str | None = None,
         dtype: str | None = None,
         batch_size: int | str = 1,
-        fps: float = 1.0,
-        max_frames: int | None = None,
+        video_fps: float = 1.0,
+        video_max_frames: int | None = None,
         max_new_tokens: int = 128,
         attn_implementation: str | None = None,
         loaded: LoadedModel | None = None,
@@ -199,6 +201,12 @@ class LlavaMini(lmms):
         super().__init__()
         if loaded is None and not pretrained:
             raise ValueError("llava_mini needs --model_args pretrained=CHECKPOINT.")
+        renamed = sorted(kwargs.keys() & RENAMED_SETTINGS.keys())
+        if renamed:
+            raise ValueError(
+                f"llava_mini's model_args {renamed} are now "
+                f"{[RENAMED_SETTINGS[name] for name in renamed]}."
+            )
         ignored = {k: v for k, v in kwargs.items() if v is not None}
         if ignored:
             logger.warning("llava_mini ignores the options %s.", ignored)
@@ -224,8 +232,8 @@ class LlavaMini(lmms):
         self.loaded = loaded
         self.conv_mode = conv_mode or loaded.processor.conv_mode
         self.template = get_template(self.conv_mode)
-        max_frames = int(max_frames) if max_frames not in (None, "None", "") else None
-        self.processor = loaded.processor.with_video_policy(float(fps), max_frames)
+        max_frames = None if video_max_frames in (None, "None", "") else int(video_max_frames)
+        self.processor = loaded.processor.with_video_policy(float(video_fps), max_frames)
         self.default_max_new_tokens = int(max_new_tokens)
         self._warned_keys: set[str] = set()
         logger.info(

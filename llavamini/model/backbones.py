@@ -118,9 +118,7 @@ def register_backbone(base_model_type: str, name: str | None = None) -> Family:
     )
     AutoConfig.register(family.model_type, family.config_class, exist_ok=True)
     AutoModelForCausalLM.register(family.config_class, family.causal_lm_class, exist_ok=True)
-    AutoModelForImageTextToText.register(
-        family.config_class, family.causal_lm_class, exist_ok=True
-    )
+    AutoModelForImageTextToText.register(family.config_class, family.causal_lm_class, exist_ok=True)
     AutoProcessor.register(family.config_class, LlavaMiniProcessor, exist_ok=True)
     FAMILIES[base_model_type] = family
     return family

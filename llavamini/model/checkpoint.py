@@ -41,9 +41,11 @@ from transformers import CLIPVisionConfig, GenerationConfig, PreTrainedConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import cached_file
 
+from llavamini.model.modules import VISION_TOWER, key_prefix
 from llavamini.model.vision_tower import (
     CLIP_L_336,
     CLIP_L_336_VISION_CONFIG,
+    ENCODER_PREFIX,
     vision_config_from_dict,
 )
 
@@ -60,9 +62,9 @@ HUB_OPTIONS = (
 )
 """`from_pretrained` options that say where a hub id's files are (they reach `cached_file`)."""
 
-VISION_ENCODER_PREFIX = "model.vision_tower.vision_tower."
+VISION_ENCODER_PREFIX = key_prefix(VISION_TOWER) + ENCODER_PREFIX
 """Checkpoint prefix of the vision encoder's own state dict (the CLIP tower's
-`CLIPVisionModel`), inside the `model.vision_tower.` module."""
+`CLIPVisionModel`): `model.vision_tower.vision_tower.vision_model.`."""
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 

@@ -60,14 +60,14 @@ def pil_image_processor(name: str, settings: dict | None = None):
     return processor_class(**settings)
 
 
-def load_image_processor(checkpoint_dir: str, config):
+def load_image_processor(checkpoint_dir: str, config, cache_dir: str | None = None):
     """The encoder's image processor for a checkpoint without a processor: its own
     `preprocessor_config.json`, else the vision tower folder's (found as its weights are, see
     `llavamini.model.checkpoint`), else the built-in one for CLIP ViT-L/14-336, else (open_clip)
     CLIP's preprocessing at the tower's image size."""
     model_type = config.vision_config.model_type
     default_type = IMAGE_PROCESSOR_TYPES.get(model_type, "CLIPImageProcessor")
-    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir,))
+    tower_folder = find_vision_tower_folder(config.mm_vision_tower, (checkpoint_dir,), cache_dir)
     looked = [checkpoint_dir] + ([tower_folder] if tower_folder else [])
     for folder in looked:
         path = os.path.join(folder, IMAGE_PROCESSOR_FILE)
@@ -80,9 +80,12 @@ def load_image_processor(checkpoint_dir: str, config):
     if model_type == "open_clip_vision":
         size = config.vision_config.image_size
         return CLIPImageProcessorPil(
-            **{**CLIP_L_336_PROCESSOR, "size": {"shortest_edge": size},
-               "crop_size": {"height": size, "width": size}}
-        )  # fmt: skip
+            **{
+                **CLIP_L_336_PROCESSOR,
+                "size": {"shortest_edge": size},
+                "crop_size": {"height": size, "width": size},
+            }
+        )
     raise FileNotFoundError(
         f"No {IMAGE_PROCESSOR_FILE} for mm_vision_tower={config.mm_vision_tower!r}: looked in "
         f"{looked}."
@@ -122,4 +125,4 @@ def checkpoint_preprocessing(
         "image_aspect_ratio": config.image_aspect_ratio,
         "resolution_ratio": config.resolution_ratio,
     }
-    return load_image_processor(checkpoint_dir, config), settings, False
+    return load_image_processor(checkpoint_dir, config, cache_dir), settings, False

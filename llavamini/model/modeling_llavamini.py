@@ -39,6 +39,7 @@ are batched and keep their gradients (F7); pre-fusion works on transformers 5 (F
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 from torch import nn
@@ -49,6 +50,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llavamini.model import checkpoint
 from llavamini.model.compressor import QueryCompressor
 from llavamini.model.configuration_llavamini import LlavaMiniConfig
+from llavamini.model.modules import VISION_TOWER, key_prefix
 from llavamini.model.packing import (
     Images,
     check_placeholders,
@@ -70,7 +72,7 @@ class LlavaMiniPreTrainedMixin:
     # The tower may live outside the checkpoint (`mm_vision_tower`); `from_pretrained` loads it
     # from there and checks it is complete (`llavamini.model.checkpoint.load_checked`), so
     # transformers need not report it.
-    _keys_to_ignore_on_load_missing = [r"^model\.vision_tower\."]
+    _keys_to_ignore_on_load_missing = [f"^{re.escape(key_prefix(VISION_TOWER))}"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -24,13 +24,22 @@ PREFUSION = COMPONENTS["prefusion"]
 MULTIMODAL_MODULES = (PROJECTOR, COMPRESSOR, PREFUSION)
 """The modules LLaVA-Mini adds to the LLM, CLIP aside (they train; CLIP stays frozen)."""
 
+LLM_LAYERS = "layers"
+"""The LLM's decoder layers (a `ModuleList`) inside `LlavaMiniModel`."""
+
+LLM_MODULES = ("embed_tokens", LLM_LAYERS, "norm")
+"""The LLM's own modules inside `LlavaMiniModel` (the backbone's names)."""
+
+MODEL = "model"
+"""The causal LM's attribute holding `LlavaMiniModel` (the first part of every key but the head)."""
+
 LM_HEAD = "lm_head"
 """The causal LM's output layer (beside `model`)."""
 
 
 def module_name(attribute: str) -> str:
     """`attribute`'s module name in the causal LM (`named_modules`): `model.<attribute>`."""
-    return f"model.{attribute}"
+    return f"{MODEL}.{attribute}"
 
 
 def key_prefix(attribute: str) -> str:

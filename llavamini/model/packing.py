@@ -76,8 +76,10 @@ def splice_vision_tokens(
         embed_pieces, label_pieces, vision_pieces, start = [], [], [], 0
         for at, tokens in zip(places, sample_tokens, strict=True):
             embed_pieces += [embeds[start:at], tokens.to(embeds.dtype)]
-            vision_pieces += [ids.new_zeros(at - start, dtype=torch.bool),
-                              ids.new_ones(tokens.shape[0], dtype=torch.bool)]  # fmt: skip
+            vision_pieces += [
+                ids.new_zeros(at - start, dtype=torch.bool),
+                ids.new_ones(tokens.shape[0], dtype=torch.bool),
+            ]
             if row_labels is not None:
                 ignore = row_labels.new_full((tokens.shape[0],), IGNORE_INDEX)
                 label_pieces += [row_labels[start:at], ignore]

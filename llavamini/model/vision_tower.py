@@ -166,6 +166,14 @@ ENCODERS = {
 """Encoder class by `vision_config.model_type`."""
 
 
+ENCODER_KEY = "vision_model"
+"""The encoder's key inside `VisionTower.vision_tower` (the level transformers 4 nested CLIP's
+weights under)."""
+
+ENCODER_PREFIX = f"vision_tower.{ENCODER_KEY}."
+"""The prefix of the encoder's parameter names inside `VisionTower`."""
+
+
 class VisionTower(nn.Module):
     """A frozen vision encoder built from its config (never downloaded at construction).
 
@@ -182,7 +190,7 @@ class VisionTower(nn.Module):
                 f"Unsupported vision encoder {model_type!r}; supported: {sorted(ENCODERS)}."
             )
         encoder = ENCODERS[model_type](vision_config)
-        self.vision_tower = nn.ModuleDict({"vision_model": encoder})
+        self.vision_tower = nn.ModuleDict({ENCODER_KEY: encoder})
         self.vision_tower.requires_grad_(False)
         self.select_layer = select_layer
         self.drop_class_token = select_feature == "patch" and HAS_CLASS_TOKEN[model_type]
@@ -198,7 +206,7 @@ class VisionTower(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.vision_tower["vision_model"]
+        return self.vision_tower[ENCODER_KEY]
 
     @property
     def grid_size(self) -> int:

@@ -27,8 +27,8 @@ class ServerConfig:
         conv_mode: the chat template (None: the checkpoint processor's conv mode);
             a request's `conv_mode` field overrides it.
         defaults: decoding settings for fields a request leaves out.
-        fps: video frames per second of video (None: the checkpoint processor's).
-        max_frames: cap on video frames per video (None: the checkpoint processor's).
+        video_fps: video frames per second of video (None: the checkpoint processor's).
+        video_max_frames: cap on video frames per video (None: the checkpoint processor's).
         allowed_media_dir: the only folder local media paths may point into (None: no local
             paths at all).
         max_media_bytes: largest decoded data URL.
@@ -37,8 +37,8 @@ class ServerConfig:
     model_name: str
     conv_mode: str | None = None
     defaults: GenerationSettings = CHAT_DEFAULTS
-    fps: float | None = None
-    max_frames: int | None = MAX_VIDEO_FRAMES
+    video_fps: float | None = None
+    video_max_frames: int | None = MAX_VIDEO_FRAMES
     allowed_media_dir: str | None = None
     max_media_bytes: int = 100 * 2**20
 

@@ -62,8 +62,8 @@ class Backend:
             self.loaded,
             plan.template,
             plan.settings,
-            fps=self.config.fps,
-            max_frames=self.config.max_frames,
+            fps=self.config.video_fps,
+            max_frames=self.config.video_max_frames,
             system=plan.system,
         )
         with tempfile.TemporaryDirectory(prefix="llavamini-serve-") as folder:

@@ -16,12 +16,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from llavamini.data.video import MAX_VIDEO_FRAMES, media_kind
+from llavamini.data.video import media_kind
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, CHAT_INPUTS, ChatSession
 from llavamini.serve.startup import load_chat_model
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def check_media_file(path: str, flag: str) -> None:
 def chat(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
+    inputs: InputSettings = CHAT_INPUTS,
     options: ChatOptions = ChatOptions(),
 ) -> None:
     """The `chat` command: load, attach the first file, then answer `options.query` once or
@@ -86,7 +86,7 @@ def chat(
         check_media_file(first_file, "--image-file" if options.image_file else "--video-file")
     loaded, template = load_chat_model(model, inputs)
     session = ChatSession(
-        loaded, template, generation, fps=inputs.fps, max_frames=inputs.max_frames
+        loaded, template, generation, fps=inputs.video_fps, max_frames=inputs.video_max_frames
     )
     if first_file is not None:
         try:

@@ -21,7 +21,7 @@ from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.flags import standalone_main
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS, ChatSession
+from llavamini.serve.session import CHAT_DEFAULTS, CHAT_INPUTS, ChatSession
 from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class DemoChat:
         loaded: model and processor.
         template: the chat template.
         defaults: the sliders' starting decoding settings.
-        fps: video frames per second of video (None: the checkpoint processor's).
-        max_frames: cap on video frames (None: the checkpoint processor's).
+        video_fps: video frames per second of video (None: the checkpoint processor's).
+        video_max_frames: cap on video frames (None: the checkpoint processor's).
     """
 
     def __init__(
@@ -47,19 +47,23 @@ class DemoChat:
         loaded,
         template,
         defaults=None,
-        fps: float | None = None,
-        max_frames: int | None = MAX_VIDEO_FRAMES,
+        video_fps: float | None = None,
+        video_max_frames: int | None = MAX_VIDEO_FRAMES,
     ):
         self.loaded = loaded
         self.template = template
         self.defaults = defaults or CHAT_DEFAULTS
-        self.fps = fps
-        self.max_frames = max_frames
+        self.video_fps = video_fps
+        self.video_max_frames = video_max_frames
 
     def new_session(self):
         """An empty conversation."""
         return ChatSession(
-            self.loaded, self.template, self.defaults, fps=self.fps, max_frames=self.max_frames
+            self.loaded,
+            self.template,
+            self.defaults,
+            fps=self.video_fps,
+            max_frames=self.video_max_frames,
         )
 
     def respond(
@@ -201,13 +205,13 @@ class GradioOptions:
 def gradio(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
+    inputs: InputSettings = CHAT_INPUTS,
     address: Address = Address(port=7860),
     options: GradioOptions = GradioOptions(),
 ) -> None:
     """Load the model and serve the demo until interrupted."""
     loaded, template = load_chat_model(model, inputs)
-    chat = DemoChat(loaded, template, generation, inputs.fps, inputs.max_frames)
+    chat = DemoChat(loaded, template, generation, inputs.video_fps, inputs.video_max_frames)
     demo = build_demo(chat).queue()
     demo.launch(server_name=address.host, server_port=address.port, share=options.share)
 

@@ -15,12 +15,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.errors import UsageError
 from llavamini.flags import standalone_main, standalone_parser
 from llavamini.inference import GenerationSettings, InputSettings
 from llavamini.model.loading import ModelSpec
-from llavamini.serve.session import CHAT_DEFAULTS
+from llavamini.serve.session import CHAT_DEFAULTS, CHAT_INPUTS
 from llavamini.serve.startup import Address, load_chat_model
 
 logger = logging.getLogger(__name__)
@@ -73,8 +72,8 @@ def server_config(
         model_name=options.served_model_name or default_model_name(model.path),
         conv_mode=inputs.conv_mode,
         defaults=generation,
-        fps=inputs.fps,
-        max_frames=inputs.max_frames,
+        video_fps=inputs.video_fps,
+        video_max_frames=inputs.video_max_frames,
         allowed_media_dir=options.allowed_media_dir,
         max_media_bytes=int(options.max_media_mb * 2**20),
     )
@@ -116,7 +115,7 @@ def build_server(
 def serve(
     model: ModelSpec,
     generation: GenerationSettings = CHAT_DEFAULTS,
-    inputs: InputSettings = InputSettings(max_frames=MAX_VIDEO_FRAMES),
+    inputs: InputSettings = CHAT_INPUTS,
     address: Address = Address(port=8000),
     options: ServeOptions = ServeOptions(),
 ) -> None:

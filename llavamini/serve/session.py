@@ -24,14 +24,18 @@ from transformers import BatchFeature, TextStreamer
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN
 from llavamini.conversation import ChatTemplate, get_template
-from llavamini.data.video import media_kind
-from llavamini.inference import GenerationSettings, generate, stop_token_ids
+from llavamini.data.video import MAX_VIDEO_FRAMES, media_kind
+from llavamini.inference import GenerationSettings, InputSettings, generate, stop_token_ids
 from llavamini.model.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 CHAT_DEFAULTS = GenerationSettings(max_new_tokens=512)
 """Greedy, up to 512 new tokens: the reference's documented command."""
+
+CHAT_INPUTS = InputSettings(video_max_frames=MAX_VIDEO_FRAMES)
+"""The chat commands' (`chat`, `serve`, `gradio`) input: the checkpoint's template and frame
+rate, videos capped at `MAX_VIDEO_FRAMES`."""
 
 
 def resolve_template(conv_mode: str | None, processor) -> ChatTemplate:
@@ -114,7 +118,7 @@ class ChatSession:
     """A conversation with a loaded LLaVA-Mini. Not thread-safe: one `ask` at a time.
 
     Args:
-        loaded: model and processor (`load_pretrained`, `ModelSpec.load`).
+        loaded: model and processor (`ModelSpec.load`).
         template: the chat template (`resolve_template`).
         settings: decoding settings for every `ask` (public: change it between turns).
         fps: video frames taken per second of video (None: the processor's, the training and

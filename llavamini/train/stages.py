@@ -6,14 +6,22 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from llavamini.model.modules import MULTIMODAL_MODULES, PROJECTOR, VISION_TOWER, key_prefix
+from llavamini.model.modules import (
+    LLM_MODULES,
+    LM_HEAD,
+    MULTIMODAL_MODULES,
+    PROJECTOR,
+    VISION_TOWER,
+    key_prefix,
+)
 
 MULTIMODAL_PREFIXES = tuple(key_prefix(name) for name in MULTIMODAL_MODULES)
 """The modules LLaVA-Mini adds to the LLM (CLIP aside); they get `mm_projector_lr`."""
 
 PROJECTOR_PREFIX = key_prefix(PROJECTOR)
 VISION_TOWER_PREFIX = key_prefix(VISION_TOWER)
-LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+LLM_PREFIXES = (*(key_prefix(name) for name in LLM_MODULES), f"{LM_HEAD}.")
+"""The LLM's parameters: `model.embed_tokens.`, `model.layers.`, `model.norm.`, `lm_head.`."""
 
 
 @dataclass(frozen=True)

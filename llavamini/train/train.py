@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -24,7 +25,7 @@ from llavamini.data.mixture import load_records
 from llavamini.flags import start_process
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.image_processors import load_image_processor
-from llavamini.model.modules import COMPRESSOR, PREFUSION, PROJECTOR
+from llavamini.model.modules import COMPRESSOR, LLM_LAYERS, PREFUSION, PROJECTOR, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.train.arguments import parse_args, save_run_config
 from llavamini.train.checkpointing import resolve_resume
@@ -74,7 +75,7 @@ def apply_lora(model, training_args):
         r=training_args.lora_r,
         lora_alpha=training_args.lora_alpha,
         lora_dropout=training_args.lora_dropout,
-        target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
+        target_modules=re.escape(module_name(LLM_LAYERS)) + r"\.\d+\.(self_attn|mlp)\.\w+_proj",
         # peft wraps modules, not ModuleLists: name each pre-fusion layer.
         modules_to_save=[PROJECTOR, COMPRESSOR]
         + [f"{PREFUSION}.{i}" for i in range(model.config.prefusion_layer_num)],
@@ -124,9 +125,12 @@ class TrainingProgress(ProgressCallback):
             return
         if self.seconds is None:
             self.training_bar = tqdm(
-                total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="train",
+                unit="step",
                 dynamic_ncols=True,
-            )  # fmt: skip
+            )
         else:
             self.training_bar = tqdm(
                 total=round(self.seconds),
@@ -260,8 +264,11 @@ def report_skipped(skipped: list[str], training_args) -> None:
     more = f"; and {len(skipped) - SKIPPED_LOGGED} more" if len(skipped) > SKIPPED_LOGGED else ""
     logger.warning(
         "Skipped %d bad samples (on_bad_sample: skip; all listed in %s): %s%s",
-        len(skipped), path, shown, more,
-    )  # fmt: skip
+        len(skipped),
+        path,
+        shown,
+        more,
+    )
 
 
 def finish(trainer: LlavaMiniTrainer, model_args, data_args, training_args) -> None:

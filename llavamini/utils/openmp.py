@@ -58,8 +58,9 @@ def wait_policy_environment(seconds: float = 1.0) -> dict[str, str]:
     logger.info(
         "Other programs keep %.1f of %d cores busy: the training threads sleep while they wait "
         "(OMP_WAIT_POLICY=PASSIVE) instead of spinning; set OMP_WAIT_POLICY to choose yourself.",
-        busy, os.cpu_count(),
-    )  # fmt: skip
+        busy,
+        os.cpu_count(),
+    )
     return {"OMP_WAIT_POLICY": "PASSIVE"}
 
 

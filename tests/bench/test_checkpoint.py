@@ -10,8 +10,8 @@ from transformers import AutoProcessor
 
 from llavamini.bench.checkpoint import INDEX_FILE, plan_shards, write_random_checkpoint
 from llavamini.bench.configs import build_config
+from llavamini.bench.memory import TensorPeak
 from llavamini.bench.run import CaseFactory, run_benchmark, smoke_options, timing_section
-from llavamini.bench.timing import TensorPeak
 from llavamini.cli import parse
 from llavamini.model import LlavaMiniForCausalLM
 from llavamini.model.checkpoint import stored_keys

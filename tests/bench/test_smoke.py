@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from llavamini.bench.timing import GenerationCase, TensorPeak, generation_run
+from llavamini.bench.memory import TensorPeak
+from llavamini.bench.timing import GenerationCase, generation_run
 from llavamini.cli import build_parser
 from llavamini.errors import UsageError
 from tests.conftest import make_model, random_images

@@ -103,7 +103,10 @@ def test_a_command_imports_only_its_own_module():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["chat", "--model-path", "m", "--max-frames", "0"], "--max-frames: max_frames must be"),
+        (
+            ["chat", "--model-path", "m", "--video-max-frames", "0"],
+            "--video-max-frames: video_max_frames must be",
+        ),
         (["serve", "--model-path", "m", "--max-media-mb", "0"], "--max-media-mb"),
         (["chat", "--model-path", "m", "--conv-mode", "nope"], "--conv-mode: Unknown conv mode"),
         (["eval", "score", "gqa2", "--answers", "a.jsonl"], "task: Unknown evaluation task"),

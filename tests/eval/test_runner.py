@@ -156,14 +156,15 @@ def test_resume_refuses_answers_made_with_other_settings(gqa_root, tiny_loaded, 
 
 
 def test_answer_files_from_before_the_full_record_resume(gqa_root, tiny_loaded, tmp_path):
-    """Records written before every model field and the image tasks' fps / max_frames were
-    recorded resume and merge with new ones; what they did record is still checked."""
+    """Records written before every model field and the image tasks' video_fps /
+    video_max_frames were recorded resume and merge with new ones; what they did record is
+    still checked."""
     path = tmp_path / "a.jsonl"
     config = _config(gqa_root, path, limit=2)
     run_questions(dataclasses.replace(config, limit=1), loaded=tiny_loaded)
     (record,) = read_answers(str(path))
-    old = {k: v for k, v in record["metadata"]["settings"].items() if k not in ("model", "fps")}
-    del old["max_frames"]
+    settings = record["metadata"]["settings"]
+    old = {k: v for k, v in settings.items() if k not in ("model", "video_fps", "video_max_frames")}
     record["metadata"]["settings"] = old
     write_jsonl(path, [record])
     run_questions(config, loaded=tiny_loaded)
@@ -447,7 +448,7 @@ def test_video_qa_run_uses_the_instruction_and_one_frame_per_second(
     assert f"<image>\n{task.prompt_prefix}what is shown?" in seen["prompt"]
     (record,) = read_answers(answers)
     assert record["prompt"] == "what is shown?"
-    assert record["metadata"]["settings"]["fps"] == 1.0
+    assert record["metadata"]["settings"]["video_fps"] == 1.0
     assert record["metadata"]["settings"]["prompt_prefix_sha256"]
 
 

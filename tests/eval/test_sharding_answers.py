@@ -146,3 +146,15 @@ def test_every_task_documents_its_prompt_protocol():
             assert task.prompt_prefix.startswith("Answer the question based on the video.")
         else:
             assert task.prompt_suffix  # every image benchmark has an answer-format suffix
+
+
+def test_settings_recorded_under_their_old_names_are_still_compared():
+    """Records written when the frame policy was recorded as `fps` / `max_frames` are compared
+    with `video_fps` / `video_max_frames`: resuming at another frame rate is refused."""
+    from llavamini.eval.answers import settings_differences
+
+    old = {"fps": 2.0, "max_frames": None, "conv_mode": "vicuna_v1"}
+    assert settings_differences(old, {"video_fps": 2.0, "video_max_frames": None}) == {}
+    assert settings_differences(old, {"video_fps": 1.0, "conv_mode": "vicuna_v1"}) == {
+        "video_fps": (2.0, 1.0)
+    }

@@ -136,3 +136,37 @@ def test_every_door_tokenizes_as_the_processor(loaded, picture, door, system, hi
     if system:  # the system prompt replaced the template's, once
         text = loaded.tokenizer.decode([t for t in expected["input_ids"][0] if t >= 0])
         assert SYSTEM in text and loaded.processor.template.system not in text
+
+
+def test_training_renders_the_prompt_as_the_processor(loaded, picture):
+    """A training sample of the same conversation (one question, its answer) starts with the
+    processor's prompt token for token, and its pixels are the processor's: training renders
+    with the template function the processor renders with (`conversation.render_with_spans`
+    and `render` share `_render`) and processes media with the processor itself."""
+    from llavamini.data.dataset import SupervisedDataset
+
+    record = {
+        "id": "1",
+        "image": picture.name,
+        "_folder": str(picture.parent),
+        "conversations": [
+            {"from": "human", "value": f"{question_text(picture)}\n<image>"},
+            {"from": "gpt", "value": "Blue."},
+        ],
+    }
+    dataset = SupervisedDataset(
+        [record], loaded.processor, loaded.processor.template, loaded.model.config, 10_000
+    )
+    example = dataset[0]
+    expected = loaded.processor.apply_chat_template(
+        transformers_conversation(picture, system=False, history=False),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    prompt = expected["input_ids"][0].tolist()
+    assert example["input_ids"][: len(prompt)].tolist() == prompt
+    answer = [int(t) for t in example["labels"][len(prompt) :] if t >= 0]
+    assert loaded.tokenizer.decode(answer, skip_special_tokens=True).strip() == "Blue."
+    [visual], [[expected_visual]] = example["visuals"], expected["images"]
+    torch.testing.assert_close(visual, expected_visual, rtol=0, atol=0)

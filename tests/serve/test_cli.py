@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import llavamini.serve.session as session_module
+from llavamini.data.video import MAX_VIDEO_FRAMES
 from llavamini.errors import UsageError
 from llavamini.eval import run_llava_mini
 from llavamini.model.loading import ModelSpec
@@ -228,14 +229,15 @@ def test_subcommands_register_on_the_llavamini_command(tiny_checkpoint):
 
     chat_args = parse("chat", "--model-path", tiny_checkpoint, "--query", "Hi")
     assert chat_args.func.function is cli.chat and chat_args.temperature == 0.0
-    assert chat_args.max_new_tokens == 512 and chat_args.max_frames == 180
+    assert chat_args.max_new_tokens == 512 and chat_args.video_max_frames == MAX_VIDEO_FRAMES
     serve_args = parse("serve", "--model-path", tiny_checkpoint)
     assert (serve_args.host, serve_args.port, serve_args.allowed_media_dir) == (
         "127.0.0.1",
         8000,
         None,
     )
-    assert serve_args.func.function is server.serve and serve_args.max_frames == 180
+    assert serve_args.func.function is server.serve
+    assert serve_args.video_max_frames == MAX_VIDEO_FRAMES
     gradio_args = parse("gradio", "--model-path", "x")
     assert gradio_args.func.function is gradio_app.gradio and gradio_args.host == "127.0.0.1"
     with pytest.raises(SystemExit):  # one file kind at a time

@@ -44,10 +44,11 @@ from llavamini.integrations.vllm.processing import (
 )
 from llavamini.model.backbones import MODEL_TYPE_PREFIX
 from llavamini.model.checkpoint import vision_tower_state_dict
-from llavamini.model.modules import COMPONENTS, VISION_TOWER
+from llavamini.model.modules import COMPONENTS, MODEL, VISION_TOWER
 from llavamini.model.packing import prefusion_text_keep, splice_vision_tokens
 from llavamini.model.prefusion import PreFusionLayers
 from llavamini.model.vision_encoder import VisionEncoderMixin
+from llavamini.model.vision_tower import ENCODER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class LlavaMiniEncoder(VisionEncoderMixin, nn.Module):
         tower = {n for n in own if n.startswith(f"{VISION_TOWER}.")}
         if not tower & set(weights):
             # The tower's own tensors, named as in the encoder itself.
-            prefix = "vision_tower.vision_tower.vision_model."
+            prefix = f"{VISION_TOWER}.{ENCODER_PREFIX}"
             _, tower_weights = vision_tower_state_dict(self.config, checkpoint_dir)
             weights.update({prefix + k: v for k, v in tower_weights.items()})
         unexpected = sorted(set(weights) - set(own))
@@ -165,10 +166,12 @@ class LlavaMiniForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         return [
             self.embed_prompt(split_visuals(item, frames), ids)
             for item, frames, ids in zip(
-                _items(pixels), _items(kwargs[FRAMES_FIELD]), _items(kwargs[PROMPT_FIELD]),
+                _items(pixels),
+                _items(kwargs[FRAMES_FIELD]),
+                _items(kwargs[PROMPT_FIELD]),
                 strict=True,
             )
-        ]  # fmt: skip
+        ]
 
     def embed_prompt(self, visuals: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
         """A prompt's visuals (images `(parts, 3, H, W)`, videos `(T, parts, 3, H, W)`, in
@@ -208,8 +211,8 @@ class LlavaMiniForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
 
         def llm_weights():
             for name, tensor in weights:
-                inner = name.removeprefix("model.")
-                if name.startswith("model.") and inner.startswith(ENCODER_PREFIXES):
+                inner = name.removeprefix(f"{MODEL}.")
+                if name.startswith(f"{MODEL}.") and inner.startswith(ENCODER_PREFIXES):
                     encoder_weights[inner] = tensor
                 else:
                     yield name, tensor

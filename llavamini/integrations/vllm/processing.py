@@ -3,10 +3,10 @@ engine's token ids, one item's tensors, its hash and its placeholder range.
 
 vLLM hands `LlavaMiniMultiModalProcessor.apply` the prompt already tokenized as plain text (an
 `<image>` / `<video>` placeholder is then a few ordinary tokens). The prompt is decoded and
-tokenized again exactly as `LlavaMiniProcessor` does it (text between placeholders in one piece,
-a placeholder becoming `IMAGE_TOKEN_INDEX`, BOS prepended when missing), so the ids are the
-transformers model's. Its k-th `<image>` takes the k-th image and its k-th `<video>` the k-th
-video, as in `LlavaMiniProcessor`; several of each, in any turn, are allowed.
+given with its media to `LlavaMiniProcessor` itself (text between placeholders tokenized in one
+piece, a placeholder becoming `IMAGE_TOKEN_INDEX`, BOS prepended when missing), so the ids and
+pixels are the transformers model's. Its k-th `<image>` takes the k-th image and its k-th
+`<video>` the k-th video; several of each, in any turn, are allowed.
 
 The engine's prompt is that prompt with each placeholder replaced by one filler token per vision
 token (C*C for an image, T*C*C for a T-frame video). All visuals of the prompt travel as *one*
@@ -18,7 +18,7 @@ them in: two prompts on one image are different items for vLLM's encoder cache a
 
 Videos follow the project's frame policy, as `llavamini chat` and `llavamini serve` sample them:
 a `video_url` part arrives with its file's bytes, which are decoded again at `video_fps` (1)
-frames per second, capped at `video_max_frames` (`MAX_VIDEO_FRAMES`, 180), by
+frames per second, capped at `video_max_frames` (`MAX_VIDEO_FRAMES`), by
 `llavamini.data.video.load_video`, whatever frames vLLM's own loader sampled; decoded frames
 (`LLM.generate(..., multi_modal_data={"video": frames})`) and JPEG frame lists are taken as
 sampled. Both settings may be changed per server or request with `mm_processor_kwargs`.
@@ -53,8 +53,6 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
 from llavamini.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX
-from llavamini.data.messages import media_in_placeholder_order
-from llavamini.data.tokenization import tokenizer_image_token
 from llavamini.data.video import MAX_VIDEO_FRAMES, load_video
 from llavamini.model.processing_llavamini import LlavaMiniProcessor, check_video_policy
 
@@ -164,7 +162,7 @@ class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingIn
         return []  # `apply` places the vision tokens itself
 
     def apply(self, inputs: ProcessorInputs, timing_ctx=None):
-        """Tokenize the prompt as `LlavaMiniProcessor` does, preprocess its images and videos,
+        """Tokenize the prompt and preprocess its images and videos with `LlavaMiniProcessor`,
         and build the engine's prompt, the one item's tensors, its hash and placeholder range.
 
         Raises `ValueError` when the placeholders and the media disagree (naming both counts),
@@ -179,17 +177,24 @@ class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingIn
         if other:
             raise ValueError(f"LLaVA-Mini takes images and videos, not {other}.")
         text = processor.tokenizer.decode(inputs.prompt, skip_special_tokens=False)
-        ids = tokenizer_image_token(text, processor.tokenizer, add_bos=True)
-        media = media_in_placeholder_order(
-            [text],
-            [_media_sources(items, "image", processor)],
-            [_media_sources(items, "video", processor)],
-        )[0]  # raises ValueError when the counts of placeholders and media differ
-        if not media:
-            return mm_input(prompt_token_ids=ids, mm_kwargs=MultiModalKwargsItems({}),
-                            mm_hashes={}, mm_placeholders={})  # fmt: skip
+        # The processor's own call: placeholders matched to media (ValueError naming both counts
+        # when they differ), media processed, the text tokenized with BOS, as in chat.
+        batch = processor(
+            text=text,
+            images=[_media_sources(items, "image", processor)],
+            videos=[_media_sources(items, "video", processor)],
+            return_tensors=None,
+        )
+        ids = batch["input_ids"][0]
+        if "images" not in batch:
+            return mm_input(
+                prompt_token_ids=ids,
+                mm_kwargs=MultiModalKwargsItems({}),
+                mm_hashes={},
+                mm_placeholders={},
+            )
 
-        visuals = [processor.process(kind, source) for kind, source in media]
+        visuals = batch["images"][0]
         prompt_ids, at = [], 0
         filler = processor.tokenizer.pad_token_id or 0
         for visual in visuals:
@@ -203,19 +208,20 @@ class LlavaMiniMultiModalProcessor(BaseMultiModalProcessor[LlavaMiniProcessingIn
         frame_counts = [visual.shape[0] if visual.dim() == 5 else 0 for visual in visuals]
         pixels = torch.cat([v if v.dim() == 5 else v[None] for v in visuals])
         modality = item_modality(frame_counts)
-        hf_inputs = BatchFeature({
-            PIXEL_FIELD: pixels[None],
-            FRAMES_FIELD: torch.tensor([frame_counts]),
-            PROMPT_FIELD: torch.tensor([ids]),
-        })  # fmt: skip
+        hf_inputs = BatchFeature(
+            {
+                PIXEL_FIELD: pixels[None],
+                FRAMES_FIELD: torch.tensor([frame_counts]),
+                PROMPT_FIELD: torch.tensor([ids]),
+            }
+        )
         mm_kwargs = MultiModalKwargsItems.from_hf_inputs(hf_inputs, _fields_config(modality))
         algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
         media_hashes = inputs.get_mm_hashes(self.info.model_id, algorithm)
-        taken = {"image": iter(media_hashes.get("image", [])),
-                 "video": iter(media_hashes.get("video", []))}  # fmt: skip
+        taken = {kind: iter(media_hashes.get(kind, [])) for kind in ("image", "video")}
         item_hash = MultiModalHasher.hash_kwargs(
             algorithm,
-            media=[next(taken[kind]) for kind, _ in media],
+            media=[next(taken["video" if count else "image"]) for count in frame_counts],
             prompt=np.asarray(ids, dtype=np.int64),
             policy=f"{processor.video_fps} fps, at most {processor.video_max_frames} frames",
         )
@@ -255,8 +261,10 @@ def item_modality(frame_counts) -> str:
 
 
 def _fields_config(modality: str) -> dict[str, MultiModalFieldConfig]:
-    return {name: MultiModalFieldConfig.batched(modality)
-            for name in (PIXEL_FIELD, FRAMES_FIELD, PROMPT_FIELD)}  # fmt: skip
+    return {
+        name: MultiModalFieldConfig.batched(modality)
+        for name in (PIXEL_FIELD, FRAMES_FIELD, PROMPT_FIELD)
+    }
 
 
 def _media_sources(items, modality: str, processor: LlavaMiniProcessor) -> list:
@@ -307,8 +315,12 @@ def _video_frames(batch, index: int, processor: LlavaMiniProcessor) -> np.ndarra
     if isinstance(video, torch.Tensor):
         video = video.numpy()
     if isinstance(video, list):
-        video = np.stack([np.asarray(frame.convert("RGB")) if hasattr(frame, "convert")
-                          else np.asarray(frame) for frame in video])  # fmt: skip
+        video = np.stack(
+            [
+                np.asarray(frame.convert("RGB")) if hasattr(frame, "convert") else np.asarray(frame)
+                for frame in video
+            ]
+        )
     return np.asarray(video, dtype=np.uint8)
 
 
