@@ -352,10 +352,12 @@ def compare(
     generation: GenerationSettings = TASK_DEFAULT_GENERATION,
     inputs: InputSettings = InputSettings(fps=REFERENCE_VIDEO_FPS),
     files: TaskFiles = TaskFiles(),
+    print_table: bool = True,
 ) -> dict:
     """Run every row on a task: accuracy, LLM vision tokens, prefill FLOPs, TTFT and KV cache
-    per image; print the table, write compare.json and compare.png; returns what the JSON
-    holds (`rows` in `CompareOptions.rows` order, each with `skipped` when it could not run).
+    per image; write compare.json and compare.png, and print the table (unless
+    `print_table` is False); returns what the JSON holds (`rows` in `CompareOptions.rows`
+    order, each with `skipped` when it could not run).
 
     `evaluation.overwrite` answers every row anew instead of resuming its answer file."""
     rows = options.rows()
@@ -384,11 +386,12 @@ def compare(
         "machine": machine(),
         "rows": results,
     }
-    json_path = os.path.join(options.output_dir, "compare.json")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
     summary["plot"] = plot(
         results, os.path.join(options.output_dir, "compare.png"), f"{task.name}: accuracy vs cost"
     )
-    sys.stdout.write(table(results) + f"\n\nWrote {json_path} and {summary['plot']}\n")
+    json_path = os.path.join(options.output_dir, "compare.json")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    if print_table:
+        sys.stdout.write(table(results) + f"\n\nWrote {json_path} and {summary['plot']}\n")
     return summary
