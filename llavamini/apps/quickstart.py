@@ -217,22 +217,11 @@ class QuickstartOptions:
         training_free = tuple(METHODS) if self.ablation else ()
         common = dict(seed=self.seed, variants=variants, training_free=training_free)
         if self.smoke:
-            return Plan(
-                num_train=48,
-                num_val=16,
-                stage1_steps=2,
-                stage2_steps=2,
-                smoke=True,
-                ttft_repeats=2,
-                **common,
-            )
+            sizes = dict(num_train=48, num_val=16, stage1_steps=2, stage2_steps=2, ttft_repeats=2)
+            return Plan(smoke=True, **sizes, **common)
         stage2 = self.stage2_steps or (ABLATION_STAGE2_STEPS if self.ablation else STAGE2_STEPS)
-        return Plan(
-            image_size=self.image_size,
-            stage1_steps=self.stage1_steps,
-            stage2_steps=stage2,
-            **common,
-        )
+        steps = dict(stage1_steps=self.stage1_steps, stage2_steps=stage2)
+        return Plan(image_size=self.image_size, **steps, **common)
 
 
 @dataclass(frozen=True)
