@@ -138,6 +138,7 @@ class CompareOptions:
             check_trained(value)
         if self.checkpoint is None and not self.trained:
             raise ValueError("nothing to compare: give --checkpoint and/or --trained LABEL=PATH")
+        self.rows()  # distinct labels
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
 

@@ -102,3 +102,5 @@ def test_the_command_refuses_an_unknown_method_or_budget(setup, capsys):
         CompareOptions(trained=("no-label",))
     with pytest.raises(ValueError, match="nothing to compare"):
         CompareOptions()
+    with pytest.raises(ValueError, match="repeated"):
+        CompareOptions(trained=("a=x", "a=y"))
