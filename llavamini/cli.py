@@ -56,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llavamini.analysis.cli:VERBS",
         "how a checkpoint uses its vision tokens (attention, token dropping, compression)",
     ),
+    "compare": (
+        "llavamini.bench.compare:compare",
+        "trained compressors vs training-free token reduction: accuracy, FLOPs, TTFT, KV cache",
+    ),
     "bench": (
         "llavamini.bench.cli:bench",
         "efficiency benchmark: FLOPs vs the paper, TTFT, decode tok/s, memory, video",

@@ -28,14 +28,13 @@ from llavamini.analysis.compression import compression_attention, plot_compressi
 from llavamini.apps import synthetic
 from llavamini.apps.quickstart_report import plot_results, summary_table
 from llavamini.apps.tiny import build_tiny_assets
-from llavamini.bench.flops import count_flops
+from llavamini.bench.compare import ALL_TOKENS, CompareOptions, compare
 from llavamini.eval.arguments import TaskFiles
-from llavamini.eval.cli import RunOptions, ScoreOptions, compute_score
-from llavamini.eval.cli import run as run_evaluation
+from llavamini.eval.cli import RunOptions
 from llavamini.flags import check_fields
-from llavamini.inference import GenerationSettings, generate
-from llavamini.model import LlavaMiniConfig
+from llavamini.inference import GenerationSettings
 from llavamini.model.loading import ModelSpec
+from llavamini.model.reduction import METHODS
 from llavamini.serve.session import ChatSession, resolve_template
 from llavamini.train.train import TRAINER_LOG_FILE
 from llavamini.utils.openmp import wait_policy_environment
@@ -84,7 +83,18 @@ FLOPS_NOTE = (
     "pre-fusion costs more than all tokens. The paper's saving (-77%) needs an LLM much deeper\n"
     "than the pre-fusion (32 against 4 layers): `llavamini bench` counts it at real scale."
 )
+TRAINING_FREE_NOTE = (
+    "'METHOD @ N (no training)': a training-free method (docs/token_reduction.md) applied to the\n"
+    "LLaVA-1.5-mode checkpoint, N vision tokens per image. MFLOPs: the prefill of the first\n"
+    "held-out question, counted; TTFT: its median time to first token on this machine."
+)
 ABLATION = ("all-tokens", "one-token", "one-token-prefusion")
+TRAINING_FREE_BUDGETS = (1, 4)
+"""Vision tokens per image of the training-free rows `--ablation` adds (every `METHODS` entry,
+on the LLaVA-1.5-mode checkpoint)."""
+
+FASTV_LAYER = 1
+"""FastV's K here: the quickstart's LLM has 2 layers, so the authors' K = 2 would prune none."""
 
 
 STAGE1_STEPS = 1100
@@ -109,6 +119,9 @@ ratio to stage 1 in a run beside a busy core); the progress bars show this machi
 OVERHEAD_SECONDS = 50
 """Data, model building, evaluation, latency and chat (the same machine)."""
 
+SECONDS_PER_EXTRA_ROW = 20
+"""Evaluating and timing one more row of the comparison (the same machine)."""
+
 COLOUR_TARGET = 80.0
 """Held-out colour-at-position accuracy (%) a default run of the main variant reaches (each of
 the runs in the README did); below it the summary says the run fell short."""
@@ -123,9 +136,12 @@ class Plan:
     num_val: int = 500
     stage1_steps: int = STAGE1_STEPS
     stage2_steps: int = STAGE2_STEPS
-    latency_questions: int = 20
+    ttft_repeats: int = 10
+    """Timed prefills per row (TTFT is their median)."""
     seed: int = 0
     variants: tuple[str, ...] = field(default=(MAIN_VARIANT,))
+    training_free: tuple[str, ...] = ()
+    """`METHODS` run on the LLaVA-1.5-mode variant at `TRAINING_FREE_BUDGETS`."""
     smoke: bool = False
     """A plumbing check of a few steps: nothing is expected to be learned."""
 
@@ -134,7 +150,8 @@ class Plan:
         seconds = OVERHEAD_SECONDS + self.stage1_steps * batch_size / SAMPLES_PER_SECOND["stage 1"]
         for name in self.variants:
             seconds += self.stage2_steps * batch_size / SAMPLES_PER_SECOND[name]
-        return seconds / 60
+        extra_rows = len(self.training_free) * len(TRAINING_FREE_BUDGETS)
+        return (seconds + extra_rows * SECONDS_PER_EXTRA_ROW) / 60
 
 
 def check_image_size(value: int) -> None:
@@ -158,7 +175,8 @@ class QuickstartOptions:
     Attributes:
         output_dir: checkpoints, answers, figures and results.json.
         data_dir: the synthetic data set.
-        ablation: also train LLaVA-1.5 mode and 1 token without pre-fusion, and plot them.
+        ablation: also train LLaVA-1.5 mode and 1 token without pre-fusion, run the
+            training-free methods on the former at 1 and 4 tokens, and plot them.
         with_pooling: with `ablation`, also 1 pooled token + pre-fusion.
         image_size: image side in pixels (a multiple of 14; 336 is the paper's, for a GPU).
         stage1_steps, stage2_steps: training steps of 32 samples (stage 2 per variant; None:
@@ -173,7 +191,8 @@ class QuickstartOptions:
     ablation: bool = field(
         default=False,
         metadata={
-            "help": "also train LLaVA-1.5 mode and 1 token without pre-fusion, and plot them"
+            "help": "also train LLaVA-1.5 mode and 1 token without pre-fusion, run the "
+            "training-free methods on the former at 1 and 4 tokens, and plot them"
         },
     )
     with_pooling: bool = field(default=False, metadata={"help": "ablation: add avg pooling"})
@@ -201,25 +220,14 @@ class QuickstartOptions:
         variants = ABLATION + (("pooling-prefusion",) if self.with_pooling else ())
         if not self.ablation:
             variants = (MAIN_VARIANT,)
+        training_free = tuple(METHODS) if self.ablation else ()
+        common = dict(seed=self.seed, variants=variants, training_free=training_free)
         if self.smoke:
-            return Plan(
-                num_train=48,
-                num_val=16,
-                stage1_steps=2,
-                stage2_steps=2,
-                smoke=True,
-                latency_questions=2,
-                seed=self.seed,
-                variants=variants,
-            )
+            sizes = dict(num_train=48, num_val=16, stage1_steps=2, stage2_steps=2, ttft_repeats=2)
+            return Plan(smoke=True, **sizes, **common)
         stage2 = self.stage2_steps or (ABLATION_STAGE2_STEPS if self.ablation else STAGE2_STEPS)
-        return Plan(
-            image_size=self.image_size,
-            stage1_steps=self.stage1_steps,
-            stage2_steps=stage2,
-            seed=self.seed,
-            variants=variants,
-        )
+        steps = dict(stage1_steps=self.stage1_steps, stage2_steps=stage2)
+        return Plan(image_size=self.image_size, **steps, **common)
 
 
 @dataclass(frozen=True)
@@ -269,41 +277,25 @@ def train_run(recipe: str, output_dir: str, flags: list[str], plan: Plan, steps:
     return StageRun(steps=records[-1]["step"], losses=losses)
 
 
-def evaluate(model_dir: str, data: dict, answers_file: str) -> dict:
-    """`llavamini eval run synthetic` then `eval score`; returns the score."""
-    if os.path.exists(answers_file):
-        os.remove(answers_file)  # a fresh model: its answers must not resume stale ones
-    questions = data["val_questions"]
+def compare_variants(plan: Plan, assets: dict, out: str, trained: dict[str, str]) -> dict:
+    """The trained variants (`{name: checkpoint}`) and the training-free rows of `plan` on the
+    held-out questions, through `llavamini compare` (answers, JSON and plot in out/compare/):
+    the LLaVA-1.5-mode variant is the checkpoint the methods run on. Returns its summary."""
+    questions = assets["val_questions"]
     files = TaskFiles(questions=questions, visual_folder=os.path.dirname(questions))
-    options = RunOptions("synthetic", answers_file=answers_file, batch_size=50)
-    run_evaluation(options, ModelSpec(model_dir), files=files)
-    return compute_score(ScoreOptions("synthetic", answers=answers_file), files)
-
-
-def answer_latency(model_dir: str, data: dict, count: int) -> float:
-    """Median milliseconds to answer one held-out question alone (batch of one, greedy)."""
-    loaded = ModelSpec(model_dir, device="cpu").load()
-    folder = os.path.dirname(data["val_questions"])
-    with open(data["val_questions"], encoding="utf-8") as f:
-        questions = [json.loads(line) for line in f][:count]
-    times = []
-    for question in questions[:1] + questions:  # the first call warms up
-        image = {"type": "image", "path": os.path.join(folder, question["image"])}
-        text = {"type": "text", "text": question["text"]}
-        messages = [{"role": "user", "content": [image, text]}]
-        inputs = loaded.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        start = time.perf_counter()
-        generate(loaded, inputs, GenerationSettings(max_new_tokens=8))
-        times.append(1000 * (time.perf_counter() - start))
-    times = times[1:]
-    return sorted(times)[len(times) // 2]
-
-
-def flops_per_sample(model_dir: str, text_tokens: int) -> int:
-    """Prefill FLOPs of one question (vision tower to LLM), analytic (`llavamini.bench`)."""
-    return count_flops(LlavaMiniConfig.from_pretrained(model_dir), text_tokens)["prefill_total"]
+    base = trained.get("all-tokens")
+    others = [f"{VARIANTS[n].label}={path}" for n, path in trained.items() if path != base]
+    options = CompareOptions(
+        checkpoint=base,
+        methods=plan.training_free,
+        budgets=TRAINING_FREE_BUDGETS,
+        trained=tuple(others),
+        output_dir=os.path.join(out, "compare"),
+        repeats=plan.ttft_repeats,
+    )
+    evaluation = RunOptions("synthetic", batch_size=50, overwrite=True)
+    model = ModelSpec("", fastv_layer=FASTV_LAYER)
+    return compare(evaluation, options, model, files=files, print_table=False)
 
 
 def chat_about_a_fresh_image(model_dir: str, output_dir: str, plan: Plan) -> list[dict]:
@@ -357,11 +349,25 @@ def build_data(plan: Plan, options: QuickstartOptions) -> dict:
     return assets
 
 
-def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, dict, dict]:
-    """Stage 1 once, then stage 2, evaluation and measurements per variant.
+def table_row(row: dict, label: str) -> dict:
+    """What the summary shows of one row of `compare`: a row that did not run says why."""
+    if "skipped" in row:
+        return {"label": label, "skipped": row["skipped"]}
+    keys = ("checkpoint", "accuracy", "vision_tokens", "flops", "ttft_ms", "kv_cache_bytes")
+    return {
+        "label": label,
+        **{key: row[key] for key in keys},
+        "per_type": row["metrics"]["per_type"],
+    }
+
+
+def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, list, dict, dict, str]:
+    """Stage 1 once, then stage 2 per variant; then every variant, and the training-free rows
+    on the LLaVA-1.5-mode one, evaluated and measured by `compare_variants`.
 
     Returns:
-        (results per variant name, loss curves per label, majority baseline per question type).
+        (results per variant name, the training-free rows, loss curves per label, majority
+        baseline per question type, the comparison's plot).
     """
     stage1_dir = os.path.join(out, "stage1")
     folder = os.path.dirname(assets["captions"])
@@ -370,14 +376,14 @@ def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, dict, dic
     stage1_flags += paths
     stage1 = train_run("quickstart_stage1.yaml", stage1_dir, stage1_flags, plan, plan.stage1_steps)
     curves = {"stage 1 (captions)": stage1.losses}
-    results, baseline = {}, {}
+    trained, steps = {}, {}
     for name in plan.variants:
         variant = VARIANTS[name]
         logger.info("Stage 2: %s", variant.label)
-        model_dir = os.path.join(out, name)
+        trained[name] = os.path.join(out, name)
         stage2 = train_run(
             "quickstart_stage2.yaml",
-            model_dir,
+            trained[name],
             [
                 "--model_name_or_path",
                 stage1_dir,
@@ -390,19 +396,21 @@ def train_and_score(plan: Plan, assets: dict, out: str) -> tuple[dict, dict, dic
             plan.stage2_steps,
         )
         curves[variant.label] = [(s + stage1.steps, v) for s, v in stage2.losses]
-        score = evaluate(model_dir, assets, os.path.join(out, "eval", f"{name}.jsonl"))
-        results[name] = {
-            "label": variant.label,
-            "checkpoint": model_dir,
-            "accuracy": score["accuracy"],
-            "per_type": score["per_type"],
-            "vision_tokens": LlavaMiniConfig.from_pretrained(model_dir).num_compressed_tokens,
-            "flops": flops_per_sample(model_dir, text_tokens=60),
-            "ms_per_answer": answer_latency(model_dir, assets, plan.latency_questions),
-            "train_steps": stage2.steps,
-        }
-        baseline = score["majority_baseline"]
-    return results, curves, baseline
+        steps[name] = stage2.steps
+    comparison = compare_variants(plan, assets, out, trained)
+    rows = {row["label"]: row for row in comparison["rows"]}
+    results = {}
+    for name in plan.variants:
+        label = VARIANTS[name].label
+        row = rows[ALL_TOKENS if name == "all-tokens" else label]
+        results[name] = {**table_row(row, label), "train_steps": steps[name]}
+    training_free = [
+        table_row(row, f"{row['method']} @ {row['budget']} (no training)")
+        for row in comparison["rows"]
+        if row["method"] in METHODS
+    ]
+    baseline = next(r["metrics"] for r in rows.values() if "metrics" in r)["majority_baseline"]
+    return results, training_free, curves, baseline, comparison["plot"]
 
 
 def compression_figure(checkpoint: str, image: str, out: str) -> str:
@@ -417,12 +425,20 @@ def compression_figure(checkpoint: str, image: str, out: str) -> str:
 
 
 def write_summary(
-    results: dict, baseline: dict, chat: list[dict], figures: list[str], out: str, plan: Plan
+    results: dict,
+    training_free: list[dict],
+    baseline: dict,
+    chat: list[dict],
+    figures: list[str],
+    out: str,
+    plan: Plan,
 ):
     """The quickstart's console output: the table, the chat, what to try next."""
     checkpoint = results[MAIN_VARIANT]["checkpoint"]
     write = sys.stdout.write
-    write("\n" + summary_table(results, baseline) + "\n\n")
+    write("\n" + summary_table([*results.values(), *training_free], baseline) + "\n\n")
+    if training_free:
+        write(TRAINING_FREE_NOTE + "\n\n")
     if len(results) > 1:
         write(FLOPS_NOTE + "\n\n")
     write(f"Chat with {checkpoint} about {out}/fresh_image.png:\n")
@@ -476,7 +492,7 @@ def quickstart(options: QuickstartOptions = QuickstartOptions()) -> dict:
     )
     os.makedirs(out, exist_ok=True)
     assets = build_data(plan, options)
-    results, curves, baseline = train_and_score(plan, assets, out)
+    results, training_free, curves, baseline, comparison_plot = train_and_score(plan, assets, out)
     figures = []
     if options.ablation:
         figures = plot_results(results, curves, baseline, out)
@@ -484,17 +500,19 @@ def quickstart(options: QuickstartOptions = QuickstartOptions()) -> dict:
             os.path.dirname(assets["captions"]), "images", f"{plan.num_train:06d}.png"
         )
         figures.append(compression_figure(results[MAIN_VARIANT]["checkpoint"], image, out))
+        figures.append(comparison_plot)
     chat = chat_about_a_fresh_image(results[MAIN_VARIANT]["checkpoint"], out, plan)
     summary = {
         "plan": plan.__dict__,
         "results": results,
+        "training_free": training_free,
         "majority_baseline": baseline,
         "chat": chat,
         "figures": figures,
     }
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    write_summary(results, baseline, chat, figures, out, plan)
+    write_summary(results, training_free, baseline, chat, figures, out, plan)
     sys.stdout.write(
         f"Done in {(time.perf_counter() - started) / 60:.1f} min; results in {out}/results.json\n"
     )

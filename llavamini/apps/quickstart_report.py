@@ -7,25 +7,30 @@ import os
 from matplotlib.figure import Figure
 
 
-def summary_table(results: dict, baseline: dict) -> str:
+def summary_table(rows: list[dict], baseline: dict) -> str:
+    """One line per row (`label`, `vision_tokens`, `accuracy`, `per_type`, `flops`, `ttft_ms`;
+    or `label` and `skipped`, the reason it did not run), under the majority baseline."""
     types = sorted(baseline)
     header = (
         f"{'variant':32} {'LLM vision tokens':>17} {'overall':>8} "
         + " ".join(f"{t:>9}" for t in types)
-        + f" {'MFLOPs/question':>15} {'ms/answer':>9}"
+        + f" {'MFLOPs/question':>15} {'TTFT ms':>9}"
     )
-    rows = [header, "-" * len(header)]
+    lines = [header, "-" * len(header)]
     base = f"{'majority baseline':32} {'':>17} {'':>8} " + " ".join(
         f"{baseline[t]:>9.1f}" for t in types
     )
-    rows.append(base)
-    for result in results.values():
-        per_type = " ".join(f"{result['per_type'].get(t, 0):>9.1f}" for t in types)
-        rows.append(
-            f"{result['label']:32} {result['vision_tokens']:>17} {result['accuracy']:>8.1f} "
-            f"{per_type} {result['flops'] / 1e6:>15.1f} {result['ms_per_answer']:>9.1f}"
+    lines.append(base)
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"{row['label']:32} not run: {row['skipped']}")
+            continue
+        per_type = " ".join(f"{row['per_type'].get(t, 0):>9.1f}" for t in types)
+        lines.append(
+            f"{row['label']:32} {row['vision_tokens']:>17} {row['accuracy']:>8.1f} "
+            f"{per_type} {row['flops'] / 1e6:>15.1f} {row['ttft_ms']:>9.1f}"
         )
-    return "\n".join(rows)
+    return "\n".join(lines)
 
 
 def plot_results(results: dict, curves: dict, baseline: dict, output_dir: str) -> list[str]:

@@ -31,6 +31,7 @@ def _bad_arguments(name: str, tmp):
     from llavamini.analysis import cli as analysis
     from llavamini.apps import demo, quickstart
     from llavamini.bench import cli as bench
+    from llavamini.bench import compare
     from llavamini.eval import cli as evaluation
     from llavamini.eval.arguments import UnquantizedModel
     from llavamini.train import data_check
@@ -77,6 +78,13 @@ def _bad_arguments(name: str, tmp):
             lambda: (analysis.CompressionOptions(image=str(tmp / "x.png")), unquantized),
         ),
         "bench": (UsageError, lambda: (bench.BenchArgs(compile=True),)),
+        "compare": (
+            FileNotFoundError,
+            lambda: (
+                evaluation.RunOptions(task="gqa"),
+                compare.CompareOptions(checkpoint=str(tmp / "nope"), output_dir=str(tmp / "o")),
+            ),
+        ),
         "bench checkpoint": (
             KeyError,
             lambda: (bench.CheckpointArgs(output_dir=str(tmp / "ckpt"), scale="huge"),),

@@ -33,6 +33,7 @@ REQUIRED = {
     ("analyze", "drop-vision"): ([*MODEL, "--task", "gqa"], {"options": ("gqa",)}),
     ("analyze", "compression"): ([*MODEL, "--image", "i.png"], {"options": ("i.png",)}),
     ("bench",): ([], {}),
+    ("compare",): (["gqa", "--checkpoint", "c"], {"evaluation": ("gqa",), "options": ("c",)}),
 }  # fmt: skip
 """Each verb: (its required arguments, the positional values of its parameters without a
 default besides `model`, which is `ModelSpec("m")`)."""

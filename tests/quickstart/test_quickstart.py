@@ -5,6 +5,7 @@ import json
 import pytest
 
 from llavamini.cli import main
+from llavamini.model.reduction import METHODS
 
 
 def test_smoke_ablation_writes_results_figures_and_chat(tmp_path, capsys, monkeypatch):
@@ -25,7 +26,16 @@ def test_smoke_ablation_writes_results_figures_and_chat(tmp_path, capsys, monkey
     )
     for result in results["results"].values():
         assert set(result["per_type"]) == {"colour", "count", "existence", "position", "shape"}
-    for name in ("loss_curves.png", "accuracy.png", "compression.png"):
+    # Each training-free method at 1 and 4 tokens on the all-tokens checkpoint (64 patches).
+    free = {row["label"].split(" (")[0]: row for row in results["training_free"]}
+    assert set(free) == {f"{m} @ {n}" for m in METHODS for n in (1, 4)}
+    assert all("skipped" not in row for row in free.values()) and "not run" not in printed
+    assert free["pool @ 1"]["vision_tokens"] == 1 and free["visionzip @ 4"]["vision_tokens"] == 4
+    assert free["fastv @ 1"]["vision_tokens"] == 1
+    for method in METHODS:
+        assert free[f"{method} @ 1"]["flops"] < free[f"{method} @ 4"]["flops"] < flops["all-tokens"]
+    assert "prumerge_plus @ 4 (no training)" in printed
+    for name in ("loss_curves.png", "accuracy.png", "compression.png", "compare/compare.png"):
         assert (out / name).stat().st_size > 1000, name
     from PIL import Image
 
