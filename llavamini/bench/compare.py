@@ -354,7 +354,9 @@ def compare(
         ModelSpec, only("device", "dtype", "attn_implementation", "reduction_seed", "fastv_layer")
     ] = LOADING,
     generation: GenerationSettings = TASK_DEFAULT_GENERATION,
-    inputs: Annotated[InputSettings, only("conv_mode")] = InputSettings(fps=REFERENCE_VIDEO_FPS),
+    inputs: Annotated[InputSettings, only("conv_mode")] = InputSettings(
+        video_fps=REFERENCE_VIDEO_FPS
+    ),
     files: TaskFiles = TaskFiles(),
     print_table: bool = True,
 ) -> dict:
