@@ -44,6 +44,7 @@ import torch
 from matplotlib.figure import Figure
 
 from llavamini.bench.flopcount import counted_flops
+from llavamini.bench.report import markdown_table
 from llavamini.bench.timing import GenerationCase, new_cache, prefill, time_cases
 from llavamini.errors import UsageError
 from llavamini.eval.arguments import TaskFiles, check_task
@@ -288,21 +289,30 @@ def machine() -> dict:
 
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table (a row that did not run says why)."""
-    header = (
-        "| row | LLM vision tokens | accuracy | MFLOPs (prefill) | TTFT ms, median (min) "
-        "| KV cache KiB/image |"
-    )
-    lines = [header, "|---|---|---|---|---|---|"]
+    headers = [
+        "row",
+        "LLM vision tokens",
+        "accuracy",
+        "MFLOPs (prefill)",
+        "TTFT ms, median (min)",
+        "KV cache KiB/image",
+    ]
+    cells = []
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['label']} | not run: {row['skipped']} | | | | |")
+            cells.append([row["label"], f"not run: {row['skipped']}", "", "", "", ""])
             continue
-        lines.append(
-            f"| {row['label']} | {row['vision_tokens']} | {row['accuracy']:.1f} | "
-            f"{row['flops'] / 1e6:.1f} | {row['ttft_ms']:.1f} ({row['ttft_min_ms']:.1f}) | "
-            f"{row['kv_cache_bytes'] / 1024:.1f} |"
+        cells.append(
+            [
+                row["label"],
+                row["vision_tokens"],
+                f"{row['accuracy']:.1f}",
+                f"{row['flops'] / 1e6:.1f}",
+                f"{row['ttft_ms']:.1f} ({row['ttft_min_ms']:.1f})",
+                f"{row['kv_cache_bytes'] / 1024:.1f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(headers, cells)
 
 
 def plot(rows: list[dict], path: str, title: str) -> str:
