@@ -16,7 +16,8 @@ Field metadata (the keys `help` and `aliases` are also HfArgumentParser's):
 - `const_flags`: `{"--load-8bit": "8bit"}`, flags that set the field to a value (mutually
   exclusive with its own flag);
 - `check`: `value -> None`, raising `ValueError`; run by argparse (exit 2 naming the flag) and
-  by `check_fields` in the dataclass's `__post_init__` (the same rule from Python).
+  by `check_fields` in the dataclass's `__post_init__` (the same rule from Python);
+- `renamed_from`: the field's former option strings, refused with a line naming the new one.
 
 A `ValueError` from a dataclass's `__post_init__` ends the command with one line naming the flags
 its message mentions.
@@ -115,6 +116,17 @@ def _field_default(field: dataclasses.Field, instance) -> Any:
     return field.default
 
 
+class RenamedFlag(argparse.Action):
+    """A former option string: using it exits with a line naming the flag that replaced it."""
+
+    def __init__(self, *args, new: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was renamed {self.new}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Parameter:
     """One dataclass parameter of a verb: its class, default instance and exposed fields."""
@@ -149,6 +161,14 @@ class Parameter:
                     action="store_const",
                     const=value,
                     help=f"the same as {option_strings(field)[0]} {value}",
+                )
+            for flag in field.metadata.get("renamed_from", ()):
+                group.add_argument(
+                    flag,
+                    action=RenamedFlag,
+                    nargs="?",
+                    help=argparse.SUPPRESS,
+                    new=option_strings(field)[0],
                 )
 
     def build(self, args: argparse.Namespace, command: str):

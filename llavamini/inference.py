@@ -151,11 +151,17 @@ class InputSettings:
     )
     video_fps: float | None = field(
         default=None,
-        metadata={"help": "video frames per second (default: the checkpoint processor's, 1)"},
+        metadata={
+            "help": "video frames per second (default: the checkpoint processor's, 1)",
+            "renamed_from": ("--fps",),
+        },
     )
     video_max_frames: int | None = field(
         default=None,
-        metadata={"help": "cap on video frames (default: the checkpoint processor's)"},
+        metadata={
+            "help": "cap on video frames (default: the checkpoint processor's)",
+            "renamed_from": ("--max-frames",),
+        },
     )
 
     def __post_init__(self):

@@ -52,3 +52,20 @@ def test_eval_run_checks_generation_settings_before_anything(flags, message, tmp
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "run", "gqa", "--model-path", checkpoint, *flags])
     assert message in str(exit_info.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "old", "new"),
+    [
+        (["chat", "--model-path", "CKPT"], ["--fps", "2"], "--video-fps"),
+        (["serve", "--model-path", "CKPT"], ["--max-frames", "8"], "--video-max-frames"),
+        (["eval", "run", "gqa", "--model-path", "CKPT"], ["--fps", "1"], "--video-fps"),
+    ],
+)
+def test_a_renamed_flag_names_its_new_name(command, old, new, capsys):
+    """Flags of the video settings before their rename exit naming the flag that replaced them
+    (before anything is loaded: the checkpoint need not exist)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, *old])
+    assert exit_info.value.code == 2
+    assert f"{old[0]} was renamed {new}" in capsys.readouterr().err
