@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
+from llavamini.model.int8_linear import use_int8_kernel
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.model.reduction import (
@@ -304,6 +305,9 @@ class ModelSpec:
                 for name in CPU_FLOAT32_MODULES:
                     if name in modules:
                         modules[name].float()
+            if self.quantization == "8bit":
+                # torchao widens each int8 weight on every call; ATen's int8 kernel reads it as is.
+                logger.info("8-bit: %d linears run ATen's int8 kernel", use_int8_kernel(model))
         else:
             model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
             if self.quantization is None:
