@@ -69,7 +69,8 @@ def quantization_config(
     `skip_modules` stay unquantized.
 
     CUDA: bitsandbytes (LLM.int8, or NF4 computing in `compute_dtype`). CPU: torchao weight-only
-    int8 (per output channel), or int4 in groups of 128 packed for the CPU kernel
+    int8 (per output channel; `ModelSpec` then multiplies with ATen's int8 kernel, see
+    `llavamini.model.int8_linear`), or int4 in groups of 128 packed for the CPU kernel
     (`_weight_int4pack_mm_for_cpu`; bfloat16 activations). Both quantize each weight as it is
     loaded, so a bfloat16 checkpoint is never held whole in a wider dtype.
     """

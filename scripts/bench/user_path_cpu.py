@@ -5,7 +5,9 @@ memory, time to first token and decode speed for one image and a question.
 
 Nothing is set up beforehand (no `llavamini` command, no allocator setting): what a notebook or
 a script of the user's gets. Time to first token is the median of `--repeats` warm-ish runs of
-`generate(max_new_tokens=1)`; decode is the extra time of `--new-tokens` over that, per token.
+`generate(max_new_tokens=1)`; decode is timed between the steps of one generation of
+`--new-tokens` tokens (from the first token's logits to the last's), not as the difference of two
+generations, whose prefills' noise left it negative on a busy host.
 Peak RSS is the process's `ru_maxrss` (it counts the checkpoint's file pages read while
 loading); the RSS after loading is read from /proc/self/statm once the load returns.
 """
@@ -21,6 +23,7 @@ import statistics
 import time
 
 import torch
+from transformers import LogitsProcessorList
 
 from llavamini.model.loading import ModelSpec
 
@@ -61,17 +64,30 @@ def main() -> None:
         messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )
 
-    def generate(tokens: int) -> float:
+    def generate(tokens: int) -> tuple[float, list[float]]:
+        """Seconds of one greedy generation of `tokens` tokens, and when each step's logits
+        were ready."""
+        steps = []
+
+        def clock(input_ids, scores):
+            steps.append(time.perf_counter())
+            return scores
+
         begin = time.perf_counter()
         with torch.inference_mode():
             loaded.model.generate(
-                **inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
+                **inputs,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([clock]),
             )
-        return time.perf_counter() - begin
+        return time.perf_counter() - begin, steps
 
-    first = [generate(1) for _ in range(args.repeats)]
+    first = [generate(1)[0] for _ in range(args.repeats)]
     ttft = statistics.median(first)
-    decode_ms = 1000 * (generate(args.new_tokens) - ttft) / (args.new_tokens - 1)
+    steps = generate(args.new_tokens)[1]
+    decode_ms = 1000 * (steps[-1] - steps[0]) / (len(steps) - 1)
     result = {
         "quantization": args.quantization,
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
