@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llavamini.model.packed_linear import replace_linears
+
 
 @functools.cache
 def int8_kernel_available() -> bool:
@@ -42,12 +44,11 @@ def int8_channels(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | N
 
 
 def int8_kernel_applies(x: torch.Tensor, linear: nn.Linear) -> bool:
-    """Whether `x` may go through ATen's int8 kernel for `linear` (see the module docstring)."""
+    """Whether `x` may go through ATen's int8 kernel for `linear`, whose weight is int8 per
+    output channel (see the module docstring)."""
     if x.device.type != "cpu" or not x.is_floating_point() or not int8_kernel_available():
         return False
-    if torch.is_grad_enabled() and x.requires_grad:
-        return False  # the kernel has no backward
-    return int8_channels(linear.weight) is not None
+    return not (torch.is_grad_enabled() and x.requires_grad)  # the kernel has no backward
 
 
 class Int8KernelLinear(nn.Linear):
@@ -61,9 +62,10 @@ class Int8KernelLinear(nn.Linear):
         return kernel_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not int8_kernel_applies(x, self):
+        channels = int8_channels(self.weight)
+        if channels is None or not int8_kernel_applies(x, self):
             return F.linear(x, self.weight, self.bias)
-        qdata, scale = int8_channels(self.weight)
+        qdata, scale = channels
         rows = x.reshape(-1, x.shape[-1])
         out = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), qdata, scale.to(x.dtype))
         out = out.reshape(*x.shape[:-1], qdata.shape[0])
@@ -76,10 +78,9 @@ def use_int8_kernel(module: nn.Module) -> int:
     torch lacks the kernel, leaving torchao's path."""
     if not int8_kernel_available():
         return 0
-    replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and int8_channels(child.weight) is not None:
-                setattr(parent, name, Int8KernelLinear.from_linear(child))
-                replaced += 1
-    return replaced
+    return replace_linears(
+        module,
+        lambda linear: (
+            None if int8_channels(linear.weight) is None else Int8KernelLinear.from_linear(linear)
+        ),
+    )

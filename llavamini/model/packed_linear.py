@@ -17,6 +17,7 @@ a plain `F.linear` on the same parameters. Parameters and state-dict keys are `n
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,14 +102,20 @@ def prepack(module: nn.Module, x: torch.Tensor, rows: int) -> None:
             linear.packed_weight()
 
 
-def pack_linears(module: nn.Module, rows: int) -> int:
-    """Replace every plain `nn.Linear` inside `module` by a `PackedLinear` for `rows` rows that
-    shares its parameters (subclasses, such as `nn.MultiheadAttention`'s projection, are left
-    alone). Returns how many were replaced."""
+def replace_linears(module: nn.Module, replacement: Callable[[nn.Linear], nn.Module | None]) -> int:
+    """Replace every plain `nn.Linear` inside `module` (subclasses, such as
+    `nn.MultiheadAttention`'s projection, are left alone) by `replacement(linear)`, unless that
+    is None. Returns how many were replaced. Shared with `llavamini.model.int8_linear`."""
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear.from_linear(child, rows))
+            if type(child) is nn.Linear and (new := replacement(child)) is not None:
+                setattr(parent, name, new)
                 replaced += 1
     return replaced
+
+
+def pack_linears(module: nn.Module, rows: int) -> int:
+    """Replace every plain `nn.Linear` inside `module` by a `PackedLinear` for `rows` rows that
+    shares its parameters (see `replace_linears`). Returns how many were replaced."""
+    return replace_linears(module, lambda linear: PackedLinear.from_linear(linear, rows))
