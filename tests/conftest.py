@@ -105,6 +105,48 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
+QUANTIZATION_WIDTH = 256
+"""LLM width of the quantization tests' checkpoint: a multiple of the int4 group (128) and of
+GGUF's blocks (32), so every LLM linear is quantized (torchao leaves a layer whose input width
+the group does not divide unquantized)."""
+
+
+def build_quantization_checkpoint(folder: str, **overrides) -> str:
+    """A tiny checkpoint of LLM width `QUANTIZATION_WIDTH`, stored in bfloat16 as the release
+    (loading then maps its tensors); `overrides` go to its config."""
+    from llavamini import LlavaMiniForCausalLM
+
+    build_tiny_checkpoint(
+        folder,
+        image_size=TEST_IMAGE_SIZE,
+        hidden_size=QUANTIZATION_WIDTH,
+        intermediate_size=2 * QUANTIZATION_WIDTH,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.1,
+        **overrides,
+    )
+    LlavaMiniForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def quantization_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prompts of 24 ids with an image placeholder, and their two images."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(6, 400, (2, 24), generator=generator)
+    ids[:, 3] = IMAGE_TOKEN_INDEX
+    return ids, random_images(2)
+
+
+def bfloat16_logits(checkpoint: str, inputs) -> torch.Tensor:
+    """The logits (float32) of `checkpoint` loaded unquantized in bfloat16 for `inputs`."""
+    from llavamini.model.loading import ModelSpec
+
+    model = ModelSpec(checkpoint, device="cpu", dtype="bfloat16").load().model
+    with torch.inference_mode():
+        return model(input_ids=inputs[0], images=inputs[1]).logits.float()
+
+
 REQUIRE_TORCHAO = os.environ.get("LLAVAMINI_REQUIRE_TORCHAO") == "1"
 """Set by .ci/run, which installs the 'quant' extra: a missing torchao fails, never skips."""
 
@@ -123,6 +165,40 @@ def needs_torchao() -> None:
         pytest.fail(message)
     # allow_module_level: a test module may call this at import to skip all its tests.
     pytest.skip(message, allow_module_level=True)
+
+
+REQUIRE_LLAMA_CPP = os.environ.get("LLAVAMINI_REQUIRE_LLAMA_CPP") == "1"
+"""Set by .ci/run, which installs the 'llamacpp' extra: a missing llama.cpp fails, never skips."""
+
+
+def needs_llama_cpp() -> None:
+    """Skip a test module of the llama.cpp LLM where llama-cpp-python and gguf (the 'llamacpp'
+    extra) are not installed, saying how to install them; under LLAVAMINI_REQUIRE_LLAMA_CPP=1
+    fail instead."""
+    from llavamini.model.llama_cpp import llama_cpp_available
+
+    if llama_cpp_available():
+        return
+    message = (
+        "The llama.cpp LLM needs llama-cpp-python and gguf: bash scripts/setup.sh "
+        "train,video,serve,qlora,quant,llamacpp,dev (compiles llama.cpp, ~10 minutes)"
+    )
+    if REQUIRE_LLAMA_CPP:
+        pytest.fail(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gguf_dir(tmp_path_factory):
+    """GGUF files of quantized CPU loads (`llavamini.model.llama_cpp.cached_gguf`) go to a
+    temporary folder, not the user's cache; commands the tests start inherit it."""
+    previous = os.environ.get("LLAVAMINI_GGUF_DIR")
+    os.environ["LLAVAMINI_GGUF_DIR"] = str(tmp_path_factory.mktemp("gguf"))
+    yield
+    if previous is None:
+        del os.environ["LLAVAMINI_GGUF_DIR"]
+    else:
+        os.environ["LLAVAMINI_GGUF_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -343,17 +343,30 @@ def per_tensor_state_dict(checkpoint_dir: str) -> dict[str, TensorRead]:
 
 
 def load_weights(
-    load: Callable, name_or_path, checkpoint_dir: str, file_reads: str, *model_args, **kwargs
+    load: Callable,
+    name_or_path,
+    checkpoint_dir: str,
+    file_reads: str,
+    *model_args,
+    skip_prefixes: tuple[str, ...] = (),
+    **kwargs,
 ):
     """`load(name_or_path, ...)` (`checkpoint_dir`: where it resolved to) reading the files as
-    `file_reads` says (`FILE_READS`)."""
+    `file_reads` says (`FILE_READS`), without the keys starting with one of `skip_prefixes`
+    (those need file_reads='per_tensor')."""
     if file_reads not in FILE_READS:
         raise ValueError(f"file_reads={file_reads!r}; expected one of {sorted(FILE_READS)}.")
     if file_reads == "map":
+        if skip_prefixes:
+            raise ValueError("skip_prefixes needs file_reads='per_tensor'.")
         return load(name_or_path, *model_args, **kwargs)
     for option in HUB_OPTIONS:  # they locate a hub id's files, found already
         kwargs.pop(option, None)
-    state_dict = per_tensor_state_dict(checkpoint_dir)
+    state_dict = {
+        key: read
+        for key, read in per_tensor_state_dict(checkpoint_dir).items()
+        if not key.startswith(skip_prefixes)
+    }
     model, info = load(None, *model_args, state_dict=state_dict, **kwargs)
     # Without a path transformers reads no generation_config.json: read it as it would.
     if os.path.isfile(os.path.join(checkpoint_dir, GENERATION_CONFIG_FILE)):
@@ -368,9 +381,13 @@ def load_checked(
     this policy: the checkpoint resolved offline (1), its `vision_config` resolved (2), the
     tower's weights from the checkpoint or loaded from elsewhere (3), and every missing or
     unexpected key an error unless `strict=False` (4). Returns what `from_pretrained` returns
-    (the model, or with `output_loading_info` the model and its loading info)."""
+    (the model, or with `output_loading_info` the model and its loading info).
+
+    `skip_prefixes` (with `file_reads='per_tensor'`): keys left unread, for a model built
+    without their modules (its LLM layers, when llama.cpp runs them: `ModelSpec`)."""
     strict = kwargs.pop("strict", True)
     file_reads = kwargs.pop("file_reads", "map")
+    skip_prefixes = tuple(kwargs.pop("skip_prefixes", ()))
     output_loading_info = kwargs.pop("output_loading_info", False)
     hub = hub_options(kwargs)
     cache_dir = hub.get("cache_dir")
@@ -385,6 +402,7 @@ def load_checked(
         checkpoint_dir,
         file_reads,
         *model_args,
+        skip_prefixes=skip_prefixes,
         config=config,
         output_loading_info=True,
         **kwargs,

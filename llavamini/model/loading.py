@@ -19,6 +19,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, T
 
 from llavamini.model.checkpoint import resolve_checkpoint_dir
 from llavamini.model.int8_linear import use_int8_kernel
+from llavamini.model.llama_cpp import (
+    GGUF_TYPES,
+    LLAMA_CPP_INSTALL,
+    LLM_LAYER_PREFIX,
+    LlamaCppLanguageModel,
+    cached_gguf,
+    check_exportable,
+    llama_cpp_available,
+)
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
 from llavamini.model.processing_llavamini import LlavaMiniProcessor
 from llavamini.model.reduction import (
@@ -51,7 +60,8 @@ vision token; their output is cast to bfloat16 for pre-fusion and the LLM."""
 
 QUANTIZATION_BACKENDS = {
     "cuda": "bitsandbytes (LLM.int8 / NF4)",
-    "cpu": "torchao (int8 weight-only / int4 weight-only, CPU tinygemm layout)",
+    "cpu": "torchao (int8 weight-only / int4 weight-only, CPU tinygemm layout); with the "
+    "'llamacpp' extra the LLM itself runs in llama.cpp (Q8_0 / Q4_0)",
 }
 """Device type -> the library that quantizes there (`quantization_config`)."""
 
@@ -151,7 +161,10 @@ class ModelSpec:
         quantization: None, '8bit' or '4bit', by the device's backend (`QUANTIZATION_BACKENDS`:
             bitsandbytes on a CUDA GPU, torchao on a CPU); the modules of
             `QUANTIZATION_SKIP_MODULES` stay unquantized. On a CPU the other weights load as
-            bfloat16 (any other `dtype` is refused) and the vision tower runs in float32.
+            bfloat16 (any other `dtype` is refused) and the vision tower runs in float32; with
+            llama-cpp-python installed (the 'llamacpp' extra) the LLM's decoder layers and
+            `lm_head` run in llama.cpp instead (`llavamini.model.llama_cpp`: its GGUF file is
+            written into a cache on first use), pre-fusion staying in torchao.
         pack_vision_weights: pack the vision tower's block weights for MKL (`VisionTower.
             pack_weights`): on a CPU in float32, one image ~6% faster for a second copy of
             those weights (1.2 GB for CLIP-L). Off by default: memory first.
@@ -181,8 +194,9 @@ class ModelSpec:
         metadata={
             "choices": ("8bit", "4bit"),
             "const_flags": {"--load-8bit": "8bit", "--load-4bit": "4bit"},
-            "help": "weight quantization: bitsandbytes on a CUDA GPU, torchao on a CPU (vision "
-            "modules and lm_head stay unquantized)",
+            "help": "weight quantization: bitsandbytes on a CUDA GPU, torchao on a CPU, the LLM "
+            "through llama.cpp there when the 'llamacpp' extra is installed (vision modules stay "
+            "unquantized)",
         },
     )
     pack_vision_weights: bool = dataclass_field(
@@ -294,11 +308,13 @@ class ModelSpec:
                 quantization_config=quantization_config(self.quantization, compute_dtype, device),
                 device_map=device,
             )
+        runner = None
         if quantized_on_cpu:
             # Every LLM weight is converted as it is read: read through a mapping of its own, its
             # pages leave the process's resident set with it (FILE_READS in model/checkpoint.py;
             # at 8B the process then peaks at 6.7 GiB instead of 20.4).
             kwargs["file_reads"] = "per_tensor"
+            runner = self._llama_cpp_runner(checkpoint_dir, kwargs)
             # Each weight is read in bfloat16, quantized and dropped: let glibc give those back.
             with transient_allocations():
                 model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
@@ -309,6 +325,11 @@ class ModelSpec:
             if self.quantization == "8bit":
                 # torchao widens each int8 weight on every call; ATen's int8 kernel reads it as is.
                 logger.info("8-bit: %d linears run ATen's int8 kernel", use_int8_kernel(model))
+            if runner is not None:
+                # Built without its LLM layers; the config says what the model is (FLOPs, KV
+                # sizes and generation's cache read it).
+                model.config.num_hidden_layers = runner.num_layers
+                model.language_model_runner = runner
         else:
             model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
             if self.quantization is None:
@@ -318,6 +339,28 @@ class ModelSpec:
         processor = LlavaMiniProcessor.from_pretrained(checkpoint_dir)
         check_processor(processor, model.config, checkpoint_dir)
         return LoadedModel(model=model, processor=processor)
+
+    def _llama_cpp_runner(self, checkpoint_dir: str, kwargs: dict) -> LlamaCppLanguageModel | None:
+        """For a quantized CPU load with llama-cpp-python installed and a Llama backbone: the
+        LLM in llama.cpp (`llavamini.model.llama_cpp`, its GGUF written on first use), and
+        `kwargs` set to build the torch model without the LLM's layers. Else None (torchao runs
+        the whole model)."""
+        if not llama_cpp_available():
+            logger.info(
+                "4/8-bit on a CPU through torchao only (%s for llama.cpp)", LLAMA_CPP_INSTALL
+            )
+            return None
+        config = AutoConfig.from_pretrained(checkpoint_dir)
+        try:
+            check_exportable(config)
+        except ValueError as error:
+            logger.info("The LLM stays in torch (torchao): %s", error)
+            return None
+        path = cached_gguf(checkpoint_dir, self.quantization)
+        config.num_hidden_layers = 0
+        kwargs.update(config=config, skip_prefixes=(LLM_LAYER_PREFIX,))
+        logger.info("LLM through llama.cpp (%s): %s", GGUF_TYPES[self.quantization], path)
+        return LlamaCppLanguageModel(path, threads=torch.get_num_threads())
 
     def _check_quantization(self, device: str, dtype: str) -> torch.dtype:
         """Raise `ModelLoadError` for a quantization this device cannot run; returns the dtype

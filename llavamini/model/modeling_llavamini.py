@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 
 import torch
 from torch import nn
@@ -101,10 +102,25 @@ class LlavaMiniModelMixin(VisionEncoderMixin, LlavaMiniPreTrainedMixin):
                 f"Qwen2, Qwen3, Mistral, ...)."
             )
         self.prefusion_layers = PreFusionLayers(
-            config, config.prefusion_layer_num, layer_class=type(self.layers[0])
+            config, config.prefusion_layer_num, layer_class=self.decoder_layer_class()
         )
         self.llm_pruner = None
         self.post_init()
+
+    def decoder_layer_class(self) -> type:
+        """The backbone's decoder-layer class, which pre-fusion layers are made of: its first
+        layer's, or with no LLM layer built (`num_hidden_layers=0`: the LLM runs elsewhere, see
+        `LlavaMiniForCausalLMMixin.language_model_runner`) the `*DecoderLayer` class its
+        `_no_split_modules` names, from the backbone's modeling module."""
+        if len(self.layers):
+            return type(self.layers[0])
+        names = sorted(n for n in self._no_split_modules if n.endswith("DecoderLayer"))
+        for base in type(self).__mro__:
+            for name in names:
+                layer_class = getattr(sys.modules[base.__module__], name, None)
+                if isinstance(layer_class, type):
+                    return layer_class
+        raise ValueError(f"{type(self).__name__}: no decoder-layer class among {names}.")
 
     def set_token_reduction(self, reduction: TokenReduction | None) -> None:
         """Apply a training-free vision-token reduction (`llavamini.model.reduction`) from the
@@ -201,6 +217,14 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
 
     multimodal_model_class: type
 
+    language_model_runner = None
+    """When set, what runs the LLM (decoder layers, final norm, `lm_head`) in place of this
+    model's own: a callable `(inputs_embeds, attention_mask, cache, logits_to_keep) -> logits`
+    (the embeddings from `embed_tokens` and the vision side, as always), such as
+    `llavamini.model.llama_cpp.LlamaCppLanguageModel`, which `ModelSpec` sets for a quantized
+    CPU load. Inference only: it keeps its own KV cache, bound to the `past_key_values` object
+    of a generation."""
+
     def __init__(self, config):
         # The backbone's causal-LM __init__ would build its plain base model first.
         PreTrainedModel.__init__(self, config)
@@ -231,6 +255,18 @@ class LlavaMiniForCausalLMMixin(LlavaMiniPreTrainedMixin):
                 input_ids, attention_mask, labels, images
             )
             input_ids = None
+        if self.language_model_runner is not None:
+            if labels is not None:
+                raise ValueError(
+                    "This model's LLM runs outside torch (language_model_runner): it gives "
+                    "logits, no loss. Train on a model loaded without --quantization."
+                )
+            if inputs_embeds is None:
+                inputs_embeds = self.model.embed_tokens(input_ids)
+            logits = self.language_model_runner(
+                inputs_embeds, attention_mask, past_key_values, logits_to_keep
+            )
+            return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

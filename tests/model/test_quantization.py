@@ -9,23 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llavamini import LlavaMiniForCausalLM
-from llavamini.apps.tiny import build_tiny_checkpoint
 from llavamini.model import checkpoint as checkpoint_module
-from llavamini.model import int8_linear
+from llavamini.model import int8_linear, loading
 from llavamini.model.loading import (
     CPU_FLOAT32_MODULES,
     QUANTIZATION_SKIP_MODULES,
     ModelLoadError,
     ModelSpec,
 )
-from tests.conftest import TEST_IMAGE_SIZE, needs_torchao, random_images
+from tests.conftest import (
+    bfloat16_logits,
+    build_quantization_checkpoint,
+    needs_torchao,
+    quantization_inputs,
+)
 
 needs_torchao()
-
-WIDTH = 256
-"""LLM width of the test checkpoint: a multiple of the int4 group (128), so every LLM linear is
-quantized (torchao leaves a layer whose input width the group does not divide unquantized)."""
 
 ERROR_BOUNDS = {"8bit": (0.995, 0.85), "4bit": (0.75, 0.2)}
 """Quantization -> (least mean cosine of the logits, least top-1 agreement) against bfloat16.
@@ -35,36 +34,26 @@ random model's near-tied logits moves with the draw). A wrong scale or layout le
 states unrelated to the reference's: a cosine near 0, top-1 near chance (1 / 500)."""
 
 
+@pytest.fixture(autouse=True)
+def torchao_only(monkeypatch):
+    """These are torchao's tests: the whole model in torch, as where llama-cpp-python is not
+    installed (the LLM through llama.cpp is `test_llama_cpp.py`'s)."""
+    monkeypatch.setattr(loading, "llama_cpp_available", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    """A tiny checkpoint stored in bfloat16, as the release (loading then maps its tensors)."""
-    folder = str(tmp_path_factory.mktemp("quant") / "tiny")
-    build_tiny_checkpoint(
-        folder,
-        image_size=TEST_IMAGE_SIZE,
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,
-    )
-    LlavaMiniForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
-    return folder
+    return build_quantization_checkpoint(str(tmp_path_factory.mktemp("quant") / "tiny"))
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(6, 400, (2, 24), generator=generator)
-    ids[:, 3] = -200  # the image placeholder
-    return ids, random_images(2)
+    return quantization_inputs()
 
 
 @pytest.fixture(scope="module")
 def reference_logits(checkpoint, inputs):
-    model = ModelSpec(checkpoint, device="cpu", dtype="bfloat16").load().model
-    with torch.inference_mode():
-        return model(input_ids=inputs[0], images=inputs[1]).logits.float()
+    return bfloat16_logits(checkpoint, inputs)
 
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])

@@ -1,0 +1,186 @@
+"""The LLM through llama.cpp on a quantized CPU load (`llavamini.model.llama_cpp`): the GGUF
+export computes what the torch LLM computes, `ModelSpec` builds the torch side without the LLM's
+layers and hands them to llama.cpp, the logits stay close to bfloat16's, generation (batched,
+left-padded) runs through transformers' `generate`, and the GGUF file is written once, whole."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llavamini import LlavaMiniForCausalLM
+from llavamini.apps.tiny import build_tiny_checkpoint
+from llavamini.model import llama_cpp
+from llavamini.model.loading import ModelSpec
+from tests.conftest import (
+    QUANTIZATION_WIDTH,
+    TEST_IMAGE_SIZE,
+    bfloat16_logits,
+    build_quantization_checkpoint,
+    needs_llama_cpp,
+    needs_torchao,
+    quantization_inputs,
+    random_images,
+)
+
+needs_llama_cpp()
+needs_torchao()  # pre-fusion layers are quantized in torch
+
+ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    # Llama-3.1 has 8192; 16 puts most of the test's frequencies in the scaled and blended bands,
+    # so positions 0-30 tell a wrong `rope_freqs` tensor from the right one.
+    "original_max_position_embeddings": 16,
+}
+
+ERROR_BOUNDS = {"8bit": (0.995, 0.85), "4bit": (0.75, 0.2)}
+"""Quantization -> (least mean cosine of the logits, least top-1 agreement) against bfloat16,
+as `test_quantization.py` asks of torchao. Measured on this kind of checkpoint (random weights,
+2 LLM layers of width 256): Q8_0 0.998 / 0.90, Q4_0 0.822 / 0.40."""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """The quantization tests' checkpoint, with llama3 rope scaling."""
+    folder = str(tmp_path_factory.mktemp("llama_cpp") / "tiny")
+    return build_quantization_checkpoint(folder, rope_parameters=ROPE)
+
+
+@pytest.fixture(autouse=True)
+def gguf_cache(tmp_path, monkeypatch):
+    """`cached_gguf` writes under a cache of each test's own."""
+    monkeypatch.setenv("LLAVAMINI_GGUF_DIR", str(tmp_path / "gguf"))
+
+
+@pytest.fixture(scope="module")
+def case(checkpoint):
+    """Prompts with images, and the bfloat16 model's logits for them."""
+    inputs = quantization_inputs()
+    return inputs, bfloat16_logits(checkpoint, inputs)
+
+
+def test_gguf_export_computes_the_torch_llm(checkpoint, tmp_path):
+    """Unquantized (F32), llama.cpp's logits are the torch LLM's, from the same input embeddings:
+    the key mapping, the q/k row order and the llama3 rope factors all hold."""
+    model = LlavaMiniForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    ids, images = quantization_inputs()
+    with torch.inference_mode():
+        embeds, mask, _, _ = model.model.embed_multimodal(ids, torch.ones_like(ids), None, images)
+        expected = model(inputs_embeds=embeds, attention_mask=mask).logits
+    path = llama_cpp.export_gguf(checkpoint, str(tmp_path / "llm.gguf"), "F32")
+    logits = llama_cpp.LlamaCppLanguageModel(path, threads=2)(embeds, mask, None)
+    assert logits.shape == expected.shape
+    cosine = F.cosine_similarity(logits, expected, dim=-1)
+    assert cosine.min() > 0.99999, cosine.min()
+    assert (logits - expected).abs().max() < 1e-3 * expected.abs().max()
+
+
+def test_llama3_rope_factors_are_transformers_scaling(checkpoint):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from llavamini.model.configuration_llavamini import LlavaMiniConfig
+
+    config = LlavaMiniConfig.from_pretrained(checkpoint)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    head_dim = QUANTIZATION_WIDTH // 4
+    plain = 1.0 / ROPE["rope_theta"] ** (torch.arange(0, head_dim, 2).double() / head_dim)
+    factors = torch.from_numpy(llama_cpp.llama3_rope_factors(config)).double()
+    assert factors.max() == ROPE["factor"] and ((1 < factors) & (factors < 8)).any()  # blended
+    torch.testing.assert_close(plain / factors, scaled.double(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_cpu_load_runs_the_llm_in_llama_cpp(checkpoint, case, quantization):
+    (ids, images), reference_logits = case
+    model = ModelSpec(checkpoint, device="cpu", quantization=quantization).load().model
+    assert isinstance(model.language_model_runner, llama_cpp.LlamaCppLanguageModel)
+    assert len(model.model.layers) == 0  # no second copy of the LLM in torch
+    assert model.config.num_hidden_layers == model.language_model_runner.num_layers == 2
+    assert model.config.prefusion_layer_num == len(model.model.prefusion_layers) > 0
+    with torch.inference_mode():
+        logits = model(input_ids=ids, images=images).logits.float()
+    assert logits.shape == reference_logits.shape
+    cosine = F.cosine_similarity(logits, reference_logits, dim=-1).mean().item()
+    top1 = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
+    least_cosine, least_top1 = ERROR_BOUNDS[quantization]
+    assert cosine >= least_cosine and top1 >= least_top1, (cosine, top1)
+    with pytest.raises(ValueError, match="no loss"):
+        model(input_ids=ids, images=images, labels=ids)
+
+
+def test_left_padded_batch_generates_what_each_row_does(checkpoint):
+    """Rows of different lengths in one left-padded batch get the tokens each gets alone
+    (llama.cpp never sees the padding), through transformers' `generate`."""
+    model = ModelSpec(checkpoint, device="cpu", quantization="8bit").load().model
+    generator = torch.Generator().manual_seed(3)
+    long, short = (
+        torch.randint(6, 400, (1, 20), generator=generator),
+        torch.randint(6, 400, (1, 12), generator=generator),
+    )
+    long[0, 2] = short[0, 2] = -200
+    images = random_images(2, seed=3)
+    batch = torch.zeros(2, 20, dtype=torch.long)
+    batch[0], batch[1, 8:] = long[0], short[0]
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, :8] = 0
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    together = model.generate(batch, images=images, attention_mask=mask, **settings)
+    alone = [
+        model.generate(long, images=images[:1], **settings),
+        model.generate(short, images=images[1:], **settings),
+    ]
+    assert together.shape == (2, 6)
+    assert torch.equal(together, torch.cat(alone))
+    # The steps continue llama.cpp's sequence: one forward over a text prompt and the tokens
+    # generated (no cache) predicts each of them greedily. (With an image, generated tokens
+    # skip the pre-fusion a prompt's text goes through, in the reference as here.)
+    text = short[:, 3:]
+    new = model.generate(text, **settings)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.cat([text, new[:, :-1]], 1)).logits
+    assert torch.equal(logits[0, -6:].argmax(-1), new[0])
+
+
+def test_gguf_is_written_once_and_whole(checkpoint, monkeypatch):
+    """The first load writes the GGUF file and later ones reuse it; an export that fails midway
+    leaves nothing behind, under the final name or any other."""
+    import gguf.quants
+
+    real_quantize, calls = gguf.quants.quantize, []
+
+    def quantize_then_fail(*args, **kwargs):
+        calls.append(args[0].shape)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real_quantize(*args, **kwargs)
+
+    monkeypatch.setattr(gguf.quants, "quantize", quantize_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        llama_cpp.cached_gguf(checkpoint, "4bit")
+    assert os.listdir(llama_cpp.gguf_cache_dir()) == []
+
+    monkeypatch.setattr(gguf.quants, "quantize", real_quantize)
+    exports, real_export = [], llama_cpp.export_gguf
+    monkeypatch.setattr(
+        llama_cpp, "export_gguf", lambda *args: exports.append(args[1]) or real_export(*args)
+    )
+    path = llama_cpp.cached_gguf(checkpoint, "4bit")
+    assert exports == [path] and os.listdir(llama_cpp.gguf_cache_dir()) == [os.path.basename(path)]
+    assert llama_cpp.cached_gguf(checkpoint, "4bit") == path and exports == [path]
+
+
+def test_what_llama_cpp_cannot_run_is_named(tmp_path):
+    from llavamini.model.configuration_llavamini import LlavaMiniConfig
+
+    config = LlavaMiniConfig.from_pretrained(
+        build_tiny_checkpoint(str(tmp_path / "tiny"), image_size=TEST_IMAGE_SIZE)
+    )
+    config.attention_bias = True
+    config.intermediate_size = 100
+    with pytest.raises(ValueError, match=r"biases.*intermediate_size=100 \(a multiple of 32"):
+        llama_cpp.check_exportable(config)
