@@ -2,10 +2,10 @@
 
 On a CPU without fast low-bit matmuls in torch (AVX2: torchao's int4 kernel is compute-bound),
 llama.cpp's block-quantized dot products decode Llama-3.1-8B at 4 bits about 3x faster than
-torchao does (docs/benchmarks.md, "4-bit through llama.cpp"). The vision tower, projector,
-compressor, pre-fusion layers and token embeddings stay in torch: they build the LLM's input
-embeddings, which llama.cpp takes as they are (a batch of embeddings), and it runs the decoder
-layers, final norm and `lm_head` and keeps the KV cache.
+torchao does (docs/benchmarks.md, "Real size: the LLM through llama.cpp"). The vision tower,
+projector, compressor, pre-fusion layers and token embeddings stay in torch: they build the
+LLM's input embeddings, which llama.cpp takes as they are (a batch of embeddings), and it runs
+the decoder layers, final norm and `lm_head` and keeps the KV cache.
 
 Two pieces:
 - `export_gguf` writes the checkpoint's LLM (`model.embed_tokens`, `model.layers.*`,
@@ -14,9 +14,9 @@ Two pieces:
   checkpoint and quantization.
 - `LlamaCppLanguageModel` runs it: it takes a new prompt and then each step as input
   embeddings (torch's `embed_tokens`, unquantized, as without llama.cpp), one llama.cpp sequence
-  per batch row, and returns the logits. The model's
-  `forward` hands its LLM part here when `LlavaMiniForCausalLM.language_model_runner` is set
-  (`ModelSpec` sets it), so `generate`, streaming and sampling stay transformers'.
+  per batch row, and returns the logits. The model's `forward` hands its LLM part here when
+  `LlavaMiniForCausalLM.language_model_runner` is set (`ModelSpec` sets it), so `generate`,
+  streaming and sampling stay transformers'.
 """
 
 from __future__ import annotations
@@ -144,9 +144,9 @@ def _gguf_tensors(config, keys: set[str], weight_type: str) -> list[tuple[str | 
 
 def export_gguf(checkpoint_dir: str, path: str, weight_type: str) -> str:
     """Write the LLM of `checkpoint_dir` (a LLaVA-Mini checkpoint on a Llama backbone, in
-    safetensors) to `path` as a GGUF file, its linear weights and token embeddings in
-    `weight_type` ('Q4_0', 'Q8_0': `GGUF_TYPES`; 'F32' keeps them exact). One tensor is read,
-    quantized and written at a time; the file appears under `path` only when complete. Returns
+    safetensors) to `path` as a GGUF file, its linear weights in `weight_type` ('Q4_0', 'Q8_0':
+    `GGUF_TYPES`; 'F32' keeps every tensor exact). One tensor is read, quantized and written at
+    a time, into a `.partial` file of this process renamed to `path` once complete. Returns
     `path`."""
     from llavamini.model.configuration_llavamini import LlavaMiniConfig
 
@@ -157,7 +157,7 @@ def export_gguf(checkpoint_dir: str, path: str, weight_type: str) -> str:
     missing = [key for key, _, _ in plan if key is not None and key not in reads]
     if missing:
         raise ValueError(f"{checkpoint_dir}: the LLM's weights lack {missing[:10]}.")
-    partial = path + ".partial"
+    partial = f"{path}.{os.getpid()}.partial"  # two processes exporting at once: two files
     try:
         _write_gguf(config, reads, plan, partial)
     except BaseException:
