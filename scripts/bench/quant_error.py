@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from llavamini.bench.timing import make_images, make_prompt, process_peak_rss_bytes
+from llavamini.bench.memory import process_peak_rss_bytes
+from llavamini.bench.timing import make_images, make_prompt
 from llavamini.model.loading import QUANTIZATION_SKIP_MODULES, ModelSpec
 from llavamini.utils.allocator import release_freed_memory
 
