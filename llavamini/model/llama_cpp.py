@@ -68,6 +68,10 @@ LAYER_TENSORS = {
 BATCH_TOKENS = 512
 """Tokens per `llama_decode` call (a longer prompt goes in chunks)."""
 
+STEPS_PER_ROW = 1024
+"""Room kept for generated tokens per row when a prompt needs a larger context than the one held
+(a context cannot grow under a sequence; at 8B each token's KV cache takes 128 KiB)."""
+
 LLM_LAYER_PREFIX = "model.layers."
 """The checkpoint keys `export_gguf` moves to llama.cpp and a llama.cpp load does not read."""
 
@@ -290,7 +294,8 @@ class LlamaCppLanguageModel:
     Args:
         path: the GGUF file (`cached_gguf`).
         threads: llama.cpp's threads (None: torch's, `torch.get_num_threads()`).
-        context_tokens: the KV cache's size in tokens, shared by the batch's rows.
+        context_tokens: the KV cache's size in tokens, shared by the batch's rows (larger when a
+            prompt needs it: `STEPS_PER_ROW`); 4096 take 512 MiB at 8B.
     """
 
     def __init__(self, path: str, threads: int | None = None, context_tokens: int = 4096):
@@ -371,7 +376,7 @@ class LlamaCppLanguageModel:
             and len(self._sequence[1]) == batch
         )
         if not continuing:
-            self._reserve(int(real.sum()) + batch * 256, batch)
+            self._reserve(int(real.sum()) + batch * STEPS_PER_ROW, batch)
             self._lib.llama_memory_clear(self._lib.llama_get_memory(self._context), True)
             self._sequence = (cache, [0] * batch)
         lengths = self._sequence[1]

@@ -184,3 +184,17 @@ def test_what_llama_cpp_cannot_run_is_named(tmp_path):
     config.intermediate_size = 100
     with pytest.raises(ValueError, match=r"biases.*intermediate_size=100 \(a multiple of 32"):
         llama_cpp.check_exportable(config)
+
+
+def test_context_grows_for_a_prompt_and_refuses_past_its_end(checkpoint, tmp_path):
+    path = llama_cpp.export_gguf(checkpoint, str(tmp_path / "llm.gguf"), "Q8_0")
+    runner = llama_cpp.LlamaCppLanguageModel(path, threads=1, context_tokens=32)
+    cache = object()
+    prompt = torch.randn(1, 40, QUANTIZATION_WIDTH)
+    assert runner(prompt, None, cache, logits_to_keep=1).shape == (1, 1, runner.vocab_size)
+    assert runner._context_tokens == 40 + llama_cpp.STEPS_PER_ROW
+    step = torch.randn(1, 1, QUANTIZATION_WIDTH)
+    for _ in range(llama_cpp.STEPS_PER_ROW):
+        runner(step, None, cache)
+    with pytest.raises(ValueError, match=r"context holds 1064 tokens; this call needs 1065"):
+        runner(step, None, cache)
