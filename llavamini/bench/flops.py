@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from llavamini.bench.configs import build_config, image_parts
 from llavamini.model import LlavaMiniConfig
+from llavamini.model.configuration_llavamini import head_dim
 from llavamini.model.modules import COMPONENTS as MODULE_COMPONENTS
 
 CONVENTIONS = ("executed", "paper")
@@ -108,10 +109,6 @@ def compressor(config: LlavaMiniConfig, grid_tokens: int) -> Flops:
     flops = linear(queries, width, width) * 2  # query and output projections
     flops += linear(grid_tokens, width, width) * 2  # key and value projections
     return flops + attention(queries, grid_tokens, heads, width // heads)
-
-
-def head_dim(config: LlavaMiniConfig) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def attention_block(config: LlavaMiniConfig, q_len: int, k_len: int) -> Flops:

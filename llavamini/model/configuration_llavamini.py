@@ -205,6 +205,11 @@ class LlavaMiniConfig(LlavaMiniConfigMixin, LlamaConfig):
     model_type = "llava_mini_llama"
 
 
+def head_dim(config) -> int:
+    """The LLM's attention head width: `config.head_dim`, else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _check_choice(config, name: str, choices: tuple) -> None:
     value = getattr(config, name)
     if value not in choices:

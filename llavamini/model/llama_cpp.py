@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from llavamini.model.checkpoint import per_tensor_state_dict
+from llavamini.model.configuration_llavamini import LlavaMiniConfig, head_dim
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +103,8 @@ def llama3_rope_factors(config) -> np.ndarray:
     """Per-frequency divisors of llama3 rope scaling, `(head_dim // 2,)` float32: 1 for high
     frequencies, `factor` for low ones, a smooth blend between (what transformers applies to the
     inverse frequencies, as llama.cpp's `rope_freqs` tensor)."""
-    rope = config.rope_parameters
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    inv_freq = 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    rope, width = config.rope_parameters, head_dim(config)
+    inv_freq = 1.0 / rope["rope_theta"] ** (np.arange(0, width, 2, dtype=np.float64) / width)
     wavelength = 2 * math.pi / inv_freq
     old_context = rope["original_max_position_embeddings"]
     low, high, factor = rope["low_freq_factor"], rope["high_freq_factor"], rope["factor"]
@@ -127,7 +127,8 @@ def unpermute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def _gguf_tensors(config, keys: set[str], weight_type: str) -> list[tuple[str | None, str, str]]:
     """`(checkpoint key or None for the rope factors, GGUF name, GGUF type name)` in file order:
-    the linear weights and token embeddings in `weight_type`."""
+    the linear weights in `weight_type`, the token embeddings in `TOKEN_EMBEDDING_TYPE` and
+    `lm_head` in `OUTPUT_TYPE` (all in 'F32' when `weight_type` is)."""
     tensors: list[tuple[str | None, str, str]] = []
     if config.rope_parameters.get("rope_type") == "llama3":
         tensors.append((None, "rope_freqs.weight", "F32"))
@@ -152,8 +153,6 @@ def export_gguf(checkpoint_dir: str, path: str, weight_type: str) -> str:
     `GGUF_TYPES`; 'F32' keeps every tensor exact). One tensor is read, quantized and written at
     a time, into a `.partial` file of this process renamed to `path` once complete. Returns
     `path`."""
-    from llavamini.model.configuration_llavamini import LlavaMiniConfig
-
     config = LlavaMiniConfig.from_pretrained(checkpoint_dir)
     check_exportable(config)
     reads = per_tensor_state_dict(checkpoint_dir)
@@ -163,7 +162,7 @@ def export_gguf(checkpoint_dir: str, path: str, weight_type: str) -> str:
         raise ValueError(f"{checkpoint_dir}: the LLM's weights lack {missing[:10]}.")
     partial = f"{path}.{os.getpid()}.partial"  # two processes exporting at once: two files
     try:
-        _write_gguf(config, reads, plan, partial)
+        _write_gguf(config, reads, plan, weight_type, partial)
     except BaseException:
         if os.path.exists(partial):
             os.remove(partial)
@@ -172,24 +171,22 @@ def export_gguf(checkpoint_dir: str, path: str, weight_type: str) -> str:
     return path
 
 
-def _write_gguf(config, reads: dict, plan: list, path: str) -> None:
+def _write_gguf(config, reads: dict, plan: list, weight_type: str, path: str) -> None:
     """`export_gguf`'s writing: the metadata, the tensor table, then each tensor of `plan`."""
     import gguf
     from gguf.quants import quant_shape_to_byte_shape
 
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    weight_type = next(kind for _, name, kind in plan if name.endswith("ffn_up.weight"))
+    width = head_dim(config)
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(width)
+    writer.add_value_length(width)
+    writer.add_rope_dimension_count(width)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
@@ -199,7 +196,7 @@ def _write_gguf(config, reads: dict, plan: list, path: str) -> None:
 
     def shape_of(key):
         if key is None:
-            return (head_dim // 2,)
+            return (width // 2,)
         return tuple(reads[key].get_shape())
 
     for key, name, kind in plan:
@@ -263,7 +260,13 @@ def cached_gguf(checkpoint_dir: str, quantization: str) -> str:
     name = f"{label}-{fingerprint.hexdigest()[:16]}-{GGUF_TYPES[quantization].lower()}.gguf"
     path = os.path.join(gguf_cache_dir(), name)
     if not os.path.isfile(path):
-        os.makedirs(gguf_cache_dir(), exist_ok=True)
+        try:
+            os.makedirs(gguf_cache_dir(), exist_ok=True)
+        except OSError as error:
+            raise OSError(
+                f"Cannot make the folder for GGUF files {gguf_cache_dir()!r} (set "
+                f"LLAVAMINI_GGUF_DIR to a writable folder): {error}"
+            ) from error
         logger.info("Writing the LLM of %s for llama.cpp (%s): %s", real, quantization, path)
         export_gguf(real, path, GGUF_TYPES[quantization])
     return path
@@ -308,7 +311,11 @@ class LlamaCppLanguageModel:
         params.load_mode = 0  # LLAMA_LOAD_MODE_NONE: read, do not map
         self._model = llama_cpp.llama_model_load_from_file(path.encode(), params)
         if not self._model:
-            raise ValueError(f"llama.cpp could not load {path}.")
+            raise ValueError(
+                f"llama.cpp could not load {path}: damaged, or not a GGUF file this llama.cpp "
+                f"reads (its log: logger {__name__}, debug level). Delete it; the next "
+                f"quantized load writes it anew."
+            )
         self.path = path
         self.threads = threads or torch.get_num_threads()
         self.hidden_size = llama_cpp.llama_model_n_embd(self._model)

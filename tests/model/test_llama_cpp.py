@@ -198,3 +198,13 @@ def test_context_grows_for_a_prompt_and_refuses_past_its_end(checkpoint, tmp_pat
         runner(step, None, cache)
     with pytest.raises(ValueError, match=r"context holds 1064 tokens; this call needs 1065"):
         runner(step, None, cache)
+
+
+def test_a_damaged_gguf_file_is_named_with_what_to_do(checkpoint):
+    from llavamini.model.loading import ModelLoadError
+
+    path = llama_cpp.cached_gguf(checkpoint, "8bit")
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ModelLoadError, match=r"could not load .*q8_0\.gguf.*Delete it"):
+        ModelSpec(checkpoint, device="cpu", quantization="8bit").load()
