@@ -5,7 +5,7 @@ with random weights: `config.json` (`build_config`'s Llama-3.1-8B + CLIP-L/336 +
 layers; `mm_vision_tower` names CLIP-L/336 as the release's does), the release's key layout with
 the CLIP tower stored inside the checkpoint (`model.vision_tower.vision_tower.*`, as the release
 stores it), bfloat16 safetensors shards with `model.safetensors.index.json`, a generation config,
-a tokenizer whose ids all lie below the config's `vocab_size`, the CLIP preprocessor and the
+a tokenizer that decodes every id below the config's `vocab_size`, the CLIP preprocessor and the
 processor (`processor_config.json`). It loads with `AutoModelForCausalLM.from_pretrained` and
 `ModelSpec(path).load()` with no missing or unexpected key.
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from llavamini.apps.tiny import build_tiny_tokenizer, tiny_generation_config, tiny_image_processor
 from llavamini.bench.configs import SCALES, build_config
@@ -121,10 +122,32 @@ def plan_shards(model: nn.Module, max_shard_bytes: int) -> list[list[Unit]]:
     return shards
 
 
+def cover_vocabulary(
+    tokenizer: PreTrainedTokenizerFast, vocab_size: int
+) -> PreTrainedTokenizerFast:
+    """`tokenizer` (a byte-level BPE) with its vocabulary filled up to `vocab_size` ids, each new
+    id `i` decoding to ' t{i}': random weights pick any id the model has, and an answer should
+    show them. The new entries have no merges, so no text encodes to them."""
+    if len(tokenizer) >= vocab_size:
+        return tokenizer
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    first = max([*vocab.values(), *(t["id"] for t in spec["added_tokens"])]) + 1
+    vocab.update({f"\u0120t{i}": i for i in range(first, vocab_size)})  # Ġ: byte-level space
+    covered = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+    )
+    covered.chat_template = tokenizer.chat_template
+    return covered
+
+
 def checkpoint_config(scale: str, variant: str):
     """`build_config(scale, variant)` with the release's fields: `mm_vision_tower` names
     CLIP-L/336 at the real width, bfloat16, the release's architecture name, and the special
-    token ids of the tokenizer written beside it."""
+    token ids of the tokenizer written beside it (`cover_vocabulary`)."""
     tokenizer = build_tiny_tokenizer()
     real_width = SCALES[scale].width_divisor == 1
     config = build_config(
@@ -142,7 +165,7 @@ def checkpoint_config(scale: str, variant: str):
         )
     config.architectures = [RELEASE_ARCHITECTURE]
     config.dtype = DTYPE
-    return config, tokenizer
+    return config, cover_vocabulary(tokenizer, config.vocab_size)
 
 
 def write_random_checkpoint(

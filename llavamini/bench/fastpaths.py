@@ -29,6 +29,7 @@ from llavamini.bench.timing import (
     time_cases,
 )
 from llavamini.model import LlavaMiniForCausalLM
+from llavamini.model.prefusion import PreFusionLayers
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,11 @@ def prefusion_last_layer_rows(
 ) -> list[dict]:
     """The last pre-fusion layer on every row against on the read rows only (time to first
     token; decoding does not run the pre-fusion). Nothing to compare without compressed tokens
-    and pre-fusion."""
+    and pre-fusion in torch (llama.cpp's always runs the last layer on the read rows only)."""
     inner = case.model.model
-    if inner.compressor is None or len(inner.prefusion_layers) == 0:
-        return []
     layers = inner.prefusion_layers
+    if inner.compressor is None or not isinstance(layers, PreFusionLayers) or not len(layers):
+        return []
 
     def setting(skip: bool) -> None:
         layers.skip_unread_rows = skip

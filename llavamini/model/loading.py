@@ -22,8 +22,9 @@ from llavamini.model.int8_linear import use_int8_kernel
 from llavamini.model.llama_cpp import (
     GGUF_TYPES,
     LLAMA_CPP_INSTALL,
-    LLM_LAYER_PREFIX,
+    PARTS,
     LlamaCppLanguageModel,
+    LlamaCppPreFusion,
     cached_gguf,
     check_exportable,
     llama_cpp_available,
@@ -163,8 +164,9 @@ class ModelSpec:
             `QUANTIZATION_SKIP_MODULES` stay unquantized. On a CPU the other weights load as
             bfloat16 (any other `dtype` is refused) and the vision tower runs in float32; with
             llama-cpp-python installed (the 'llamacpp' extra) the LLM's decoder layers and
-            `lm_head` run in llama.cpp instead (`llavamini.model.llama_cpp`: its GGUF file is
-            written into a cache on first use), pre-fusion staying in torchao.
+            `lm_head`, and the pre-fusion layers, run in llama.cpp instead
+            (`llavamini.model.llama_cpp`: their GGUF files are written into a cache on first
+            use).
         pack_vision_weights: pack the vision tower's block weights for MKL (`VisionTower.
             pack_weights`): on a CPU in float32, one image ~6% faster for a second copy of
             those weights (1.2 GB for CLIP-L). Off by default: memory first.
@@ -308,13 +310,13 @@ class ModelSpec:
                 quantization_config=quantization_config(self.quantization, compute_dtype, device),
                 device_map=device,
             )
-        runner = None
+        runners = None
         if quantized_on_cpu:
             # Every LLM weight is converted as it is read: read through a mapping of its own, its
             # pages leave the process's resident set with it (FILE_READS in model/checkpoint.py;
             # at 8B the process then peaks at 6.7 GiB instead of 20.4).
             kwargs["file_reads"] = "per_tensor"
-            runner = self._llama_cpp_runner(checkpoint_dir, kwargs)
+            runners = self._llama_cpp_runners(checkpoint_dir, kwargs)
             # Each weight is read in bfloat16, quantized and dropped: let glibc give those back.
             with transient_allocations():
                 model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
@@ -325,11 +327,15 @@ class ModelSpec:
             if self.quantization == "8bit":
                 # torchao widens each int8 weight on every call; ATen's int8 kernel reads it as is.
                 logger.info("8-bit: %d linears run ATen's int8 kernel", use_int8_kernel(model))
-            if runner is not None:
-                # Built without its LLM layers; the config says what the model is (FLOPs, KV
-                # sizes and generation's cache read it).
-                model.config.num_hidden_layers = runner.num_layers
-                model.language_model_runner = runner
+            if runners is not None:
+                # Built without the layers llama.cpp runs; the config says what the model is
+                # (FLOPs, KV sizes and generation's cache read it).
+                llm, prefusion = runners
+                model.config.num_hidden_layers = llm.num_layers
+                model.language_model_runner = llm
+                if prefusion is not None:
+                    model.config.prefusion_layer_num = len(prefusion)
+                    model.model.prefusion_layers = prefusion
         else:
             model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
             if self.quantization is None:
@@ -340,11 +346,13 @@ class ModelSpec:
         check_processor(processor, model.config, checkpoint_dir)
         return LoadedModel(model=model, processor=processor)
 
-    def _llama_cpp_runner(self, checkpoint_dir: str, kwargs: dict) -> LlamaCppLanguageModel | None:
+    def _llama_cpp_runners(
+        self, checkpoint_dir: str, kwargs: dict
+    ) -> tuple[LlamaCppLanguageModel, LlamaCppPreFusion | None] | None:
         """For a quantized CPU load with llama-cpp-python installed and a Llama backbone: the
-        LLM in llama.cpp (`llavamini.model.llama_cpp`, its GGUF written on first use), and
-        `kwargs` set to build the torch model without the LLM's layers. Else None (torchao runs
-        the whole model)."""
+        LLM and the pre-fusion layers (if any) in llama.cpp (`llavamini.model.llama_cpp`, their
+        GGUF files written on first use), and `kwargs` set to build the torch model without
+        those layers. Else None (torchao runs the whole model)."""
         if not llama_cpp_available():
             logger.info(
                 "4/8-bit on a CPU through torchao only (%s for llama.cpp)", LLAMA_CPP_INSTALL
@@ -356,11 +364,17 @@ class ModelSpec:
         except ValueError as error:
             logger.info("The LLM stays in torch (torchao): %s", error)
             return None
-        path = cached_gguf(checkpoint_dir, self.quantization)
-        config.num_hidden_layers = 0
-        kwargs.update(config=config, skip_prefixes=(LLM_LAYER_PREFIX,))
+        threads = torch.get_num_threads()
+        path = cached_gguf(checkpoint_dir, self.quantization, "llm")
         logger.info("LLM through llama.cpp (%s): %s", GGUF_TYPES[self.quantization], path)
-        return LlamaCppLanguageModel(path, threads=torch.get_num_threads())
+        prefusion = None
+        if config.prefusion_layer_num:
+            prefusion_path = cached_gguf(checkpoint_dir, self.quantization, "prefusion")
+            logger.info("Pre-fusion through llama.cpp: %s", prefusion_path)
+            prefusion = LlamaCppPreFusion(prefusion_path, threads=threads)
+        config.num_hidden_layers = config.prefusion_layer_num = 0
+        kwargs.update(config=config, skip_prefixes=tuple(PARTS.values()))
+        return LlamaCppLanguageModel(path, threads=threads), prefusion
 
     def _check_quantization(self, device: str, dtype: str) -> torch.dtype:
         """Raise `ModelLoadError` for a quantization this device cannot run; returns the dtype

@@ -39,8 +39,13 @@ def test_loads_with_every_key_and_the_release_fields(written):
     config = model.config
     assert (config.compressor_size, config.prefusion_layer_num) == (1, 4)
     assert config.architectures == ["LlavaMiniLlamaForCausalLM"]
-    assert len(loaded.tokenizer) <= config.vocab_size
-    assert max(loaded.tokenizer.get_vocab().values()) < config.vocab_size
+    tokenizer = loaded.tokenizer
+    assert len(tokenizer) == config.vocab_size
+    assert max(tokenizer.get_vocab().values()) == config.vocab_size - 1
+    # Random weights pick any id: each decodes to text, and no text encodes to the filler ids.
+    last = config.vocab_size - 1
+    assert tokenizer.decode([last]) == f" t{last}"
+    assert max(tokenizer(f"a t{last} picture").input_ids) < 512
     for name, tensor in model.state_dict().items():
         assert torch.isfinite(tensor.float()).all(), name
     q_proj = model.model.layers[0].self_attn.q_proj.weight.float()

@@ -1,7 +1,8 @@
-"""The LLM through llama.cpp on a quantized CPU load (`llavamini.model.llama_cpp`): the GGUF
-export computes what the torch LLM computes, `ModelSpec` builds the torch side without the LLM's
-layers and hands them to llama.cpp, the logits stay close to bfloat16's, generation (batched,
-left-padded) runs through transformers' `generate`, and the GGUF file is written once, whole."""
+"""The LLM and the pre-fusion layers through llama.cpp on a quantized CPU load
+(`llavamini.model.llama_cpp`): the GGUF exports compute what the torch layers compute,
+`ModelSpec` builds the torch side without those layers and hands them to llama.cpp, the logits
+stay close to bfloat16's, generation (batched, left-padded) runs through transformers'
+`generate`, and a GGUF file is written once, whole."""
 
 import os
 
@@ -25,7 +26,7 @@ from tests.conftest import (
 )
 
 needs_llama_cpp()
-needs_torchao()  # pre-fusion layers are quantized in torch
+needs_torchao()  # a quantized CPU load asks for it (a backbone llama.cpp cannot run uses it)
 
 ROPE = {
     "rope_type": "llama3",
@@ -40,8 +41,9 @@ ROPE = {
 
 ERROR_BOUNDS = {"8bit": (0.995, 0.85), "4bit": (0.75, 0.2)}
 """Quantization -> (least mean cosine of the logits, least top-1 agreement) against bfloat16,
-as `test_quantization.py` asks of torchao. Measured on this kind of checkpoint (random weights,
-2 LLM layers of width 256): Q8_0 0.998 / 0.90, Q4_0 0.822 / 0.40."""
+as `test_quantization.py` asks of torchao. Measured on this checkpoint (random weights, 2 LLM
+layers and 1 pre-fusion layer of width 256), both in llama.cpp: Q8_0 0.998 / 0.96, Q4_0 0.862 /
+0.29 (torchao: 0.998 / 0.94, 0.823 / 0.19)."""
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,50 @@ def test_gguf_export_computes_the_torch_llm(checkpoint, tmp_path):
     assert (logits - expected).abs().max() < 1e-3 * expected.abs().max()
 
 
+@pytest.fixture(scope="module")
+def two_prefusion_layers(tmp_path_factory) -> str:
+    """A checkpoint with 2 pre-fusion layers: the first runs on every row, the last one's output
+    is read from llama.cpp's graph."""
+    folder = str(tmp_path_factory.mktemp("llama_cpp") / "prefusion2")
+    return build_quantization_checkpoint(folder, rope_parameters=ROPE, prefusion_layer_num=2)
+
+
+@pytest.mark.parametrize("unread", [0, 30])
+def test_prefusion_gguf_computes_the_torch_prefusion(two_prefusion_layers, tmp_path, unread):
+    """Unquantized (F32), llama.cpp's pre-fusion gives the torch layers' outputs, before any
+    norm, for the rows from `unread` on, with positions left out of `keep` (padding) neither
+    attending nor attended; those rows come back as they went in."""
+    checkpoint = two_prefusion_layers
+    inner = LlavaMiniForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval().model
+    path = llama_cpp.export_gguf(checkpoint, str(tmp_path / "prefusion.gguf"), "F32", "prefusion")
+    runner = llama_cpp.LlamaCppPreFusion(path, threads=2)
+    assert len(runner) == len(inner.prefusion_layers) == 2
+    hidden = torch.randn(3, 50, QUANTIZATION_WIDTH, generator=torch.Generator().manual_seed(1))
+    keep = torch.ones(3, 50, dtype=torch.bool)
+    keep[1, 40:45] = keep[2, -4:] = False
+    with torch.inference_mode():
+        expected = inner.prefusion_layers(hidden, keep, inner.rotary_emb, unread=unread)
+        fused = runner(hidden, keep, inner.rotary_emb, unread=unread)
+    assert fused.shape == expected.shape == (3, 50 - unread, QUANTIZATION_WIDTH)
+    kept = keep[:, unread:]
+    cosine = F.cosine_similarity(fused[kept], expected[kept], dim=-1)
+    # llama.cpp keeps its KV cache in float16.
+    assert cosine.min() > 0.99999, cosine.min()
+    assert (fused[kept] - expected[kept]).abs().max() < 5e-3 * expected.abs().max()
+    assert torch.equal(fused[~kept], hidden[:, unread:][~kept])
+
+
+def test_export_names_a_part_it_cannot_write(tmp_path):
+    folder = build_tiny_checkpoint(
+        str(tmp_path / "tiny"), image_size=TEST_IMAGE_SIZE, prefusion_layer_num=0
+    )
+    with pytest.raises(ValueError, match="has no prefusion layers"):
+        llama_cpp.export_gguf(folder, str(tmp_path / "p.gguf"), "F32", "prefusion")
+    with pytest.raises(ValueError, match="part must be one of"):
+        llama_cpp.export_gguf(folder, str(tmp_path / "p.gguf"), "F32", "vision")
+    assert not (tmp_path / "p.gguf").exists()
+
+
 def test_llama3_rope_factors_are_transformers_scaling(checkpoint):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -101,7 +147,8 @@ def test_quantized_cpu_load_runs_the_llm_in_llama_cpp(checkpoint, case, quantiza
     assert isinstance(model.language_model_runner, llama_cpp.LlamaCppLanguageModel)
     assert len(model.model.layers) == 0  # no second copy of the LLM in torch
     assert model.config.num_hidden_layers == model.language_model_runner.num_layers == 2
-    assert model.config.prefusion_layer_num == len(model.model.prefusion_layers) > 0
+    assert isinstance(model.model.prefusion_layers, llama_cpp.LlamaCppPreFusion)
+    assert model.config.prefusion_layer_num == len(model.model.prefusion_layers) == 1
     with torch.inference_mode():
         logits = model(input_ids=ids, images=images).logits.float()
     assert logits.shape == reference_logits.shape
@@ -192,7 +239,7 @@ def test_context_grows_for_a_prompt_and_refuses_past_its_end(checkpoint, tmp_pat
     cache = object()
     prompt = torch.randn(1, 40, QUANTIZATION_WIDTH)
     assert runner(prompt, None, cache, logits_to_keep=1).shape == (1, 1, runner.vocab_size)
-    assert runner._context_tokens == 40 + llama_cpp.STEPS_PER_ROW
+    assert runner.llama.context_tokens == 40 + llama_cpp.STEPS_PER_ROW
     step = torch.randn(1, 1, QUANTIZATION_WIDTH)
     for _ in range(llama_cpp.STEPS_PER_ROW):
         runner(step, None, cache)
