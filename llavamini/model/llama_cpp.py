@@ -316,15 +316,17 @@ def _route_llama_cpp_logs():
     return callback
 
 
+@functools.cache
 def _ggml_library():
     """ggml's C library as llama-cpp-python ships it (the one its llama.cpp calls), for the
-    functions that read a tensor of the graph: its name, size and data."""
+    functions that read a tensor of the graph: its name, size and data. Raises `OSError` where
+    it is not found."""
     import llama_cpp
 
     folder = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
     names = [n for n in os.listdir(folder) if n.startswith(("libggml-base.", "ggml-base."))]
     if not names:
-        raise RuntimeError(f"ggml's library (ggml-base) is not in {folder}.")
+        raise OSError(f"ggml's library (ggml-base) is not in {folder}.")
     lib = ctypes.CDLL(os.path.join(folder, sorted(names)[0]))
     lib.ggml_get_name.restype = ctypes.c_char_p
     lib.ggml_get_name.argtypes = [ctypes.c_void_p]

@@ -324,9 +324,6 @@ class ModelSpec:
                 for name in CPU_FLOAT32_MODULES:
                     if name in modules:
                         modules[name].float()
-            if self.quantization == "8bit":
-                # torchao widens each int8 weight on every call; ATen's int8 kernel reads it as is.
-                logger.info("8-bit: %d linears run ATen's int8 kernel", use_int8_kernel(model))
             if runners is not None:
                 # Built without the layers llama.cpp runs; the config says what the model is
                 # (FLOPs, KV sizes and generation's cache read it).
@@ -336,6 +333,9 @@ class ModelSpec:
                 if prefusion is not None:
                     model.config.prefusion_layer_num = len(prefusion)
                     model.model.prefusion_layers = prefusion
+            elif self.quantization == "8bit":
+                # torchao widens each int8 weight on every call; ATen's int8 kernel reads it as is.
+                logger.info("8-bit: %d linears run ATen's int8 kernel", use_int8_kernel(model))
         else:
             model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
             if self.quantization is None:
@@ -370,10 +370,17 @@ class ModelSpec:
         prefusion = None
         if config.prefusion_layer_num:
             prefusion_path = cached_gguf(checkpoint_dir, self.quantization, "prefusion")
-            logger.info("Pre-fusion through llama.cpp: %s", prefusion_path)
-            prefusion = LlamaCppPreFusion(prefusion_path, threads=threads)
-        config.num_hidden_layers = config.prefusion_layer_num = 0
-        kwargs.update(config=config, skip_prefixes=tuple(PARTS.values()))
+            try:
+                prefusion = LlamaCppPreFusion(prefusion_path, threads=threads)
+                logger.info("Pre-fusion through llama.cpp: %s", prefusion_path)
+            except OSError as error:  # its output is read through ggml's C library
+                logger.warning("Pre-fusion stays in torch (torchao): %s", error)
+        config.num_hidden_layers = 0
+        skip = [PARTS["llm"]]
+        if prefusion is not None:
+            config.prefusion_layer_num = 0
+            skip.append(PARTS["prefusion"])
+        kwargs.update(config=config, skip_prefixes=tuple(skip))
         return LlamaCppLanguageModel(path, threads=threads), prefusion
 
     def _check_quantization(self, device: str, dtype: str) -> torch.dtype:

@@ -160,6 +160,26 @@ def test_quantized_cpu_load_runs_the_llm_in_llama_cpp(checkpoint, case, quantiza
         model(input_ids=ids, images=images, labels=ids)
 
 
+def test_prefusion_stays_in_torch_without_ggmls_library(checkpoint, case, monkeypatch):
+    """Where llama-cpp-python ships no ggml library to read the graph with, pre-fusion runs in
+    torch (torchao) and the LLM still in llama.cpp."""
+    from llavamini.model.prefusion import PreFusionLayers
+
+    def no_library():
+        raise OSError("ggml's library (ggml-base) is not in /nowhere.")
+
+    monkeypatch.setattr(llama_cpp, "_ggml_library", no_library)
+    model = ModelSpec(checkpoint, device="cpu", quantization="8bit").load().model
+    assert isinstance(model.model.prefusion_layers, PreFusionLayers)
+    assert len(model.model.prefusion_layers) == model.config.prefusion_layer_num == 1
+    assert isinstance(model.language_model_runner, llama_cpp.LlamaCppLanguageModel)
+    (ids, images), reference_logits = case
+    with torch.inference_mode():
+        logits = model(input_ids=ids, images=images).logits.float()
+    cosine = F.cosine_similarity(logits, reference_logits, dim=-1).mean().item()
+    assert cosine >= ERROR_BOUNDS["8bit"][0], cosine
+
+
 def test_left_padded_batch_generates_what_each_row_does(checkpoint):
     """Rows of different lengths in one left-padded batch get the tokens each gets alone
     (llama.cpp never sees the padding), through transformers' `generate`."""
