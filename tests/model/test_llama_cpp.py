@@ -180,6 +180,23 @@ def test_prefusion_stays_in_torch_without_ggmls_library(checkpoint, case, monkey
     assert cosine >= ERROR_BOUNDS["8bit"][0], cosine
 
 
+def test_video_runs_each_frames_prefusion_in_llama_cpp(checkpoint):
+    """A video (one compressed token per frame, the text fused with each frame and averaged)
+    through llama.cpp's pre-fusion and LLM gives the bfloat16 model's logits, within 8-bit's
+    error."""
+    ids, _ = quantization_inputs()
+    video = random_images(4, seed=5)  # (T=4, parts=1, 3, H, W)
+    with torch.inference_mode():
+        reference = ModelSpec(checkpoint, device="cpu", dtype="bfloat16").load().model
+        expected = reference(input_ids=ids[:1], images=[video]).logits.float()
+        model = ModelSpec(checkpoint, device="cpu", quantization="8bit").load().model
+        assert isinstance(model.model.prefusion_layers, llama_cpp.LlamaCppPreFusion)
+        logits = model(input_ids=ids[:1], images=[video]).logits.float()
+    assert logits.shape == expected.shape == (1, 24 - 1 + 4, expected.shape[-1])
+    cosine = F.cosine_similarity(logits, expected, dim=-1).mean().item()
+    assert cosine >= ERROR_BOUNDS["8bit"][0], cosine
+
+
 def test_left_padded_batch_generates_what_each_row_does(checkpoint):
     """Rows of different lengths in one left-padded batch get the tokens each gets alone
     (llama.cpp never sees the padding), through transformers' `generate`."""
