@@ -317,7 +317,7 @@ def _route_llama_cpp_logs():
 
 
 @functools.cache
-def _ggml_library():
+def ggml_library():
     """ggml's C library as llama-cpp-python ships it (the one its llama.cpp calls), for the
     functions that read a tensor of the graph: its name, size and data. Raises `OSError` where
     it is not found."""
@@ -546,7 +546,7 @@ class LlamaCppPreFusion(nn.Module):
         super().__init__()
         import llama_cpp
 
-        self._ggml = _ggml_library()
+        self._ggml = ggml_library()
         self._captured: list[np.ndarray] = []
         # Kept on the object: llama.cpp calls it for as long as the context lives.
         self._callback = llama_cpp.ggml_backend_sched_eval_callback(self._see_tensor)

@@ -27,6 +27,7 @@ from llavamini.model.llama_cpp import (
     LlamaCppPreFusion,
     cached_gguf,
     check_exportable,
+    ggml_library,
     llama_cpp_available,
 )
 from llavamini.model.modules import COMPRESSOR, LM_HEAD, PROJECTOR, VISION_TOWER, module_name
@@ -369,12 +370,14 @@ class ModelSpec:
         logger.info("LLM through llama.cpp (%s): %s", GGUF_TYPES[self.quantization], path)
         prefusion = None
         if config.prefusion_layer_num:
-            prefusion_path = cached_gguf(checkpoint_dir, self.quantization, "prefusion")
             try:
+                ggml_library()  # pre-fusion's output is read through it: checked before exporting
+            except OSError as error:
+                logger.warning("Pre-fusion stays in torch (torchao): %s", error)
+            else:
+                prefusion_path = cached_gguf(checkpoint_dir, self.quantization, "prefusion")
                 prefusion = LlamaCppPreFusion(prefusion_path, threads=threads)
                 logger.info("Pre-fusion through llama.cpp: %s", prefusion_path)
-            except OSError as error:  # its output is read through ggml's C library
-                logger.warning("Pre-fusion stays in torch (torchao): %s", error)
         config.num_hidden_layers = 0
         skip = [PARTS["llm"]]
         if prefusion is not None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from llavamini import LlavaMiniForCausalLM
 from llavamini.apps.tiny import build_tiny_checkpoint
-from llavamini.model import llama_cpp
+from llavamini.model import llama_cpp, loading
 from llavamini.model.loading import ModelSpec
 from tests.conftest import (
     QUANTIZATION_WIDTH,
@@ -168,11 +168,14 @@ def test_prefusion_stays_in_torch_without_ggmls_library(checkpoint, case, monkey
     def no_library():
         raise OSError("ggml's library (ggml-base) is not in /nowhere.")
 
-    monkeypatch.setattr(llama_cpp, "_ggml_library", no_library)
+    monkeypatch.setattr(llama_cpp, "ggml_library", no_library)
+    monkeypatch.setattr(loading, "ggml_library", no_library)
     model = ModelSpec(checkpoint, device="cpu", quantization="8bit").load().model
     assert isinstance(model.model.prefusion_layers, PreFusionLayers)
     assert len(model.model.prefusion_layers) == model.config.prefusion_layer_num == 1
     assert isinstance(model.language_model_runner, llama_cpp.LlamaCppLanguageModel)
+    written = os.listdir(llama_cpp.gguf_cache_dir())
+    assert not [name for name in written if "prefusion" in name], written  # nothing unused
     (ids, images), reference_logits = case
     with torch.inference_mode():
         logits = model(input_ids=ids, images=images).logits.float()
